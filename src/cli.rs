@@ -1,0 +1,57 @@
+//! The command line, as clap definitions. `main.rs` parses it and dispatches.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailsync",
+    version,
+    about = "Keeps chosen IMAP folders in a local Maildir, logging in with OAuth 2.0",
+    long_about = None
+)]
+pub struct Cli {
+    /// Config file [default: $MAILSYNC_CONFIG, /etc/mailsync/config.toml for root,
+    /// else $XDG_CONFIG_HOME/mailsync/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the remote folders: decoded names, special-use roles, message counts, and
+    /// the local folder each is mapped to
+    Folders(FoldersArgs),
+    /// Run one sync pass now for every mapped folder (or one account / one folder)
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FoldersArgs {
+    /// The account (default: every account)
+    pub account: Option<String>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The account (default: every account)
+    pub account: Option<String>,
+    /// Only this local folder (a key of [accounts.NAME.folders])
+    #[arg(long, value_name = "LOCAL")]
+    pub folder: Option<String>,
+}

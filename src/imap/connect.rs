@@ -1,0 +1,356 @@
+//! Opening a connection: TCP, TLS (implicit or STARTTLS, certificates always
+//! verified), the greeting, and SASL XOAUTH2 / OAUTHBEARER.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use async_imap::imap_proto::{Response, Status};
+use base64::Engine as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::error::{AuthFailure, ImapError};
+use super::session::{Capabilities, Session};
+use crate::config::{ImapEndpoint, Tls};
+use crate::secret::Secret;
+
+/// The byte stream under IMAP: TLS in production, plain only towards loopback.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug> Stream for T {}
+pub type BoxStream = Box<dyn Stream>;
+
+/// A connection that has not logged in yet.
+pub struct Client {
+    inner: async_imap::Client<BoxStream>,
+    capabilities: Capabilities,
+    host: String,
+    port: u16,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects and reads the greeting; for STARTTLS, upgrades before anything else.
+pub async fn connect(endpoint: &ImapEndpoint, command_timeout: Duration) -> Result<Client, ImapError> {
+    let host = endpoint.host.clone();
+    let port = endpoint.port;
+    let tcp = timeout(command_timeout, TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| ImapError::Timeout {
+            command: format!("connect to {host}:{port}"),
+            after: command_timeout,
+        })?
+        .map_err(|source| ImapError::Connect {
+            host: host.clone(),
+            port,
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+
+    let stream: BoxStream = match endpoint.tls {
+        Tls::Implicit => Box::new(handshake(endpoint, tcp, command_timeout).await?),
+        Tls::Plain => Box::new(tcp),
+        Tls::Starttls => {
+            let mut plain = async_imap::Client::new(tcp);
+            read_greeting(&mut plain, &host, command_timeout).await?;
+            let caps = fetch_capabilities_pre(&mut plain, command_timeout).await?;
+            if !caps.has("STARTTLS") {
+                return Err(ImapError::NoStartTls { host });
+            }
+            timeout(
+                command_timeout,
+                plain.run_command_and_check_ok("STARTTLS", None),
+            )
+            .await
+            .map_err(|_| ImapError::Timeout {
+                command: "STARTTLS".into(),
+                after: command_timeout,
+            })?
+            .map_err(|e| ImapError::Protocol {
+                command: "STARTTLS".into(),
+                detail: e.to_string(),
+            })?;
+            Box::new(handshake(endpoint, plain.into_inner(), command_timeout).await?)
+        }
+    };
+
+    let mut client = async_imap::Client::new(stream);
+    let greeting_caps = if endpoint.tls == Tls::Starttls {
+        None // the pre-TLS greeting is not to be trusted; ask again below
+    } else {
+        read_greeting(&mut client, &host, command_timeout).await?
+    };
+    let capabilities = match greeting_caps {
+        Some(caps) => caps,
+        None => fetch_capabilities_pre(&mut client, command_timeout).await?,
+    };
+    tracing::debug!(%host, port, capabilities = %capabilities, "connected");
+    Ok(Client {
+        inner: client,
+        capabilities,
+        host,
+        port,
+        timeout: command_timeout,
+    })
+}
+
+async fn handshake(
+    endpoint: &ImapEndpoint,
+    tcp: TcpStream,
+    command_timeout: Duration,
+) -> Result<async_native_tls::TlsStream<TcpStream>, ImapError> {
+    let mut connector = async_native_tls::TlsConnector::new();
+    if let Some(ca) = &endpoint.ca_file {
+        connector = connector.add_root_certificate(load_ca(ca)?);
+    }
+    let tls_err = |detail: String| ImapError::Tls {
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        hint: tls_hint(&detail, endpoint.ca_file.as_deref()),
+        detail,
+    };
+    timeout(command_timeout, connector.connect(&endpoint.host, tcp))
+        .await
+        .map_err(|_| tls_err(format!("no TLS handshake within {}s", command_timeout.as_secs())))?
+        .map_err(|e| tls_err(e.to_string()))
+}
+
+fn tls_hint(detail: &str, ca_file: Option<&Path>) -> String {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("certificate") || d.contains("verify") {
+        match ca_file {
+            Some(p) => format!(
+                "; the server's certificate is not signed by a CA in ca_file {} (nor the system store): check that ca_file is the CA that issued the server's certificate",
+                p.display()
+            ),
+            None => "; the server's certificate is not trusted by the system store: set ca_file to the CA that issued it, or fix the server's certificate".into(),
+        }
+    } else if d.contains("wrong version") || d.contains("packet length") {
+        "; the port does not speak TLS: try tls = \"starttls\" (port 143)".into()
+    } else {
+        String::new()
+    }
+}
+
+fn load_ca(path: &Path) -> Result<async_native_tls::Certificate, ImapError> {
+    let pem = std::fs::read(path).map_err(|e| ImapError::CaFile {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    async_native_tls::Certificate::from_pem(&pem).map_err(|e| ImapError::CaFile {
+        path: path.to_owned(),
+        detail: format!("not a PEM certificate ({e})"),
+    })
+}
+
+async fn read_greeting<T: Stream>(
+    client: &mut async_imap::Client<T>,
+    host: &str,
+    command_timeout: Duration,
+) -> Result<Option<Capabilities>, ImapError> {
+    let greeting = timeout(command_timeout, client.read_response())
+        .await
+        .map_err(|_| ImapError::Timeout {
+            command: "greeting".into(),
+            after: command_timeout,
+        })??
+        .ok_or_else(|| ImapError::ConnectionLost("greeting".into()))?;
+    match greeting.parsed() {
+        Response::Data {
+            status: Status::Ok,
+            outcome,
+        } => Ok(match &outcome.code {
+            Some(async_imap::imap_proto::ResponseCode::Capabilities(c)) => {
+                Some(Capabilities::from_proto(c))
+            }
+            _ => None,
+        }),
+        Response::Data {
+            status: Status::Bye,
+            outcome,
+        } => Err(ImapError::Bye(format!(
+            "{host} refused the connection: {}",
+            outcome.information.as_deref().unwrap_or("")
+        ))),
+        other => Err(ImapError::Protocol {
+            command: "greeting".into(),
+            detail: format!("{other:?}"),
+        }),
+    }
+}
+
+async fn fetch_capabilities_pre<T: Stream>(
+    client: &mut async_imap::Client<T>,
+    command_timeout: Duration,
+) -> Result<Capabilities, ImapError> {
+    // The pre-login client of async-imap sends tagged commands only through
+    // `run_command_and_check_ok`, which hands untagged data to a channel if given one.
+    let after = command_timeout;
+    let (tx, rx) = async_channel::bounded(16);
+    timeout(after, client.run_command_and_check_ok("CAPABILITY", Some(tx)))
+        .await
+        .map_err(|_| ImapError::Timeout {
+            command: "CAPABILITY".into(),
+            after,
+        })?
+        .map_err(|e| ImapError::Protocol {
+            command: "CAPABILITY".into(),
+            detail: e.to_string(),
+        })?;
+    let mut found = None;
+    while let Ok(u) = rx.try_recv() {
+        if let async_imap::types::UnsolicitedResponse::Other(data) = u
+            && let Response::Capabilities(c) = data.parsed()
+        {
+            found = Some(Capabilities::from_proto(c));
+        }
+    }
+    found.ok_or_else(|| ImapError::Protocol {
+        command: "CAPABILITY".into(),
+        detail: "no CAPABILITY data in the reply".into(),
+    })
+}
+
+/// A SASL exchange for one OAuth mechanism. The first `process` call (without SASL-IR)
+/// gets the initial response; any later call is the server's error challenge, which
+/// is kept for the error message and answered with an empty response, as RFC 7628
+/// requires.
+struct OAuthSasl {
+    initial: Option<Vec<u8>>,
+    challenge: Option<String>,
+}
+
+impl async_imap::Authenticator for &mut OAuthSasl {
+    type Response = Vec<u8>;
+    fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
+        if let Some(initial) = self.initial.take() {
+            return initial;
+        }
+        self.challenge = Some(String::from_utf8_lossy(challenge).into_owned());
+        Vec::new()
+    }
+}
+
+/// The XOAUTH2 initial response (Google's and Microsoft's format).
+fn xoauth2_payload(user: &str, token: &Secret) -> Vec<u8> {
+    format!("user={user}\x01auth=Bearer {}\x01\x01", token.expose()).into_bytes()
+}
+
+/// The OAUTHBEARER initial response (RFC 7628).
+fn oauthbearer_payload(user: &str, host: &str, port: u16, token: &Secret) -> Vec<u8> {
+    let user = user.replace('=', "=3D").replace(',', "=2C");
+    format!(
+        "n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    )
+    .into_bytes()
+}
+
+impl Client {
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// Logs in with XOAUTH2 (SASL-IR when offered), or OAUTHBEARER when XOAUTH2 is not
+    /// offered. Never logs the token: async-imap's trace output is capped at debug by
+    /// the binary's log filter, since it prints commands verbatim.
+    pub async fn authenticate(self, user: &str, token: &Secret) -> Result<Session, ImapError> {
+        let caps = &self.capabilities;
+        let (mechanism, payload) = if caps.has("AUTH=XOAUTH2") {
+            ("XOAUTH2", xoauth2_payload(user, token))
+        } else if caps.has("AUTH=OAUTHBEARER") {
+            (
+                "OAUTHBEARER",
+                oauthbearer_payload(user, &self.host, self.port, token),
+            )
+        } else {
+            return Err(ImapError::NoOAuthMechanism {
+                host: self.host.clone(),
+                offered: caps.auth_mechanisms().join(" "),
+            });
+        };
+        if caps.has("LOGINDISABLED") && !caps.has(&format!("AUTH={mechanism}")) {
+            return Err(ImapError::NoOAuthMechanism {
+                host: self.host.clone(),
+                offered: caps.auth_mechanisms().join(" "),
+            });
+        }
+        let sasl_ir = caps.has("SASL-IR");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&payload);
+        let mut sasl = OAuthSasl {
+            initial: (!sasl_ir).then_some(payload),
+            challenge: None,
+        };
+        // With SASL-IR the initial response rides on the command line itself.
+        let command = if sasl_ir {
+            format!("{mechanism} {encoded}")
+        } else {
+            mechanism.to_owned()
+        };
+        drop(encoded);
+        let Client {
+            inner,
+            host,
+            timeout: after,
+            ..
+        } = self;
+        tracing::debug!(%host, mechanism, sasl_ir, "authenticating");
+        let result = timeout(after, inner.authenticate(command, &mut sasl)).await;
+        let inner = match result {
+            Err(_) => {
+                return Err(ImapError::Timeout {
+                    command: format!("AUTHENTICATE {mechanism}"),
+                    after,
+                });
+            }
+            Ok(Ok(session)) => session,
+            Ok(Err((error, _client))) => {
+                let server_text = server_text(&error);
+                let upper = server_text.to_ascii_uppercase();
+                if upper.contains("[UNAVAILABLE]") {
+                    return Err(ImapError::Unavailable(server_text));
+                }
+                if matches!(error, async_imap::error::Error::ConnectionLost)
+                    || matches!(error, async_imap::error::Error::Io(_))
+                {
+                    return Err(ImapError::ConnectionLost(format!(
+                        "AUTHENTICATE {mechanism}"
+                    )));
+                }
+                return Err(ImapError::AuthFailed(AuthFailure {
+                    mechanism,
+                    server_text,
+                    challenge: sasl.challenge,
+                }));
+            }
+        };
+        let mut session = Session::new(inner, host, after);
+        session.refresh_capabilities().await?;
+        Ok(session)
+    }
+}
+
+/// The text of a NO/BAD from async-imap's error, which formats it as
+/// `code: …, info: Some("…")`.
+fn server_text(error: &async_imap::error::Error) -> String {
+    use async_imap::error::Error;
+    match error {
+        Error::No(s) | Error::Bad(s) => {
+            let info = s
+                .split_once("info: Some(\"")
+                .and_then(|(_, rest)| rest.rsplit_once("\")"))
+                .map(|(text, _)| text.replace("\\\"", "\""));
+            info.unwrap_or_else(|| s.clone())
+        }
+        other => other.to_string(),
+    }
+}

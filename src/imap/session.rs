@@ -1,0 +1,561 @@
+//! A logged-in IMAP session and the commands sync needs. Every command goes through
+//! [`Session::exec`], which applies the timeout, hands untagged data to the caller,
+//! and turns the tagged reply (and any BYE) into a typed result.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use async_imap::imap_proto::{
+    self, AttributeValue, MailboxDatum, NameAttribute, Response, ResponseCode, Status,
+    StatusAttribute,
+};
+use tokio::time::timeout;
+
+use super::connect::BoxStream;
+use super::error::ImapError;
+use super::{parse_internaldate, quote, uid_set};
+use crate::config::roles::RemoteFolder;
+use crate::sync::model::{Flags, RemoteEntry};
+
+/// Capabilities the server advertised, upper-cased.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities(BTreeSet<String>);
+
+impl Capabilities {
+    pub fn from_proto(caps: &[imap_proto::Capability<'_>]) -> Capabilities {
+        Capabilities(
+            caps.iter()
+                .map(|c| match c {
+                    imap_proto::Capability::Imap4rev1 => "IMAP4REV1".to_owned(),
+                    imap_proto::Capability::Auth(m) => format!("AUTH={}", m.to_ascii_uppercase()),
+                    imap_proto::Capability::Atom(a) => a.to_ascii_uppercase(),
+                })
+                .collect(),
+        )
+    }
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Capabilities {
+        Capabilities(names.into_iter().map(|n| n.to_ascii_uppercase()).collect())
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains(&name.to_ascii_uppercase())
+    }
+    pub fn auth_mechanisms(&self) -> Vec<&str> {
+        self.0.iter().filter_map(|c| c.strip_prefix("AUTH=")).collect()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v: Vec<&str> = self.iter().collect();
+        f.write_str(&v.join(" "))
+    }
+}
+
+/// A selected folder's state, from SELECT's untagged data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selected {
+    pub uidvalidity: u32,
+    pub uidnext: Option<u32>,
+    pub exists: u32,
+    /// Present when CONDSTORE is in use and the folder supports mod-sequences.
+    pub highestmodseq: Option<u64>,
+}
+
+/// A message's metadata for pairing (no body).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fingerprinted {
+    pub uid: u32,
+    pub flags: Flags,
+    pub size: u64,
+    pub internaldate: i64,
+    pub message_id: Option<String>,
+}
+
+/// A downloaded message.
+#[derive(Debug)]
+pub struct FetchedMessage {
+    pub uid: u32,
+    pub flags: Flags,
+    pub internaldate: i64,
+    pub body: Vec<u8>,
+}
+
+/// Changes the server reported while we were busy; the folder is re-checked next pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unsolicited {
+    pub exists: Option<u32>,
+    pub expunged: bool,
+}
+
+pub struct Session {
+    inner: async_imap::Session<BoxStream>,
+    capabilities: Capabilities,
+    host: String,
+    timeout: Duration,
+    selected: Option<String>,
+    qresync_enabled: bool,
+    pub unsolicited: Unsolicited,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("host", &self.host)
+            .field("selected", &self.selected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(super) fn new(inner: async_imap::Session<BoxStream>, host: String, timeout: Duration) -> Session {
+        Session {
+            inner,
+            capabilities: Capabilities::default(),
+            host,
+            timeout,
+            selected: None,
+            qresync_enabled: false,
+            unsolicited: Unsolicited::default(),
+        }
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn has_condstore(&self) -> bool {
+        self.capabilities.has("CONDSTORE") || self.capabilities.has("QRESYNC")
+    }
+
+    pub(super) async fn refresh_capabilities(&mut self) -> Result<(), ImapError> {
+        let mut caps = None;
+        self.exec("CAPABILITY", |r| {
+            if let Response::Capabilities(c) = r {
+                caps = Some(Capabilities::from_proto(c));
+            }
+            Ok(())
+        })
+        .await?;
+        self.capabilities = caps.ok_or_else(|| ImapError::Protocol {
+            command: "CAPABILITY".into(),
+            detail: "no CAPABILITY data in the reply".into(),
+        })?;
+        tracing::debug!(capabilities = %self.capabilities, "logged in");
+        Ok(())
+    }
+
+    /// Sends `command`, passes every untagged response to `on_data`, and returns when
+    /// the tagged reply arrives: `Ok` for OK, an error naming the command otherwise.
+    /// The timeout applies to each wait for data, so a long FETCH that keeps
+    /// streaming is not cut off, while a silent server is.
+    pub async fn exec<F>(&mut self, command: &str, mut on_data: F) -> Result<(), ImapError>
+    where
+        F: FnMut(&Response<'_>) -> Result<(), ImapError>,
+    {
+        let name = command_name(command);
+        tracing::debug!(command = %loggable(command), "imap >");
+        let tag = timeout(self.timeout, self.inner.run_command(command))
+            .await
+            .map_err(|_| self.timeout_err(&name))?
+            .map_err(|e| map_async_imap(e, &name))?;
+        let mut bye: Option<String> = None;
+        loop {
+            let response = match timeout(self.timeout, self.inner.read_response()).await {
+                Err(_) => return Err(self.timeout_err(&name)),
+                Ok(Err(e)) => {
+                    return Err(match bye {
+                        Some(text) => ImapError::Bye(text),
+                        None if e.kind() == std::io::ErrorKind::InvalidData => ImapError::Protocol {
+                            command: name,
+                            detail: format!("unparsable response: {e}"),
+                        },
+                        None => ImapError::Io(e),
+                    });
+                }
+                Ok(Ok(None)) => {
+                    return Err(match bye {
+                        Some(text) => ImapError::Bye(text),
+                        None => ImapError::ConnectionLost(name),
+                    });
+                }
+                Ok(Ok(Some(r))) => r,
+            };
+            match response.parsed() {
+                Response::Done {
+                    tag: t,
+                    status,
+                    outcome,
+                } if *t == tag => {
+                    let text = outcome_text(outcome.code.as_ref(), outcome.information.as_deref());
+                    return match status {
+                        Status::Ok => Ok(()),
+                        Status::No => Err(ImapError::No {
+                            command: name,
+                            text,
+                        }),
+                        _ => Err(ImapError::Bad {
+                            command: name,
+                            text,
+                        }),
+                    };
+                }
+                Response::Data {
+                    status: Status::Bye,
+                    outcome,
+                } => {
+                    bye = Some(outcome.information.as_deref().unwrap_or("").to_owned());
+                }
+                Response::Expunge(_) | Response::Vanished { earlier: false, .. } => {
+                    self.unsolicited.expunged = true;
+                    on_data(response.parsed())?;
+                }
+                Response::MailboxData(MailboxDatum::Exists(n)) => {
+                    self.unsolicited.exists = Some(*n);
+                    on_data(response.parsed())?;
+                }
+                other => on_data(other)?,
+            }
+        }
+    }
+
+    fn timeout_err(&self, command: &str) -> ImapError {
+        ImapError::Timeout {
+            command: command.to_owned(),
+            after: self.timeout,
+        }
+    }
+
+    /// Every folder on the server (LIST "" "*"), with special-use attributes.
+    pub async fn list(&mut self) -> Result<Vec<RemoteFolder>, ImapError> {
+        let command = if self.capabilities.has("SPECIAL-USE") {
+            "LIST \"\" \"*\" RETURN (SPECIAL-USE)"
+        } else {
+            "LIST \"\" \"*\""
+        };
+        let mut folders = Vec::new();
+        self.exec(command, |r| {
+            if let Response::MailboxData(MailboxDatum::List(list)) = r {
+                let attributes = list
+                    .name_attributes
+                    .iter()
+                    .map(|a| match a {
+                        NameAttribute::NoInferiors => "\\Noinferiors".to_owned(),
+                        NameAttribute::NoSelect => "\\Noselect".to_owned(),
+                        NameAttribute::Marked => "\\Marked".to_owned(),
+                        NameAttribute::Unmarked => "\\Unmarked".to_owned(),
+                        NameAttribute::All => "\\All".to_owned(),
+                        NameAttribute::Archive => "\\Archive".to_owned(),
+                        NameAttribute::Drafts => "\\Drafts".to_owned(),
+                        NameAttribute::Flagged => "\\Flagged".to_owned(),
+                        NameAttribute::Junk => "\\Junk".to_owned(),
+                        NameAttribute::Sent => "\\Sent".to_owned(),
+                        NameAttribute::Trash => "\\Trash".to_owned(),
+                        NameAttribute::Extension(e) => e.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                let name = list.name.to_string();
+                folders.push(RemoteFolder {
+                    display: super::utf7::decode_lossy(&name),
+                    name,
+                    attributes,
+                    delimiter: list.delimiter.as_deref().and_then(|d| d.chars().next()),
+                });
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(folders)
+    }
+
+    /// STATUS of a folder: (messages, uidnext, uidvalidity).
+    pub async fn status(&mut self, folder: &str) -> Result<(u32, Option<u32>, Option<u32>), ImapError> {
+        let (mut messages, mut uidnext, mut uidvalidity) = (0, None, None);
+        let command = format!("STATUS {} (MESSAGES UIDNEXT UIDVALIDITY)", quote(folder));
+        self.exec(&command, |r| {
+            if let Response::MailboxData(MailboxDatum::Status { status, .. }) = r {
+                for s in status {
+                    match s {
+                        StatusAttribute::Messages(n) => messages = *n,
+                        StatusAttribute::UidNext(n) => uidnext = Some(*n),
+                        StatusAttribute::UidValidity(n) => uidvalidity = Some(*n),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| no_mailbox(e, folder))?;
+        Ok((messages, uidnext, uidvalidity))
+    }
+
+    /// Selects a folder read-write (EXAMINE would not let flags be pushed later), with
+    /// CONDSTORE when the server offers it.
+    pub async fn select(&mut self, folder: &str) -> Result<Selected, ImapError> {
+        let condstore = self.has_condstore();
+        let command = if condstore {
+            format!("SELECT {} (CONDSTORE)", quote(folder))
+        } else {
+            format!("SELECT {}", quote(folder))
+        };
+        self.selected = None;
+        self.unsolicited = Unsolicited::default();
+        let mut selected = Selected::default();
+        let mut have_uidvalidity = false;
+        self.exec(&command, |r| {
+            match r {
+                Response::MailboxData(MailboxDatum::Exists(n)) => selected.exists = *n,
+                Response::Data { outcome, .. } => match outcome.code {
+                    Some(ResponseCode::UidValidity(v)) => {
+                        selected.uidvalidity = v;
+                        have_uidvalidity = true;
+                    }
+                    Some(ResponseCode::UidNext(n)) => selected.uidnext = Some(n),
+                    Some(ResponseCode::HighestModSeq(m)) => selected.highestmodseq = Some(m),
+                    _ => {
+                        // NOMODSEQ: the folder has no mod-sequences; stay without.
+                    }
+                },
+                _ => {}
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| no_mailbox(e, folder))?;
+        if !have_uidvalidity {
+            return Err(ImapError::Protocol {
+                command: "SELECT".into(),
+                detail: format!("no UIDVALIDITY for {folder}; cannot sync it safely"),
+            });
+        }
+        self.unsolicited = Unsolicited::default();
+        self.selected = Some(folder.to_owned());
+        Ok(selected)
+    }
+
+    /// UID and flags of messages: all of them, or those changed since `modseq`.
+    pub async fn fetch_flags(&mut self, changed_since: Option<u64>) -> Result<Vec<RemoteEntry>, ImapError> {
+        let command = match changed_since {
+            Some(m) if self.has_condstore() => format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})"),
+            _ => "UID FETCH 1:* (UID FLAGS)".to_owned(),
+        };
+        let mut entries = Vec::new();
+        self.exec(&command, |r| {
+            if let Response::Fetch(_, attrs) = r {
+                let mut uid = None;
+                let mut flags = None;
+                for a in attrs {
+                    match a {
+                        AttributeValue::Uid(u) => uid = Some(*u),
+                        AttributeValue::Flags(f) => flags = Some(parse_flags(f)),
+                        _ => {}
+                    }
+                }
+                // A FETCH without UID is an unsolicited flag update from another session;
+                // it is covered by the next listing.
+                if let (Some(uid), Some(flags)) = (uid, flags) {
+                    entries.push(RemoteEntry { uid, flags });
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(entries)
+    }
+
+    /// Every UID in the selected folder.
+    pub async fn search_all_uids(&mut self) -> Result<Vec<u32>, ImapError> {
+        let mut uids = Vec::new();
+        self.exec("UID SEARCH ALL", |r| {
+            if let Response::MailboxData(MailboxDatum::Search(found)) = r {
+                uids.extend_from_slice(found);
+            }
+            Ok(())
+        })
+        .await?;
+        uids.sort_unstable();
+        Ok(uids)
+    }
+
+    /// Size, INTERNALDATE, flags and Message-ID of the given messages (no bodies).
+    pub async fn fetch_fingerprints(&mut self, uids: &[u32]) -> Result<Vec<Fingerprinted>, ImapError> {
+        let mut out = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(500) {
+            let command = format!(
+                "UID FETCH {} (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
+                uid_set(chunk)
+            );
+            self.exec(&command, |r| {
+                if let Response::Fetch(_, attrs) = r {
+                    let mut f = Fingerprinted {
+                        uid: 0,
+                        flags: Flags::empty(),
+                        size: 0,
+                        internaldate: 0,
+                        message_id: None,
+                    };
+                    let mut have_uid = false;
+                    for a in attrs {
+                        match a {
+                            AttributeValue::Uid(u) => {
+                                f.uid = *u;
+                                have_uid = true;
+                            }
+                            AttributeValue::Flags(fl) => f.flags = parse_flags(fl),
+                            AttributeValue::Rfc822Size(s) => f.size = u64::from(*s),
+                            AttributeValue::InternalDate(d) => {
+                                f.internaldate = parse_internaldate(d).unwrap_or(0)
+                            }
+                            AttributeValue::BodySection { data: Some(d), .. } => {
+                                f.message_id = crate::sync::headers::message_id_from_header_block(d)
+                            }
+                            _ => {}
+                        }
+                    }
+                    if have_uid {
+                        out.push(f);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(out)
+    }
+
+    /// Downloads the given messages whole, handing each to `deliver` as it arrives, so
+    /// at most one message is held in memory at a time. `deliver` may stop the fetch by
+    /// returning an error.
+    pub async fn fetch_bodies<F>(&mut self, uids: &[u32], mut deliver: F) -> Result<(), ImapError>
+    where
+        F: FnMut(FetchedMessage) -> Result<(), ImapError>,
+    {
+        let command = format!(
+            "UID FETCH {} (UID FLAGS INTERNALDATE BODY.PEEK[])",
+            uid_set(uids)
+        );
+        self.exec(&command, |r| {
+            if let Response::Fetch(_, attrs) = r {
+                let mut uid = None;
+                let mut flags = Flags::empty();
+                let mut internaldate = 0;
+                let mut body = None;
+                for a in attrs {
+                    match a {
+                        AttributeValue::Uid(u) => uid = Some(*u),
+                        AttributeValue::Flags(f) => flags = parse_flags(f),
+                        AttributeValue::InternalDate(d) => internaldate = parse_internaldate(d).unwrap_or(0),
+                        AttributeValue::BodySection { section: None, data, .. } => {
+                            body = Some(data.as_deref().unwrap_or_default().to_vec())
+                        }
+                        AttributeValue::Rfc822(data) => {
+                            body = Some(data.as_deref().unwrap_or_default().to_vec())
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(uid), Some(body)) = (uid, body) {
+                    deliver(FetchedMessage {
+                        uid,
+                        flags,
+                        internaldate,
+                        body,
+                    })?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn noop(&mut self) -> Result<(), ImapError> {
+        self.exec("NOOP", |_| Ok(())).await
+    }
+
+    /// Logs out politely; errors are irrelevant at that point.
+    pub async fn logout(mut self) {
+        let _ = self.exec("LOGOUT", |_| Ok(())).await;
+    }
+
+    pub fn qresync_enabled(&self) -> bool {
+        self.qresync_enabled
+    }
+}
+
+fn parse_flags(flags: &[std::borrow::Cow<'_, str>]) -> Flags {
+    let mut out = Flags::empty();
+    for f in flags {
+        if let Some(flag) = Flags::from_imap(f) {
+            out.insert(flag);
+        }
+    }
+    out
+}
+
+fn outcome_text(code: Option<&ResponseCode<'_>>, information: Option<&str>) -> String {
+    let info = information.unwrap_or("").to_owned();
+    match code {
+        Some(ResponseCode::TryCreate) => format!("[TRYCREATE] {info}"),
+        Some(ResponseCode::Alert) => format!("[ALERT] {info}"),
+        Some(ResponseCode::Parse) => format!("[PARSE] {info}"),
+        _ => info,
+    }
+}
+
+fn no_mailbox(error: ImapError, folder: &str) -> ImapError {
+    match &error {
+        ImapError::No { text, .. } => {
+            let t = text.to_ascii_lowercase();
+            if t.contains("nonexistent") || t.contains("doesn't exist") || t.contains("does not exist") || t.contains("not found") || t.contains("unknown mailbox") {
+                ImapError::NoMailbox(folder.to_owned())
+            } else {
+                error
+            }
+        }
+        _ => error,
+    }
+}
+
+fn command_name(command: &str) -> String {
+    let mut words = command.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(w), Some(second)) if w.eq_ignore_ascii_case("UID") => format!("UID {second}"),
+        (Some(w), _) => w.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A command as it may appear in logs: AUTHENTICATE lines carry credentials.
+fn loggable(command: &str) -> String {
+    if command
+        .get(..12)
+        .is_some_and(|p| p.eq_ignore_ascii_case("AUTHENTICATE"))
+    {
+        "AUTHENTICATE /* REDACTED */".to_owned()
+    } else if command.len() > 200 {
+        format!("{}…", &command[..command.floor_char_boundary(200)])
+    } else {
+        command.to_owned()
+    }
+}
+
+fn map_async_imap(error: async_imap::error::Error, command: &str) -> ImapError {
+    use async_imap::error::Error;
+    match error {
+        Error::Io(e) => ImapError::Io(e),
+        Error::ConnectionLost => ImapError::ConnectionLost(command.to_owned()),
+        other => ImapError::Protocol {
+            command: command.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}

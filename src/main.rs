@@ -1,0 +1,69 @@
+//! The `mailsync` binary: parse the command line, set up logging, dispatch to
+//! `mailsync::commands`, and map the outcome to the exit code (0 ok, 1 partial, 2 fatal).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+use mailsync::cli::{Cli, Command};
+use mailsync::commands::{self, Exit};
+use mailsync::config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let path = cli.config.clone().unwrap_or_else(config::default_path);
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mailsync: {e}");
+            return ExitCode::from(Exit::Fatal as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailsync: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Fatal as u8);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Folders(args) => commands::folders::run(&config, args).await,
+            Command::Sync(args) => commands::sync::run(&config, args).await,
+        }
+    });
+    match result {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(e) => {
+            eprintln!("mailsync: {e}");
+            ExitCode::from(Exit::Fatal as u8)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // async-imap logs every command verbatim at trace level, AUTHENTICATE's token
+    // included: never let its trace output through, whatever RUST_LOG says.
+    let no_imap_trace = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("async_imap") && *meta.level() == tracing::Level::TRACE)
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .with_filter(no_imap_trace),
+        )
+        .init();
+}

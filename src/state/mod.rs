@@ -1,0 +1,572 @@
+//! The sync state in SQLite: folders (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ), one row per
+//! synced message, the journal of deliveries and moves in flight, and the account lock.
+//!
+//! Durability rule: a message row is committed only after its file is durable. The
+//! journal (`pending` rows, `moved_from`) is written *before* the file operation, so a
+//! crash at any instant leaves enough to finish or undo it ([`State::pending`]).
+
+mod lock;
+mod schema;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::sync::model::{Fingerprint, Flags, FolderId, Record};
+
+pub use lock::{AccountLock, LockError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state database {path} has schema version {found}, newer than this mailsync knows ({known}); upgrade mailsync"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot create state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A mapped folder's row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderRow {
+    pub id: FolderId,
+    pub account: String,
+    pub local: String,
+    pub remote: String,
+    pub uidvalidity: Option<u32>,
+    pub uidnext: Option<u32>,
+    pub highestmodseq: Option<u64>,
+    pub last_sync: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// What is stored about a message besides its record: a few parsed headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    pub date: Option<i64>,
+}
+
+/// A delivery journalled but not committed: the file may or may not exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingDelivery {
+    pub folder: FolderId,
+    pub base: String,
+}
+
+/// A message row being moved between folders: the row already names the new folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingMove {
+    pub record: Record,
+    pub from: FolderId,
+}
+
+pub struct State {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl State {
+    /// Opens (creating if needed) the database in `state_dir`, with the directory made
+    /// private (0700) and the schema migrated to the current version.
+    pub fn open(state_dir: &Path) -> Result<State, StateError> {
+        create_private_dir(state_dir)?;
+        let path = state_dir.join("state.sqlite");
+        let conn = Connection::open(&path).map_err(|source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let mut state = State { conn, path };
+        state.init()?;
+        Ok(state)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init(&mut self) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let wrap = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        // FULL: a commit is on disk when it returns, which the durability rule needs.
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA secure_delete = ON;
+                 PRAGMA busy_timeout = 10000;",
+            )
+            .map_err(wrap)?;
+        restrict_file(&self.path);
+        schema::migrate(&mut self.conn, &self.path)
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The folder row for (`account`, `local`), created if new; the remote name is
+    /// updated when the mapping now resolves elsewhere.
+    pub fn folder(
+        &mut self,
+        account: &str,
+        local: &str,
+        remote: &str,
+    ) -> Result<FolderRow, StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO folders (account, local, remote) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (account, local) DO UPDATE SET remote = excluded.remote",
+                params![account, local, remote],
+            )
+            .map_err(|e| self.err(e))?;
+        let row = self
+            .conn
+            .query_row(
+                &format!("{FOLDER_SELECT} WHERE account = ?1 AND local = ?2"),
+                params![account, local],
+                folder_from_row,
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(row)
+    }
+
+    pub fn folders(&self, account: &str) -> Result<Vec<FolderRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "{FOLDER_SELECT} WHERE account = ?1 ORDER BY local"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![account], folder_from_row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+        rows.map_err(|e| self.err(e))
+    }
+
+    pub fn folder_by_id(&self, id: FolderId) -> Result<Option<FolderRow>, StateError> {
+        self.conn
+            .query_row(
+                &format!("{FOLDER_SELECT} WHERE id = ?1"),
+                params![id.0],
+                folder_from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records the server's folder state after a successful pass.
+    pub fn set_folder_synced(
+        &mut self,
+        id: FolderId,
+        uidvalidity: u32,
+        uidnext: Option<u32>,
+        highestmodseq: Option<u64>,
+        now: i64,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE folders SET uidvalidity = ?2, uidnext = ?3, highestmodseq = ?4,
+                 last_sync = ?5, last_error = NULL WHERE id = ?1",
+                params![
+                    id.0,
+                    uidvalidity,
+                    uidnext,
+                    highestmodseq.map(|m| m as i64),
+                    now
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn set_folder_error(&mut self, id: FolderId, error: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE folders SET last_error = ?2 WHERE id = ?1",
+                params![id.0, error],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every committed record of a folder, any UIDVALIDITY.
+    pub fn records(&self, folder: FolderId) -> Result<Vec<Record>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT folder, uidvalidity, uid, base, flags, size, internaldate, message_id
+                 FROM messages WHERE folder = ?1 ORDER BY uidvalidity, uid",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![folder.0], record_from_row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+        rows.map_err(|e| self.err(e))
+    }
+
+    pub fn count(&self, folder: FolderId) -> Result<u64, StateError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM messages WHERE folder = ?1",
+                params![folder.0],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Journals deliveries about to be written, in one transaction.
+    pub fn journal_deliveries(
+        &mut self,
+        folder: FolderId,
+        bases: &[String],
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let wrap = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR IGNORE INTO pending (folder, base) VALUES (?1, ?2)")
+                .map_err(wrap)?;
+            for base in bases {
+                stmt.execute(params![folder.0, base]).map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Commits delivered messages (their files are durable) and drops their journal
+    /// entries, in one transaction. Bases journalled but not delivered are dropped too.
+    pub fn commit_deliveries(
+        &mut self,
+        folder: FolderId,
+        delivered: &[(Record, Headers)],
+        abandoned: &[String],
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let wrap = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO messages (folder, uidvalidity, uid, base, flags, size,
+                     internaldate, message_id, sender, subject, date)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(wrap)?;
+            let mut unjournal = tx
+                .prepare_cached("DELETE FROM pending WHERE folder = ?1 AND base = ?2")
+                .map_err(wrap)?;
+            for (r, h) in delivered {
+                insert
+                    .execute(params![
+                        r.folder.0,
+                        r.uidvalidity,
+                        r.uid,
+                        r.base,
+                        r.flags.bits(),
+                        r.fingerprint.size as i64,
+                        r.fingerprint.internaldate,
+                        r.fingerprint.message_id,
+                        h.from,
+                        h.subject,
+                        h.date,
+                    ])
+                    .map_err(wrap)?;
+                unjournal.execute(params![folder.0, r.base]).map_err(wrap)?;
+            }
+            for base in abandoned {
+                unjournal.execute(params![folder.0, base]).map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Deliveries journalled by a run that did not commit them.
+    pub fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT folder, base FROM pending ORDER BY folder, base")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PendingDelivery {
+                    folder: FolderId(r.get(0)?),
+                    base: r.get(1)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+        rows.map_err(|e| self.err(e))
+    }
+
+    pub fn drop_pending(&mut self, pending: &PendingDelivery) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "DELETE FROM pending WHERE folder = ?1 AND base = ?2",
+                params![pending.folder.0, pending.base],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Updates the flags of records whose files were renamed, in one transaction.
+    pub fn set_flags(&mut self, updates: &[(FolderId, u32, u32, Flags)]) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let wrap = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE messages SET flags = ?4 WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+                )
+                .map_err(wrap)?;
+            for (folder, uidvalidity, uid, flags) in updates {
+                stmt.execute(params![folder.0, uidvalidity, uid, flags.bits()])
+                    .map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Deletes the records of messages whose files are gone, in one transaction.
+    pub fn remove(&mut self, records: &[Record]) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let wrap = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+                )
+                .map_err(wrap)?;
+            for r in records {
+                stmt.execute(params![r.folder.0, r.uidvalidity, r.uid])
+                    .map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Journals a relocation: the record is rebound to its new place and remembers
+    /// the folder its file is still in, until [`State::finish_move`].
+    pub fn journal_relocation(
+        &mut self,
+        record: &Record,
+        folder: FolderId,
+        uidvalidity: u32,
+        uid: u32,
+        flags: Flags,
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let wrap = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        // A stale row at the destination (e.g. a failed earlier run) must not block the
+        // rebinding; the destination UID belongs to this message now.
+        tx.execute(
+            "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            params![folder.0, uidvalidity, uid],
+        )
+        .map_err(wrap)?;
+        let moved_from = (record.folder != folder).then_some(record.folder.0);
+        tx.execute(
+            "UPDATE messages SET folder = ?4, uidvalidity = ?5, uid = ?6, flags = ?7,
+             moved_from = COALESCE(moved_from, ?8)
+             WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            params![
+                record.folder.0,
+                record.uidvalidity,
+                record.uid,
+                folder.0,
+                uidvalidity,
+                uid,
+                flags.bits(),
+                moved_from
+            ],
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
+    /// Clears the move journal of records whose files are now in their folder.
+    pub fn finish_moves(&mut self, done: &[(FolderId, u32, u32)]) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let wrap = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE messages SET moved_from = NULL WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+                )
+                .map_err(wrap)?;
+            for (folder, uidvalidity, uid) in done {
+                stmt.execute(params![folder.0, uidvalidity, uid])
+                    .map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Records whose file may still be in another folder (a move not finished).
+    pub fn pending_moves(&self) -> Result<Vec<PendingMove>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT folder, uidvalidity, uid, base, flags, size, internaldate, message_id, moved_from
+                 FROM messages WHERE moved_from IS NOT NULL",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PendingMove {
+                    record: record_from_row(r)?,
+                    from: FolderId(r.get(8)?),
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+        rows.map_err(|e| self.err(e))
+    }
+}
+
+const FOLDER_SELECT: &str = "SELECT id, account, local, remote, uidvalidity, uidnext, highestmodseq,
+    last_sync, last_error FROM folders";
+
+fn folder_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FolderRow> {
+    Ok(FolderRow {
+        id: FolderId(r.get(0)?),
+        account: r.get(1)?,
+        local: r.get(2)?,
+        remote: r.get(3)?,
+        uidvalidity: r.get(4)?,
+        uidnext: r.get(5)?,
+        highestmodseq: r.get::<_, Option<i64>>(6)?.map(|m| m as u64),
+        last_sync: r.get(7)?,
+        last_error: r.get(8)?,
+    })
+}
+
+fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record {
+        folder: FolderId(r.get(0)?),
+        uidvalidity: r.get(1)?,
+        uid: r.get(2)?,
+        base: r.get(3)?,
+        flags: Flags::from_bits(r.get::<_, i64>(4)? as u8),
+        fingerprint: Fingerprint {
+            size: r.get::<_, i64>(5)? as u64,
+            internaldate: r.get(6)?,
+            message_id: r.get(7)?,
+        },
+    })
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let wrap = |source| StateError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(wrap)?;
+    // An existing directory keeps its mode unless tightened: tokens live here.
+    let meta = std::fs::metadata(dir).map_err(wrap)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(wrap)?;
+    }
+    Ok(())
+}
+
+fn restrict_file(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+impl State {
+    /// The small per-record view the listing diff needs, for every record of a folder.
+    pub fn known(&self, folder: FolderId) -> Result<Vec<crate::sync::model::Known>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT uidvalidity, uid, flags FROM messages WHERE folder = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![folder.0], |r| {
+                Ok(crate::sync::model::Known {
+                    uidvalidity: r.get(0)?,
+                    uid: r.get(1)?,
+                    flags: Flags::from_bits(r.get::<_, i64>(2)? as u8),
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+        rows.map_err(|e| self.err(e))
+    }
+
+    /// The full records for the given (uidvalidity, uid) keys of a folder.
+    pub fn records_for(&self, folder: FolderId, keys: &[(u32, u32)]) -> Result<Vec<Record>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT folder, uidvalidity, uid, base, flags, size, internaldate, message_id
+                 FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (uidvalidity, uid) in keys {
+            if let Some(r) = stmt
+                .query_row(params![folder.0, uidvalidity, uid], record_from_row)
+                .optional()
+                .map_err(|e| self.err(e))?
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One record by key.
+    pub fn record(&self, folder: FolderId, uidvalidity: u32, uid: u32) -> Result<Option<Record>, StateError> {
+        Ok(self.records_for(folder, &[(uidvalidity, uid)])?.pop())
+    }
+}

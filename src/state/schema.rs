@@ -1,0 +1,71 @@
+//! Schema migrations: `PRAGMA user_version` is the schema version; each migration runs
+//! in its own transaction, so a crash mid-upgrade leaves the previous version intact.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::StateError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: folders, messages, the delivery journal.
+    "CREATE TABLE folders (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        local TEXT NOT NULL,
+        remote TEXT NOT NULL,
+        uidvalidity INTEGER,
+        uidnext INTEGER,
+        highestmodseq INTEGER,
+        last_sync INTEGER,
+        last_error TEXT,
+        UNIQUE (account, local)
+    );
+    CREATE TABLE messages (
+        folder INTEGER NOT NULL REFERENCES folders (id) ON DELETE CASCADE,
+        uidvalidity INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        base TEXT NOT NULL,
+        flags INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        internaldate INTEGER NOT NULL,
+        message_id TEXT,
+        sender TEXT,
+        subject TEXT,
+        date INTEGER,
+        moved_from INTEGER,
+        PRIMARY KEY (folder, uidvalidity, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX messages_moved ON messages (moved_from) WHERE moved_from IS NOT NULL;
+    CREATE TABLE pending (
+        folder INTEGER NOT NULL REFERENCES folders (id) ON DELETE CASCADE,
+        base TEXT NOT NULL,
+        PRIMARY KEY (folder, base)
+    ) WITHOUT ROWID;",
+];
+
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
+    let wrap = |source| StateError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(wrap)?;
+    if found > known {
+        return Err(StateError::TooNew {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(wrap)?;
+        tx.execute_batch(sql).map_err(wrap)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(wrap)?;
+        tx.commit().map_err(wrap)?;
+    }
+    Ok(())
+}

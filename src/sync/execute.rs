@@ -1,0 +1,745 @@
+//! The executor: runs one sync pass of an account. It asks the server, lets the pure
+//! planner decide, and applies the plan to the Maildir and the state, journalling
+//! before each file operation and committing after it, so that a crash at any instant
+//! leaves a state the next pass converges from.
+//!
+//! A pass, for the mapped folders of one account, on one connection:
+//! 0. recovery: finish or undo what a killed run journalled; clean our `tmp/` files;
+//! 1. per folder: SELECT, list UIDs and flags (only the changes with CONDSTORE, or
+//!    nothing at all when the folder provably did not change), diff with the records;
+//! 2. if any record vanished: fetch the fingerprints of new messages and pair them
+//!    (moves between folders and UIDVALIDITY changes become local renames);
+//! 3. per folder: relocate, apply flags, remove, then download what is left in bounded
+//!    batches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::auth::{AuthError, TokenSource};
+use crate::config::roles::{self, RemoteFolder};
+use crate::config::{Account, Config, Mapping};
+use crate::imap::{self, ImapError, Session};
+use crate::maildir::Maildir;
+use crate::state::{AccountLock, FolderRow, Headers, LockError, State, StateError};
+
+use super::headers;
+use super::model::{Action, FolderDiff, FolderId, Fingerprint, Flags, Record, RemoteNew};
+use super::plan::{self, Listing};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("account {account}: {source}")]
+    Imap {
+        account: String,
+        #[source]
+        source: ImapError,
+    },
+    #[error("{path}: {source}")]
+    Maildir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Mapping(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl SyncError {
+    /// Worth retrying after backoff (the daemon's concern), rather than needing a fix.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::Imap { source, .. } => source.is_transient(),
+            SyncError::Auth(a) => a.is_transient(),
+            SyncError::Lock(LockError::Busy { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How a pass reports progress; the `sync` command draws bars, the daemon logs.
+pub trait Progress: Send + Sync {
+    fn folder_started(&self, _local: &str, _to_fetch: u64) {}
+    fn fetched(&self, _local: &str, _messages: u64, _bytes: u64) {}
+    fn folder_finished(&self, _report: &FolderReport) {}
+}
+
+/// Progress that reports nothing.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+pub struct SyncOptions {
+    /// Only this local folder (`sync --folder`).
+    pub only_folder: Option<String>,
+    pub progress: Arc<dyn Progress>,
+    /// Set to stop at the next message boundary (SIGTERM, account removed).
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            only_folder: None,
+            progress: Arc::new(Quiet),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FolderReport {
+    pub local: String,
+    pub remote: String,
+    pub fetched: u64,
+    pub flag_updates: u64,
+    pub removed: u64,
+    pub moved_in: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    pub account: String,
+    pub folders: Vec<FolderReport>,
+    pub elapsed: Duration,
+    pub token_requests: u64,
+}
+
+impl SyncReport {
+    pub fn failed_folders(&self) -> usize {
+        self.folders.iter().filter(|f| f.error.is_some()).count()
+    }
+}
+
+/// One mapped folder during a pass.
+struct Target {
+    mapping: Mapping,
+    remote: RemoteFolder,
+    row: FolderRow,
+    maildir: Maildir,
+    report: FolderReport,
+    selected: Option<imap::Selected>,
+    diff: FolderDiff,
+    /// Set when the folder failed; later phases skip it.
+    failed: bool,
+}
+
+/// Runs one pass over the mapped folders of `account`.
+pub async fn sync_account(
+    config: &Config,
+    account: &Account,
+    options: &SyncOptions,
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let state_dir = &config.daemon.state_dir;
+    let mut state = State::open(state_dir)?;
+    let _lock = AccountLock::acquire(state_dir, &account.name)?;
+    let mut tokens = TokenSource::new(account)?;
+    let mut conn = Connector {
+        account,
+        timeout: config.daemon.command_timeout,
+    };
+    let mut session = conn.open(&mut tokens).await?;
+
+    let imap_err = |source| SyncError::Imap {
+        account: account.name.clone(),
+        source,
+    };
+    let listed = session.list().await.map_err(imap_err)?;
+
+    // Resolve mappings; one that resolves nowhere fails alone, with the config line.
+    let mut targets: Vec<Target> = Vec::new();
+    let mut failed_reports = Vec::new();
+    for mapping in &account.folders {
+        if let Some(only) = &options.only_folder
+            && &mapping.local != only
+        {
+            continue;
+        }
+        match roles::resolve(&mapping.remote, &listed) {
+            Ok(remote) => {
+                let row = state.folder(&account.name, &mapping.local, &remote.name)?;
+                let path = account.maildir.join(&mapping.local);
+                let maildir = Maildir::open(&path).map_err(|source| SyncError::Maildir {
+                    path: path.clone(),
+                    source,
+                })?;
+                targets.push(Target {
+                    report: FolderReport {
+                        local: mapping.local.clone(),
+                        remote: remote.display.clone(),
+                        ..FolderReport::default()
+                    },
+                    mapping: mapping.clone(),
+                    remote: remote.clone(),
+                    row,
+                    maildir,
+                    selected: None,
+                    diff: FolderDiff::default(),
+                    failed: false,
+                });
+            }
+            Err(e) => {
+                let message = format!(
+                    "{}:{}: accounts.{}.folders.{}: {e}",
+                    config.path.display(),
+                    mapping.line,
+                    account.name,
+                    toml_key(&mapping.local)
+                );
+                failed_reports.push(FolderReport {
+                    local: mapping.local.clone(),
+                    remote: mapping.remote.to_string(),
+                    error: Some(message),
+                    ..FolderReport::default()
+                });
+            }
+        }
+    }
+    if let Some(only) = &options.only_folder
+        && targets.is_empty()
+        && failed_reports.is_empty()
+    {
+        return Err(SyncError::Mapping(format!(
+            "account {} has no mapped folder named {only:?} (mapped: {})",
+            account.name,
+            account
+                .folders
+                .iter()
+                .map(|m| m.local.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+
+    recover(&mut state, &account.name, state_dir, &account.maildir)?;
+    for t in &targets {
+        t.maildir.clean_tmp().map_err(|source| SyncError::Maildir {
+            path: t.maildir.tmp(),
+            source,
+        })?;
+    }
+
+    // Phase 1: what changed on the server.
+    for t in targets.iter_mut() {
+        check_stop(options)?;
+        match list_folder(&mut session, &state, t).await {
+            Ok(()) => {}
+            Err(e) => fail_folder(&mut state, t, &e)?,
+        }
+    }
+
+    // Phase 2: pair new messages with vanished records, if any vanished.
+    let any_vanished = targets.iter().any(|t| !t.failed && !t.diff.vanished.is_empty());
+    let mut actions: Vec<Action> = Vec::new();
+    if any_vanished {
+        let mut new = Vec::new();
+        let mut vanished = Vec::new();
+        for t in targets.iter_mut().filter(|t| !t.failed) {
+            vanished.extend(state.records_for(t.row.id, &t.diff.vanished)?);
+            if t.diff.new_uids.is_empty() {
+                continue;
+            }
+            let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
+            let result = async {
+                session.select(&t.remote.name).await?;
+                session.fetch_fingerprints(&t.diff.new_uids).await
+            }
+            .await;
+            match result {
+                Ok(prints) => new.extend(prints.into_iter().map(|p| RemoteNew {
+                    folder: t.row.id,
+                    uidvalidity,
+                    uid: p.uid,
+                    flags: p.flags,
+                    fingerprint: Fingerprint {
+                        message_id: p.message_id,
+                        size: p.size,
+                        internaldate: p.internaldate,
+                    },
+                })),
+                Err(e) => fail_folder(&mut state, t, &e)?,
+            }
+        }
+        // A failed folder's records must not be removed, nor its messages re-fetched.
+        let failed: Vec<FolderId> = targets.iter().filter(|t| t.failed).map(|t| t.row.id).collect();
+        vanished.retain(|r| !failed.contains(&r.folder));
+        new.retain(|n| !failed.contains(&n.folder));
+        actions = plan::pair(new, vanished);
+    } else {
+        for t in targets.iter().filter(|t| !t.failed) {
+            actions.extend(t.diff.new_uids.iter().map(|&uid| Action::Fetch {
+                folder: t.row.id,
+                uid,
+            }));
+        }
+    }
+    for t in targets.iter().filter(|t| !t.failed) {
+        let folder = t.row.id;
+        let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
+        actions.extend(t.diff.flag_updates.iter().map(|&(uid, flags)| Action::SetFlags {
+            folder,
+            uid,
+            flags,
+        }));
+        let _ = uidvalidity;
+    }
+
+    // Phase 3: apply. Local-only actions first, for every folder, so relocations are
+    // committed before any removal; then downloads folder by folder.
+    let index: HashMap<FolderId, usize> = targets.iter().enumerate().map(|(i, t)| (t.row.id, i)).collect();
+    apply_local(&mut state, &mut targets, &index, &actions)?;
+
+    let mut fetches: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for a in &actions {
+        if let Action::Fetch { folder, uid } = a
+            && let Some(&i) = index.get(folder)
+        {
+            fetches.entry(i).or_default().push(*uid);
+        }
+    }
+    let mut session = Some(session);
+    for i in 0..targets.len() {
+        if targets[i].failed {
+            continue;
+        }
+        check_stop(options)?;
+        let uids = fetches.remove(&i).unwrap_or_default();
+        let t = &mut targets[i];
+        options.progress.folder_started(&t.mapping.local, uids.len() as u64);
+        if session.is_none() {
+            match conn.open(&mut tokens).await {
+                Ok(s) => session = Some(s),
+                Err(e) => {
+                    let e = e.to_string();
+                    t.failed = true;
+                    t.report.error = Some(e.clone());
+                    state.set_folder_error(t.row.id, &e)?;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = session.as_mut() else { continue };
+        let result = download(s, &mut state, t, &uids, config.daemon.batch_size, options).await;
+        match result {
+            Ok(()) => {
+                if let Some(sel) = &t.selected {
+                    let uidnext = sel.uidnext;
+                    state.set_folder_synced(t.row.id, sel.uidvalidity, uidnext, sel.highestmodseq, now())?;
+                }
+            }
+            Err(DownloadError::Stopped) => return Err(SyncError::Interrupted),
+            Err(DownloadError::Local(e)) => return Err(e),
+            Err(DownloadError::Imap(e)) => {
+                if e.is_fatal_to_session() {
+                    session = None;
+                }
+                fail_folder(&mut state, t, &e)?;
+            }
+        }
+        options.progress.folder_finished(&t.report);
+    }
+    if let Some(s) = session {
+        s.logout().await;
+    }
+
+    let mut folders: Vec<FolderReport> = targets.into_iter().map(|t| t.report).collect();
+    folders.extend(failed_reports);
+    Ok(SyncReport {
+        account: account.name.clone(),
+        folders,
+        elapsed: started.elapsed(),
+        token_requests: tokens.token_requests(),
+    })
+}
+
+/// Opens authenticated sessions, refreshing the token once if the server refuses it.
+struct Connector<'a> {
+    account: &'a Account,
+    timeout: Duration,
+}
+
+impl Connector<'_> {
+    async fn open(&mut self, tokens: &mut TokenSource) -> Result<Session, SyncError> {
+        let account = self.account;
+        let imap_err = |source| SyncError::Imap {
+            account: account.name.clone(),
+            source,
+        };
+        let mut retried = false;
+        loop {
+            let token = tokens.access_token().await?;
+            let client = imap::connect(&account.imap, self.timeout).await.map_err(imap_err)?;
+            match client.authenticate(&account.login_user, &token).await {
+                Ok(session) => return Ok(session),
+                Err(ImapError::AuthFailed(f)) if !retried => {
+                    // The token may have been revoked or expired early: get a new one once.
+                    tracing::info!(account = %account.name, "token refused ({}); requesting a new one", f.server_text);
+                    tokens.invalidate();
+                    retried = true;
+                }
+                Err(e) => return Err(imap_err(e)),
+            }
+        }
+    }
+}
+
+fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {
+    if options.stop.load(Ordering::Relaxed) {
+        Err(SyncError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+fn fail_folder(state: &mut State, t: &mut Target, e: &ImapError) -> Result<(), SyncError> {
+    let text = format!("{} ({}): {e}", t.mapping.local, t.remote.display);
+    tracing::warn!(folder = %t.mapping.local, "{e}");
+    t.failed = true;
+    t.report.error = Some(text.clone());
+    state.set_folder_error(t.row.id, &text)?;
+    Ok(())
+}
+
+/// SELECT and list one folder, and diff the listing with its records.
+async fn list_folder(session: &mut Session, state: &State, t: &mut Target) -> Result<(), ImapError> {
+    let sel = session.select(&t.remote.name).await?;
+    let known = state
+        .known(t.row.id)
+        .map_err(|e| ImapError::Protocol { command: "state".into(), detail: e.to_string() })?;
+    let same_validity = t.row.uidvalidity == Some(sel.uidvalidity);
+    let count = known.iter().filter(|k| k.uidvalidity == sel.uidvalidity).count() as u64;
+    let listing = match (same_validity, t.row.highestmodseq, sel.highestmodseq) {
+        (true, Some(old), Some(now)) if session.has_condstore() => {
+            if old == now && t.row.uidnext == sel.uidnext && u64::from(sel.exists) == count {
+                // Nothing changed: not a single message needs to be listed.
+                Listing {
+                    entries: Vec::new(),
+                    complete: false,
+                    present: None,
+                }
+            } else {
+                let entries = session.fetch_flags(Some(old)).await?;
+                let known_uids: std::collections::HashSet<u32> = known
+                    .iter()
+                    .filter(|k| k.uidvalidity == sel.uidvalidity)
+                    .map(|k| k.uid)
+                    .collect();
+                let added = entries.iter().filter(|e| !known_uids.contains(&e.uid)).count() as u64;
+                let present = if u64::from(sel.exists) == count + added {
+                    None
+                } else {
+                    Some(session.search_all_uids().await?)
+                };
+                Listing {
+                    entries,
+                    complete: false,
+                    present,
+                }
+            }
+        }
+        _ => Listing {
+            entries: session.fetch_flags(None).await?,
+            complete: true,
+            present: None,
+        },
+    };
+    t.diff = plan::diff_folder(&known, sel.uidvalidity, &listing);
+    if !same_validity && t.row.uidvalidity.is_some() {
+        tracing::warn!(
+            folder = %t.mapping.local,
+            old = t.row.uidvalidity,
+            new = sel.uidvalidity,
+            "UIDVALIDITY changed: re-pairing messages by Message-ID, size and date"
+        );
+    }
+    tracing::debug!(
+        folder = %t.mapping.local,
+        new = t.diff.new_uids.len(),
+        flags = t.diff.flag_updates.len(),
+        vanished = t.diff.vanished.len(),
+        "listed"
+    );
+    t.selected = Some(sel);
+    Ok(())
+}
+
+/// Applies relocations, flag changes and removals: no network needed.
+fn apply_local(
+    state: &mut State,
+    targets: &mut [Target],
+    index: &HashMap<FolderId, usize>,
+    actions: &[Action],
+) -> Result<(), SyncError> {
+    let maildir_err = |path: PathBuf| move |source| SyncError::Maildir { path, source };
+    // Relocations: journal (rebind + moved_from), rename, clear the journal.
+    let mut done_moves = Vec::new();
+    for a in actions {
+        let Action::Relocate { record, folder, uidvalidity, uid, flags } = a else { continue };
+        let (Some(&from_i), Some(&to_i)) = (index.get(&record.folder), index.get(folder)) else {
+            continue;
+        };
+        state.journal_relocation(record, *folder, *uidvalidity, *uid, *flags)?;
+        let from = targets[from_i].maildir.clone();
+        let to = targets[to_i].maildir.clone();
+        if let Some(path) = from
+            .locate(&record.base, record.flags)
+            .map_err(maildir_err(from.root().to_owned()))?
+        {
+            from.move_to(&path, &to, &record.base, *flags)
+                .map_err(maildir_err(path.clone()))?;
+        }
+        done_moves.push((*folder, *uidvalidity, *uid));
+        if record.folder != *folder {
+            targets[to_i].report.moved_in += 1;
+        }
+    }
+    if !done_moves.is_empty() {
+        for t in targets.iter() {
+            t.maildir.sync_dirs().map_err(maildir_err(t.maildir.root().to_owned()))?;
+        }
+        state.finish_moves(&done_moves)?;
+    }
+
+    // Flags: rename, then record. A crash in between is healed by `locate`.
+    let mut flag_rows = Vec::new();
+    for a in actions {
+        let Action::SetFlags { folder, uid, flags } = a else { continue };
+        let Some(&i) = index.get(folder) else { continue };
+        let t = &mut targets[i];
+        let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
+        let Some(record) = state.record(*folder, uidvalidity, *uid)? else { continue };
+        if let Some(path) = t
+            .maildir
+            .locate(&record.base, record.flags)
+            .map_err(maildir_err(t.maildir.root().to_owned()))?
+        {
+            t.maildir
+                .set_flags(&path, &record.base, *flags)
+                .map_err(maildir_err(path.clone()))?;
+        }
+        flag_rows.push((*folder, uidvalidity, *uid, *flags));
+        t.report.flag_updates += 1;
+    }
+    state.set_flags(&flag_rows)?;
+
+    // Removals: delete the file, then the record.
+    let mut removed: Vec<Record> = Vec::new();
+    for a in actions {
+        let Action::Remove { record } = a else { continue };
+        let Some(&i) = index.get(&record.folder) else { continue };
+        let t = &mut targets[i];
+        if let Some(path) = t
+            .maildir
+            .locate(&record.base, record.flags)
+            .map_err(maildir_err(t.maildir.root().to_owned()))?
+        {
+            t.maildir.remove(&path).map_err(maildir_err(path.clone()))?;
+        }
+        t.report.removed += 1;
+        removed.push(record.clone());
+    }
+    if !removed.is_empty() {
+        for t in targets.iter() {
+            t.maildir.sync_dirs().map_err(maildir_err(t.maildir.root().to_owned()))?;
+        }
+        state.remove(&removed)?;
+    }
+    Ok(())
+}
+
+enum DownloadError {
+    Imap(ImapError),
+    Local(SyncError),
+    Stopped,
+}
+
+/// Downloads `uids` into the folder in batches: journal the batch's file names, fetch
+/// and deliver each message as it streams in, fsync the directory, commit the rows.
+async fn download(
+    session: &mut Session,
+    state: &mut State,
+    t: &mut Target,
+    uids: &[u32],
+    batch_size: u32,
+    options: &SyncOptions,
+) -> Result<(), DownloadError> {
+    if uids.is_empty() {
+        return Ok(());
+    }
+    let Some(sel) = t.selected.clone() else { return Ok(()) };
+    let current = session.select(&t.remote.name).await.map_err(DownloadError::Imap)?;
+    if current.uidvalidity != sel.uidvalidity {
+        // Changed again since listing: the next pass re-pairs; fetching now would file
+        // messages under a UIDVALIDITY we did not list.
+        return Err(DownloadError::Imap(ImapError::Protocol {
+            command: "SELECT".into(),
+            detail: "UIDVALIDITY changed during the sync; the next pass will re-pair".into(),
+        }));
+    }
+    let local = t.mapping.local.clone();
+    for batch in uids.chunks(batch_size.max(1) as usize) {
+        if options.stop.load(Ordering::Relaxed) {
+            return Err(DownloadError::Stopped);
+        }
+        let bases: HashMap<u32, String> = batch.iter().map(|&uid| (uid, t.maildir.new_base(uid))).collect();
+        let mut names: Vec<String> = bases.values().cloned().collect();
+        names.sort();
+        state
+            .journal_deliveries(t.row.id, &names)
+            .map_err(|e| DownloadError::Local(e.into()))?;
+
+        let mut delivered: Vec<(Record, Headers)> = Vec::with_capacity(batch.len());
+        let mut local_error: Option<SyncError> = None;
+        let mut stopped = false;
+        let maildir = &t.maildir;
+        let folder = t.row.id;
+        let uidvalidity = sel.uidvalidity;
+        let stop = &options.stop;
+        let progress = &options.progress;
+        let report = &mut t.report;
+        let result = session
+            .fetch_bodies(batch, |m| {
+                let Some(base) = bases.get(&m.uid) else { return Ok(()) };
+                if delivered.iter().any(|(r, _)| r.uid == m.uid) {
+                    return Ok(()); // a server repeating a message must not make a duplicate
+                }
+                if let Err(source) = maildir.deliver(base, m.flags, &m.body) {
+                    local_error = Some(SyncError::Maildir {
+                        path: maildir.root().to_owned(),
+                        source,
+                    });
+                    return Err(ImapError::Protocol { command: "deliver".into(), detail: "local write failed".into() });
+                }
+                let (message_id, h) = headers::parse(&m.body);
+                let size = m.body.len() as u64;
+                report.fetched += 1;
+                report.bytes += size;
+                progress.fetched(&local, 1, size);
+                delivered.push((
+                    Record {
+                        folder,
+                        uidvalidity,
+                        uid: m.uid,
+                        base: base.clone(),
+                        flags: m.flags,
+                        fingerprint: Fingerprint {
+                            message_id,
+                            size,
+                            internaldate: m.internaldate,
+                        },
+                    },
+                    h,
+                ));
+                if stop.load(Ordering::Relaxed) {
+                    stopped = true;
+                    return Err(ImapError::Protocol { command: "FETCH".into(), detail: "stopped".into() });
+                }
+                Ok(())
+            })
+            .await;
+
+        // Whatever happened, commit what is on disk: it is durable once the directory is.
+        maildir
+            .sync_dirs()
+            .map_err(|source| DownloadError::Local(SyncError::Maildir { path: maildir.root().to_owned(), source }))?;
+        let delivered_bases: std::collections::HashSet<&str> =
+            delivered.iter().map(|(r, _)| r.base.as_str()).collect();
+        let abandoned: Vec<String> = names
+            .iter()
+            .filter(|n| !delivered_bases.contains(n.as_str()))
+            .cloned()
+            .collect();
+        state
+            .commit_deliveries(folder, &delivered, &abandoned)
+            .map_err(|e| DownloadError::Local(e.into()))?;
+
+        if let Some(e) = local_error {
+            return Err(DownloadError::Local(e));
+        }
+        if stopped {
+            return Err(DownloadError::Stopped);
+        }
+        result.map_err(DownloadError::Imap)?;
+    }
+    Ok(())
+}
+
+/// Finishes what a killed run journalled: deliveries whose rows were never committed
+/// are undone (the file, if it got into place, is removed and the message will be
+/// fetched again), and moves whose file had not been renamed yet are completed.
+fn recover(state: &mut State, account: &str, _state_dir: &std::path::Path, root: &std::path::Path) -> Result<(), SyncError> {
+    let folders: HashMap<FolderId, FolderRow> = state
+        .folders(account)?
+        .into_iter()
+        .map(|f| (f.id, f))
+        .collect();
+    let maildir_of = |id: FolderId| -> Option<Maildir> {
+        folders.get(&id).and_then(|f| Maildir::open(&root.join(&f.local)).ok())
+    };
+    for p in state.pending_deliveries()? {
+        if !folders.contains_key(&p.folder) {
+            continue;
+        }
+        if let Some(m) = maildir_of(p.folder) {
+            let found = m.locate(&p.base, Flags::empty()).map_err(|source| SyncError::Maildir {
+                path: m.root().to_owned(),
+                source,
+            })?;
+            if let Some(path) = found {
+                tracing::info!(file = %path.display(), "removing a delivery a previous run did not commit");
+                m.remove(&path).map_err(|source| SyncError::Maildir { path: path.clone(), source })?;
+                m.sync_dirs().map_err(|source| SyncError::Maildir { path: m.root().to_owned(), source })?;
+            }
+            let tmp = m.tmp().join(&p.base);
+            let _ = std::fs::remove_file(tmp);
+        }
+        state.drop_pending(&p)?;
+    }
+    let mut finished = Vec::new();
+    for pm in state.pending_moves()? {
+        let r = &pm.record;
+        if !folders.contains_key(&r.folder) {
+            continue;
+        }
+        let (Some(to), Some(from)) = (maildir_of(r.folder), maildir_of(pm.from)) else { continue };
+        let in_place = to.locate(&r.base, r.flags).map_err(|source| SyncError::Maildir { path: to.root().to_owned(), source })?;
+        if in_place.is_none()
+            && let Some(path) = from.locate(&r.base, r.flags).map_err(|source| SyncError::Maildir { path: from.root().to_owned(), source })?
+        {
+            from.move_to(&path, &to, &r.base, r.flags).map_err(|source| SyncError::Maildir { path, source })?;
+            to.sync_dirs().map_err(|source| SyncError::Maildir { path: to.root().to_owned(), source })?;
+            from.sync_dirs().map_err(|source| SyncError::Maildir { path: from.root().to_owned(), source })?;
+        }
+        finished.push((r.folder, r.uidvalidity, r.uid));
+    }
+    state.finish_moves(&finished)?;
+    Ok(())
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A local folder name as it appears as a TOML key.
+fn toml_key(name: &str) -> String {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
+}

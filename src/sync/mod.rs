@@ -1,0 +1,7 @@
+//! Sync: the pure model and planner, and the executor that applies a plan.
+pub mod execute;
+pub mod headers;
+pub mod model;
+pub mod plan;
+
+pub use execute::{FolderReport, SyncOptions, SyncReport, sync_account};

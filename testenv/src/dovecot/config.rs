@@ -1,0 +1,154 @@
+//! Renders a self-contained `dovecot.conf` (plus the oauth2 passdb args file and the
+//! master-user file) for one test instance.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::options::{DovecotOptions, EXCHANGE_CAPABILITIES, Profile};
+
+/// The master user that seeds and inspects mail (`USER*admin` with PLAIN).
+pub const MASTER_USER: &str = "admin";
+
+/// Who the mail processes run as.
+#[derive(Clone, Debug)]
+pub struct MailUser {
+    /// User name for `uid=` (e.g. `nobody`).
+    pub user: String,
+    /// Group name for `gid=` (e.g. `nogroup`).
+    pub group: String,
+    /// Whether Dovecot runs as root (else everything runs as this user).
+    pub root: bool,
+}
+
+/// Everything that varies between instances.
+#[derive(Clone, Debug)]
+pub struct Instance<'a> {
+    pub dir: &'a Path,
+    pub name: &'a str,
+    pub imap_port: u16,
+    pub imaps_port: u16,
+    pub mail_user: &'a MailUser,
+    pub options: &'a DovecotOptions,
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The oauth2 passdb args file.
+pub fn oauth2_args(introspection_url: &str) -> String {
+    format!(
+        "introspection_mode = post\n\
+         introspection_url = {introspection_url}\n\
+         force_introspection = yes\n\
+         username_attribute = email\n\
+         active_attribute = active\n\
+         active_value = true\n\
+         timeout_msecs = 5000\n"
+    )
+}
+
+/// The master-user passwd file.
+pub fn master_users(password: &str) -> String {
+    format!("{MASTER_USER}:{{PLAIN}}{password}\n")
+}
+
+/// `dovecot.conf`.
+pub fn render(i: &Instance<'_>) -> String {
+    let d = i.dir.display();
+    let o = i.options;
+    let mut c = String::new();
+    let _ = writeln!(
+        c,
+        "# mailsync-testenv instance {name}
+instance_name = {name}
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+listen = 127.0.0.1
+protocols = imap
+ssl = yes
+ssl_cert = <{d}/cert.pem
+ssl_key = <{d}/key.pem
+ssl_dh = </usr/share/dovecot/dh.pem
+auth_cache_size = 0
+auth_failure_delay = 0
+auth_verbose = yes
+auth_master_user_separator = *
+mail_location = maildir:~/Maildir
+mail_max_userip_connections = {maxconn}
+first_valid_uid = 1
+",
+        name = i.name,
+        maxconn = o.max_user_connections,
+    );
+    match o.profile {
+        Profile::Full => {
+            c.push_str("auth_mechanisms = plain login xoauth2 oauthbearer\n");
+        }
+        Profile::Exchange => {
+            c.push_str("auth_mechanisms = plain xoauth2\n");
+            let _ = writeln!(c, "imap_capability = {}", EXCHANGE_CAPABILITIES.join(" "));
+            c.push_str("login_greeting = Microsoft Exchange Server IMAP4 service is ready.\n");
+        }
+    }
+    let chroot = if i.mail_user.root {
+        String::new()
+    } else {
+        let _ = writeln!(
+            c,
+            "default_internal_user = {u}\ndefault_internal_group = {g}\ndefault_login_user = {u}",
+            u = i.mail_user.user,
+            g = i.mail_user.group
+        );
+        "  chroot =\n".to_string()
+    };
+    let _ = writeln!(
+        c,
+        "service anvil {{
+{chroot}  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+service imap-login {{
+{chroot}  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = {imaps}
+    ssl = yes
+  }}
+}}
+passdb {{
+  driver = passwd-file
+  master = yes
+  args = {d}/master-users
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {d}/oauth2.conf
+}}
+userdb {{
+  driver = static
+  args = uid={u} gid={g} home={d}/home/%Lu allow_all_users=yes
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /",
+        imap = i.imap_port,
+        imaps = i.imaps_port,
+        u = i.mail_user.user,
+        g = i.mail_user.group,
+    );
+    for m in &o.mailboxes {
+        let _ = writeln!(c, "  mailbox {} {{", quote(&m.name));
+        if let Some(su) = &m.special_use {
+            let _ = writeln!(c, "    special_use = {su}");
+        }
+        c.push_str("    auto = subscribe\n  }\n");
+    }
+    c.push_str("}\n");
+    c.push_str(&o.extra_config);
+    c
+}

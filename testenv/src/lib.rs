@@ -1,0 +1,33 @@
+//! Test environment for mailsync: a real Dovecot IMAP server on loopback ports, an
+//! in-process OAuth identity provider shaped like Microsoft identity platform v2.0, a
+//! deterministic mail corpus, and a writer for mailsync's TOML config.
+//!
+//! Typical use in an integration test:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use mailsync_testenv::{Dovecot, DovecotOptions, Idp};
+//! let idp = Idp::start().await;
+//! idp.add_app("app-1", Some("s3cret"), Some("jane@example.com"));
+//! let dovecot = Dovecot::start(DovecotOptions::new(&idp)).await?;
+//! dovecot.append("jane@example.com", "INBOX", b"Subject: hi\r\n\r\nhello\r\n", &["\\Seen"], None).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod corpus;
+pub mod dovecot;
+pub mod idp;
+pub mod mailsync_config;
+pub mod random;
+pub mod utf7;
+pub mod xoauth2;
+
+pub use chrono;
+pub use corpus::{Corpus, CorpusMessage, CorpusOptions, MalformedMessage, Role};
+pub use dovecot::{
+    Dovecot, DovecotOptions, EXCHANGE_CAPABILITIES, MailboxSpec, MoveMode, Profile, SeedMessage,
+    ServerMessage,
+};
+pub use idp::{Idp, TokenFailure};
+pub use mailsync_config::{MailsyncConfig, write_mailsync_config};
+pub use xoauth2::XOAuth2;

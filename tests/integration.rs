@@ -1,0 +1,28 @@
+//! The integration tests, built as one binary. Every test talks to a real Dovecot on
+//! loopback (TLS, XOAUTH2 validated by the test identity provider) and runs the real
+//! `mailsync` binary; every sync test runs on both server profiles.
+
+mod support;
+
+mod bad_input;
+mod crash;
+mod pull;
+mod secrets;
+
+/// Defines `NAME::full` and `NAME::exchange` tests running `async fn NAME(Profile)`.
+#[macro_export]
+macro_rules! on_both_profiles {
+    ($name:ident) => {
+        mod $name {
+            use mailsync_testenv::dovecot::Profile;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn full() {
+                super::$name(Profile::Full).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exchange() {
+                super::$name(Profile::Exchange).await
+            }
+        }
+    };
+}

@@ -1,0 +1,157 @@
+//! Pull sync against the real server: initial sync, new mail, flags both ways,
+//! expunge, moves done locally, UIDVALIDITY changes, localized role folders.
+
+use mailsync_testenv::dovecot::{MoveMode, Profile, SeedMessage};
+
+use crate::on_both_profiles;
+use crate::support::{Env, USER};
+
+fn message(i: usize, size: usize) -> Vec<u8> {
+    let body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n".repeat(size / 58 + 1);
+    format!(
+        "From: Sender {i} <sender{i}@example.org>\r\nTo: {USER}\r\nSubject: Test message {i}\r\nDate: Mon, 2 Nov 2026 10:{:02}:00 +0000\r\nMessage-ID: <msg-{i}@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}",
+        i % 60
+    )
+    .into_bytes()
+}
+
+async fn seed(env: &Env, folder: &str, range: std::ops::Range<usize>, flags: &[&str]) -> Vec<u32> {
+    let messages: Vec<SeedMessage> = range.map(|i| SeedMessage::new(message(i, 2000 + i * 37), flags)).collect();
+    env.dovecot.append_many(USER, folder, messages).await.expect("append")
+}
+
+async fn initial_sync(profile: Profile) {
+    let env = Env::start(profile).await;
+    seed(&env, "INBOX", 0..20, &[]).await;
+    seed(&env, "Archive", 20..45, &["\\Seen"]).await;
+    seed(&env, "Deleted Items", 45..50, &["\\Seen", "\\Deleted"]).await;
+    // Mail in a folder that is not mapped must stay on the server only.
+    seed(&env, "Sent Items", 50..53, &["\\Seen"]).await;
+
+    let summary = env.sync().await;
+    assert_eq!(summary.folder("Inbox").fetched, 20);
+    assert_eq!(summary.folder("Archive").fetched, 25);
+    assert_eq!(summary.folder("Deleted Items").fetched, 5);
+    env.assert_in_sync().await;
+    assert!(!env.mail_root().join("Sent Items").exists(), "an unmapped folder was synced");
+
+    // A second pass changes nothing and downloads nothing.
+    let again = env.sync().await;
+    assert_eq!(again.total(), Default::default(), "{again:?}");
+    env.assert_in_sync().await;
+}
+on_both_profiles!(initial_sync);
+
+async fn new_mail_and_flag_changes(profile: Profile) {
+    let env = Env::start(profile).await;
+    let uids = seed(&env, "INBOX", 0..10, &[]).await;
+    let archived = seed(&env, "Archive", 10..15, &["\\Seen", "\\Flagged"]).await;
+    env.sync().await;
+
+    seed(&env, "INBOX", 100..103, &[]).await;
+    // Set flags on some, clear flags on others.
+    env.dovecot.set_flags(USER, "INBOX", uids[0], &["\\Seen"], &[]).await.unwrap();
+    env.dovecot.set_flags(USER, "INBOX", uids[1], &["\\Flagged", "\\Answered"], &[]).await.unwrap();
+    env.dovecot.set_flags(USER, "Archive", archived[0], &[], &["\\Seen"]).await.unwrap();
+    env.dovecot.set_flags(USER, "Archive", archived[1], &[], &["\\Flagged", "\\Seen"]).await.unwrap();
+
+    let summary = env.sync().await;
+    assert_eq!(summary.folder("Inbox").fetched, 3);
+    assert_eq!(summary.folder("Inbox").flag_updates, 2);
+    assert_eq!(summary.folder("Archive").flag_updates, 2);
+    assert_eq!(summary.folder("Archive").fetched, 0);
+    env.assert_in_sync().await;
+}
+on_both_profiles!(new_mail_and_flag_changes);
+
+async fn expunge(profile: Profile) {
+    let env = Env::start(profile).await;
+    let uids = seed(&env, "INBOX", 0..12, &["\\Seen"]).await;
+    env.sync().await;
+    env.dovecot.expunge(USER, "INBOX", &[uids[2], uids[5], uids[11]]).await.unwrap();
+    let summary = env.sync().await;
+    assert_eq!(summary.folder("Inbox").removed, 3);
+    assert_eq!(summary.folder("Inbox").fetched, 0);
+    env.assert_in_sync().await;
+}
+on_both_profiles!(expunge);
+
+/// Exchange moves are COPY + EXPUNGE: the message must be moved locally, not fetched.
+async fn move_to_trash_is_local(profile: Profile) {
+    let env = Env::start(profile).await;
+    // Large messages, so a download would dwarf everything else the server sends.
+    let big: Vec<SeedMessage> = (0..6).map(|i| SeedMessage::new(message(i, 300_000), &["\\Seen"])).collect();
+    let uids = env.dovecot.append_many(USER, "INBOX", big).await.unwrap();
+    env.sync().await;
+
+    let moved = [uids[1], uids[3], uids[4]];
+    env.dovecot
+        .move_messages(USER, "INBOX", "Deleted Items", &moved, MoveMode::CopyExpunge)
+        .await
+        .unwrap();
+    let log_mark = env.log_lines();
+    let summary = env.sync().await;
+    assert_eq!(summary.folder("Deleted Items").moved_in, 3, "{summary:?}");
+    assert_eq!(summary.total().fetched, 0, "{summary:?}");
+    assert_eq!(summary.total().removed, 0, "{summary:?}");
+    env.assert_in_sync().await;
+    // What the server sent in that pass, by its own count: far less than one message.
+    let sent = env.server_bytes_out(log_mark);
+    assert!(sent > 0, "no logout line in the Dovecot log");
+    assert!(sent < 100_000, "the server sent {sent} bytes: the moved messages were downloaded");
+}
+on_both_profiles!(move_to_trash_is_local);
+
+/// The folder is deleted and created again with the same messages: a new UIDVALIDITY.
+async fn uidvalidity_change(profile: Profile) {
+    let env = Env::start(profile).await;
+    let big: Vec<SeedMessage> = (0..5).map(|i| SeedMessage::new(message(i, 200_000), &["\\Seen"])).collect();
+    env.dovecot.append_many(USER, "INBOX", big).await.unwrap();
+    seed(&env, "INBOX", 10..14, &[]).await;
+    env.sync().await;
+
+    let before = env.dovecot.uidvalidity(USER, "INBOX").await.unwrap();
+    env.dovecot.recreate_folder(USER, "INBOX").await.unwrap();
+    let after = env.dovecot.uidvalidity(USER, "INBOX").await.unwrap();
+    assert_ne!(before, after, "the test server kept its UIDVALIDITY");
+    // One genuinely new message arrives with it.
+    seed(&env, "INBOX", 20..21, &[]).await;
+
+    let log_mark = env.log_lines();
+    let summary = env.sync().await;
+    assert_eq!(summary.folder("Inbox").fetched, 1, "{summary:?}");
+    assert_eq!(summary.folder("Inbox").removed, 0, "{summary:?}");
+    env.assert_in_sync().await;
+    let sent = env.server_bytes_out(log_mark);
+    assert!(sent < 150_000, "the server sent {sent} bytes: unchanged messages were downloaded again");
+
+    let again = env.sync().await;
+    assert_eq!(again.total(), Default::default());
+}
+on_both_profiles!(uidvalidity_change);
+
+/// A German mailbox: the trash is "Gelöschte Elemente" (modified UTF-7 on the wire),
+/// found by role.
+async fn localized_trash_by_role(profile: Profile) {
+    let env = Env::start_with(profile, |o| o.rename_special("\\Trash", "Gelöschte Elemente")).await;
+    seed(&env, "Gelöschte Elemente", 0..4, &["\\Seen"]).await;
+    seed(&env, "INBOX", 4..6, &[]).await;
+    let summary = env.sync().await;
+    assert_eq!(summary.folder("Deleted Items").fetched, 4, "{summary:?}");
+    env.assert_in_sync().await;
+
+    let run = env.run(&["folders"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("Gelöschte Elemente"))
+        .unwrap_or_else(|| panic!("folders does not show the decoded name:\n{run}"));
+    assert!(line.contains("Deleted Items"), "not shown as mapped: {line}");
+    if profile == Profile::Full {
+        assert!(line.contains("@trash"), "role not shown: {line}");
+    }
+}
+on_both_profiles!(localized_trash_by_role);
+
+// CORPUS_TEST_PLACEHOLDER

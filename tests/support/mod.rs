@@ -1,0 +1,349 @@
+//! What the integration tests share: a test environment (a real Dovecot on loopback
+//! with TLS, the in-process identity provider, a mailsync config in a temp dir), a way
+//! to run the real `mailsync` binary, and the check every sync test ends with: the
+//! Maildir holds exactly what the server holds (bytes and flags), nothing more.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use mailsync_testenv::dovecot::{Dovecot, DovecotOptions, Profile};
+use mailsync_testenv::Idp;
+
+pub const USER: &str = "jane@example.com";
+pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+pub const CLIENT_SECRET: &str = "test-secret-Q7fZ~k2pX9";
+pub const PROFILES: [Profile; 2] = [Profile::Full, Profile::Exchange];
+
+/// The default mappings: local name → remote (a name or a role).
+pub const MAPPINGS: &[(&str, &str)] = &[
+    ("Inbox", "INBOX"),
+    ("Archive", "@archive"),
+    ("Deleted Items", "@trash"),
+];
+
+pub struct Env {
+    pub idp: Idp,
+    pub dovecot: Dovecot,
+    pub dir: tempfile::TempDir,
+    pub profile: Profile,
+    pub mappings: Vec<(String, String)>,
+}
+
+impl Env {
+    pub async fn start(profile: Profile) -> Env {
+        Env::start_with(profile, |o| o).await
+    }
+
+    /// Starts with the Dovecot options adjusted by `tune` (e.g. a localized trash).
+    pub async fn start_with(profile: Profile, tune: impl FnOnce(DovecotOptions) -> DovecotOptions) -> Env {
+        let idp = Idp::start().await;
+        idp.add_user(USER);
+        idp.add_app(CLIENT_ID, Some(CLIENT_SECRET), Some(USER));
+        let dovecot = Dovecot::start(tune(DovecotOptions::new(&idp).profile(profile)))
+            .await
+            .expect("start dovecot");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let env = Env {
+            idp,
+            dovecot,
+            dir,
+            profile,
+            mappings: MAPPINGS.iter().map(|(l, r)| (l.to_string(), r.to_string())).collect(),
+        };
+        std::fs::write(env.dir.path().join("work.secret"), format!("{CLIENT_SECRET}\n")).unwrap();
+        std::fs::copy(env.dovecot.ca_file(), env.dir.path().join("ca.pem")).unwrap();
+        env.write_config();
+        env
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn mail_root(&self) -> PathBuf {
+        self.dir.path().join("Mail")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn maildir(&self, local: &str) -> PathBuf {
+        self.mail_root().join(local)
+    }
+
+    /// The config text for the current mappings; `extra` goes into the account table.
+    pub fn config_text(&self, extra: &str) -> String {
+        let d = self.dir.path();
+        let mut folders = String::new();
+        for (local, remote) in &self.mappings {
+            folders.push_str(&format!("{} = {}\n", toml_string(local), toml_string(remote)));
+        }
+        format!(
+            r#"# mailsync test config
+[daemon]
+state_dir = {state}
+command_timeout = "20s"
+
+[accounts.work]
+provider = "custom"
+email = "{USER}"
+client_id = "{CLIENT_ID}"
+flow = "client-credentials"
+client_secret_file = {secret}
+maildir = {mail}
+imap_host = "localhost"
+imap_port = {port}
+tls = "implicit"
+ca_file = {ca}
+token_url = "{token_url}"
+scopes = ["https://outlook.office365.com/.default"]
+{extra}
+[accounts.work.folders]
+{folders}"#,
+            state = toml_string(&d.join("state").display().to_string()),
+            secret = toml_string(&d.join("work.secret").display().to_string()),
+            mail = toml_string(&d.join("Mail").display().to_string()),
+            port = self.dovecot.imaps_port(),
+            ca = toml_string(&d.join("ca.pem").display().to_string()),
+            token_url = self.idp.token_url("contoso"),
+        )
+    }
+
+    pub fn write_config(&self) {
+        std::fs::write(self.config_path(), self.config_text("")).unwrap();
+    }
+
+    /// A `mailsync` command with this environment's config.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mailsync"));
+        c.arg("--config").arg(self.config_path()).args(args);
+        c.env_remove("RUST_LOG").env_remove("MAILSYNC_CONFIG").env_remove("CREDENTIALS_DIRECTORY");
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `mailsync ARGS` to completion (off the async runtime).
+    pub async fn run(&self, args: &[&str]) -> Run {
+        let mut c = self.command(args);
+        let out = tokio::task::spawn_blocking(move || c.output().expect("run mailsync"))
+            .await
+            .unwrap();
+        Run::from(out)
+    }
+
+    /// `mailsync sync`, which must succeed.
+    pub async fn sync(&self) -> Summary {
+        let run = self.run(&["sync"]).await;
+        assert_eq!(run.code, 0, "sync failed:\n{run}");
+        run.summary()
+    }
+
+    /// Asserts that each mapped local folder holds exactly the server folder's
+    /// messages: same bytes, same flags, no extra file, no leftover in tmp/.
+    pub async fn assert_in_sync(&self) {
+        for (local, remote) in self.resolved_mappings().await {
+            let server = self.dovecot.messages(USER, &remote).await.expect("server messages");
+            let mut expected: Vec<(Vec<u8>, String)> = server
+                .iter()
+                .map(|m| (m.body.clone(), maildir_letters(&m.flags)))
+                .collect();
+            let mut actual = local_messages(&self.maildir(&local));
+            expected.sort();
+            actual.sort();
+            assert_eq!(
+                actual.len(),
+                expected.len(),
+                "{}: local folder {local} has {} messages, server folder {remote} has {}",
+                self.profile.name(),
+                actual.len(),
+                expected.len()
+            );
+            for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+                assert!(a == e, "{}: {local}: message {i} differs: local flags {:?}, server flags {:?}, local {} bytes, server {} bytes",
+                    self.profile.name(), a.1, e.1, a.0.len(), e.0.len());
+            }
+            let tmp: Vec<_> = std::fs::read_dir(self.maildir(&local).join("tmp")).unwrap().collect();
+            assert!(tmp.is_empty(), "{local}/tmp is not empty: {tmp:?}");
+        }
+    }
+
+    /// (local, server folder name in UTF-8) for the mappings, with roles resolved the
+    /// way this test server lays folders out.
+    pub async fn resolved_mappings(&self) -> Vec<(String, String)> {
+        let folders = self.dovecot.folders(USER).await.expect("list folders");
+        self.mappings
+            .iter()
+            .map(|(local, remote)| {
+                let name = match remote.strip_prefix('@') {
+                    None => remote.clone(),
+                    Some("inbox") => "INBOX".to_owned(),
+                    Some(role) => {
+                        let attr = format!("\\{}", capitalize(role));
+                        folders
+                            .iter()
+                            .find(|(_, attrs)| attrs.iter().any(|a| a.eq_ignore_ascii_case(&attr) || a.eq_ignore_ascii_case(&format!("Extension(\"{attr}\")")) || a.to_ascii_lowercase().contains(role)))
+                            .map(|(n, _)| n.clone())
+                            .unwrap_or_else(|| panic!("no folder with role {role} in {folders:?}"))
+                    }
+                };
+                (local.clone(), name)
+            })
+            .collect()
+    }
+
+    /// Bytes the server sent to mailsync's IMAP sessions, from Dovecot's logout lines
+    /// (`out=N`), summed over the sessions that ended since `since_line`.
+    pub fn server_bytes_out(&self, since_line: usize) -> u64 {
+        self.dovecot
+            .log()
+            .lines()
+            .skip(since_line)
+            .filter(|l| l.contains("imap(") && l.contains(USER) && l.contains("out="))
+            .filter_map(|l| l.split("out=").nth(1))
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum()
+    }
+
+    pub fn log_lines(&self) -> usize {
+        self.dovecot.log().lines().count()
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// IMAP flags → the Maildir info letters mailsync must write, sorted.
+pub fn maildir_letters(flags: &[String]) -> String {
+    let mut letters: Vec<char> = flags
+        .iter()
+        .filter_map(|f| match f.to_ascii_lowercase().as_str() {
+            "\\seen" => Some('S'),
+            "\\answered" => Some('R'),
+            "\\flagged" => Some('F'),
+            "\\deleted" => Some('T'),
+            "\\draft" => Some('D'),
+            _ => None,
+        })
+        .collect();
+    letters.sort_unstable();
+    letters.into_iter().collect()
+}
+
+/// (bytes, flag letters) of every message file in a Maildir folder (cur/ and new/).
+pub fn local_messages(dir: &Path) -> Vec<(Vec<u8>, String)> {
+    let mut out = Vec::new();
+    for sub in ["cur", "new"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+        for e in entries {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let letters = name.split_once(":2,").map(|(_, f)| f.to_owned()).unwrap_or_default();
+            let mut letters: Vec<char> = letters.chars().collect();
+            letters.sort_unstable();
+            out.push((std::fs::read(e.path()).unwrap(), letters.into_iter().collect()));
+        }
+    }
+    out
+}
+
+/// A finished `mailsync` run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Per-folder counts from the summary `sync` prints.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub folders: BTreeMap<String, Counts>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub fetched: u64,
+    pub flag_updates: u64,
+    pub removed: u64,
+    pub moved_in: u64,
+}
+
+impl Summary {
+    pub fn total(&self) -> Counts {
+        self.folders.values().fold(Counts::default(), |a, c| Counts {
+            fetched: a.fetched + c.fetched,
+            flag_updates: a.flag_updates + c.flag_updates,
+            removed: a.removed + c.removed,
+            moved_in: a.moved_in + c.moved_in,
+        })
+    }
+    pub fn folder(&self, local: &str) -> Counts {
+        self.folders.get(local).copied().unwrap_or_default()
+    }
+}
+
+impl Run {
+    /// Parses lines like `work/Inbox: fetched 3, flag updates 1, removed 0, moved in 0, 1.2 kB`.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for line in self.stdout.lines() {
+            let Some((head, rest)) = line.split_once(": fetched ") else { continue };
+            let Some((_, local)) = head.split_once('/') else { continue };
+            let num = |key: &str| -> u64 {
+                rest.split(", ")
+                    .find_map(|part| part.strip_prefix(key))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let fetched = rest.split(',').next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+            s.folders.insert(
+                local.to_owned(),
+                Counts {
+                    fetched,
+                    flag_updates: num("flag updates "),
+                    removed: num("removed "),
+                    moved_in: num("moved in "),
+                },
+            );
+        }
+        s
+    }
+}
