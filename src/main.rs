@@ -1,6 +1,7 @@
 //! The `mailsync` binary: parse the command line, set up logging, dispatch to
 //! `mailsync::commands`, and map the outcome to the exit code (0 ok, 1 partial, 2 fatal).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -22,7 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Fatal as u8);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mailsync: cannot start the async runtime: {e}");
@@ -62,6 +66,7 @@ fn init_logging(cli: &Cli) {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_filter(filter)
                 .with_filter(no_imap_trace),
         )

@@ -29,14 +29,23 @@ fn malformed() -> Vec<SeedMessage> {
 
 async fn malformed_messages_are_stored_byte_exact(profile: Profile) {
     let env = Env::start(profile).await;
-    env.dovecot.append_many(USER, "INBOX", malformed()).await.unwrap();
+    env.dovecot
+        .append_many(USER, "INBOX", malformed())
+        .await
+        .unwrap();
     // A 0-byte message cannot be APPENDed; put it in the server's Maildir directly.
     env.dovecot
         .seed_fast(USER, "INBOX", vec![SeedMessage::new(Vec::<u8>::new(), &[])])
         .await
         .unwrap();
     env.dovecot
-        .append(USER, "INBOX", b"Subject: fine\r\nMessage-ID: <ok@x>\r\n\r\nok\r\n", &[], None)
+        .append(
+            USER,
+            "INBOX",
+            b"Subject: fine\r\nMessage-ID: <ok@x>\r\n\r\nok\r\n",
+            &[],
+            None,
+        )
         .await
         .unwrap();
     let summary = env.sync().await;
@@ -51,7 +60,11 @@ async fn config_error(env: &Env, text: &str) -> String {
     let run = env.run(&["sync"]).await;
     assert_eq!(run.code, 2, "a broken config must be fatal:\n{run}");
     assert!(!run.stderr.contains("panicked"), "{run}");
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert_eq!(lines.len(), 1, "expected one error line:\n{run}");
     lines[0].to_owned()
 }
@@ -61,30 +74,60 @@ async fn config_errors_name_file_line_and_key() {
     let env = Env::start(Profile::Full).await;
     let path = env.config_path().display().to_string();
 
-    let text = env.config_text("").replace("provider = \"custom\"", "provider = \"custom\"\nemial = \"x@y\"");
+    let text = env.config_text("").replace(
+        "provider = \"custom\"",
+        "provider = \"custom\"\nemial = \"x@y\"",
+    );
     let line = config_error(&env, &text).await;
-    assert!(line.contains(&path) && line.contains("emial") && line.contains("accounts.work"), "{line}");
+    assert!(
+        line.contains(&path) && line.contains("emial") && line.contains("accounts.work"),
+        "{line}"
+    );
     let n = text.lines().position(|l| l.starts_with("emial")).unwrap() + 1;
-    assert!(line.contains(&format!(":{n}:")), "line {n} not named: {line}");
+    assert!(
+        line.contains(&format!(":{n}:")),
+        "line {n} not named: {line}"
+    );
 
     let text = env.config_text("").replace("\"@archive\"", "\"@archiv\"");
     let line = config_error(&env, &text).await;
-    assert!(line.contains("@archiv") && line.contains("Archive") && line.contains("@archive"), "{line}");
+    assert!(
+        line.contains("@archiv") && line.contains("Archive") && line.contains("@archive"),
+        "{line}"
+    );
     let n = text.lines().position(|l| l.contains("@archiv")).unwrap() + 1;
-    assert!(line.contains(&format!(":{n}:")), "line {n} not named: {line}");
+    assert!(
+        line.contains(&format!(":{n}:")),
+        "line {n} not named: {line}"
+    );
 
-    let text = env.config_text("").replace("poll_interval", "x").replace("command_timeout = \"20s\"", "command_timeout = \"twenty\"");
+    let text = env
+        .config_text("")
+        .replace("poll_interval", "x")
+        .replace("command_timeout = \"20s\"", "command_timeout = \"twenty\"");
     let line = config_error(&env, &text).await;
     assert!(line.contains("command_timeout"), "{line}");
 
-    let text = env.config_text("").replace("tls = \"implicit\"", "tls = \"plain\"").replace("imap_host = \"localhost\"", "imap_host = \"imap.example.com\"");
+    let text = env
+        .config_text("")
+        .replace("tls = \"implicit\"", "tls = \"plain\"")
+        .replace(
+            "imap_host = \"localhost\"",
+            "imap_host = \"imap.example.com\"",
+        );
     let line = config_error(&env, &text).await;
-    assert!(line.contains("plain") && line.contains("imap.example.com"), "{line}");
+    assert!(
+        line.contains("plain") && line.contains("imap.example.com"),
+        "{line}"
+    );
 
     std::fs::write(env.config_path(), "[accounts.work\nprovider = ").unwrap();
     let run = env.run(&["sync"]).await;
     assert_eq!(run.code, 2, "{run}");
-    assert!(run.stderr.contains(&path) && !run.stderr.contains("panicked"), "{run}");
+    assert!(
+        run.stderr.contains(&path) && !run.stderr.contains("panicked"),
+        "{run}"
+    );
 }
 
 /// A mapping to a folder the server does not have fails that folder, with its config
@@ -92,15 +135,30 @@ async fn config_errors_name_file_line_and_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mapping_to_missing_folder_names_it() {
     let mut env = Env::start(Profile::Exchange).await;
-    env.mappings.push(("Projects".into(), "Projects/2026".into()));
+    env.mappings
+        .push(("Projects".into(), "Projects/2026".into()));
     env.write_config();
-    env.dovecot.append(USER, "INBOX", b"Subject: a\r\n\r\nx\r\n", &[], None).await.unwrap();
+    env.dovecot
+        .append(USER, "INBOX", b"Subject: a\r\n\r\nx\r\n", &[], None)
+        .await
+        .unwrap();
     let run = env.run(&["sync"]).await;
     assert_eq!(run.code, 1, "{run}");
     let text = format!("{}{}", run.stdout, run.stderr);
-    let line = text.lines().find(|l| l.contains("Projects/2026")).unwrap_or_else(|| panic!("{run}"));
-    let n = env.config_text("").lines().position(|l| l.starts_with("Projects")).unwrap() + 1;
-    assert!(line.contains(&format!(":{n}:")) && line.contains("accounts.work.folders.Projects"), "{line}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("Projects/2026"))
+        .unwrap_or_else(|| panic!("{run}"));
+    let n = env
+        .config_text("")
+        .lines()
+        .position(|l| l.starts_with("\"Projects\""))
+        .unwrap()
+        + 1;
+    assert!(
+        line.contains(&format!(":{n}:")) && line.contains("accounts.work.folders.Projects"),
+        "{line}"
+    );
     assert_eq!(run.summary().folder("Inbox").fetched, 1, "{run}");
 }
 
@@ -112,7 +170,13 @@ async fn wrong_ca_file_is_a_tls_error() {
     std::fs::copy(other.dovecot.ca_file(), env.dir.path().join("ca.pem")).unwrap();
     let run = env.run(&["sync"]).await;
     assert_eq!(run.code, 2, "{run}");
-    assert!(run.stderr.contains("TLS") && run.stderr.contains("ca_file"), "{run}");
+    assert!(
+        run.stderr.contains("TLS") && run.stderr.contains("ca_file"),
+        "{run}"
+    );
     assert!(!run.stderr.contains("panicked"), "{run}");
-    assert!(!env.mail_root().join("Inbox").join("cur").exists() || crate::support::local_messages(&env.maildir("Inbox")).is_empty());
+    assert!(
+        !env.mail_root().join("Inbox").join("cur").exists()
+            || crate::support::local_messages(&env.maildir("Inbox")).is_empty()
+    );
 }

@@ -22,10 +22,19 @@ fn message(i: usize) -> Vec<u8> {
 
 async fn killed_initial_sync_converges(profile: Profile) {
     let env = Env::start(profile).await;
-    let split = [("INBOX", 0..700), ("Archive", 700..1800), ("Deleted Items", 1800..MESSAGES)];
+    let split = [
+        ("INBOX", 0..700),
+        ("Archive", 700..1800),
+        ("Deleted Items", 1800..MESSAGES),
+    ];
     for (folder, range) in split {
         let batch: Vec<SeedMessage> = range
-            .map(|i| SeedMessage::new(message(i), if i % 5 == 0 { &[][..] } else { &["\\Seen"][..] }))
+            .map(|i| {
+                SeedMessage::new(
+                    message(i),
+                    if i % 5 == 0 { &[][..] } else { &["\\Seen"][..] },
+                )
+            })
             .collect();
         env.dovecot.seed_fast(USER, folder, batch).await.unwrap();
     }
@@ -34,16 +43,22 @@ async fn killed_initial_sync_converges(profile: Profile) {
     // land in recovery, listing, journalling, delivery and commit alike.
     let mut kills = 0;
     let mut completed = 0;
+    // How many messages were on disk at each kill: proof the kills hit mid-download.
+    let mut on_disk_at_kill = Vec::new();
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let started = Instant::now();
     while kills < KILLS {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(30 + seed % 700);
+        let delay = Duration::from_millis(30 + seed % 1200);
         let mut cmd = env.command(&["sync"]);
         let killed = tokio::task::spawn_blocking(move || {
-            let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+            let mut child = cmd
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
             std::thread::sleep(delay);
             match child.try_wait().unwrap() {
                 Some(_) => false,
@@ -58,6 +73,11 @@ async fn killed_initial_sync_converges(profile: Profile) {
         .unwrap();
         if killed {
             kills += 1;
+            let n: usize = ["Inbox", "Archive", "Deleted Items"]
+                .iter()
+                .map(|l| local_messages(&env.maildir(l)).len())
+                .sum();
+            on_disk_at_kill.push(n);
         } else {
             // The sync finished before the kill: check it, then start over from an
             // empty store so the remaining kills hit an initial sync too.
@@ -66,8 +86,24 @@ async fn killed_initial_sync_converges(profile: Profile) {
             std::fs::remove_dir_all(env.mail_root()).unwrap();
             std::fs::remove_dir_all(env.state_dir()).unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "crash test ran too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "crash test ran too long"
+        );
     }
+
+    eprintln!(
+        "{}: messages on disk at each kill: {on_disk_at_kill:?}; {completed} runs completed",
+        profile.name()
+    );
+    let mid = on_disk_at_kill
+        .iter()
+        .filter(|&&n| n > 0 && n < MESSAGES)
+        .count();
+    assert!(
+        mid >= KILLS / 2,
+        "only {mid} kills landed mid-download: {on_disk_at_kill:?}"
+    );
 
     let run = env.run(&["sync"]).await;
     assert_eq!(run.code, 0, "{run}");
@@ -76,6 +112,9 @@ async fn killed_initial_sync_converges(profile: Profile) {
         .iter()
         .map(|l| local_messages(&env.maildir(l)).len())
         .sum();
-    assert_eq!(total, MESSAGES, "after {kills} kills and {completed} completed runs");
+    assert_eq!(
+        total, MESSAGES,
+        "after {kills} kills and {completed} completed runs"
+    );
 }
 on_both_profiles!(killed_initial_sync_converges);

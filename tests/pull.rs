@@ -16,8 +16,13 @@ fn message(i: usize, size: usize) -> Vec<u8> {
 }
 
 async fn seed(env: &Env, folder: &str, range: std::ops::Range<usize>, flags: &[&str]) -> Vec<u32> {
-    let messages: Vec<SeedMessage> = range.map(|i| SeedMessage::new(message(i, 2000 + i * 37), flags)).collect();
-    env.dovecot.append_many(USER, folder, messages).await.expect("append")
+    let messages: Vec<SeedMessage> = range
+        .map(|i| SeedMessage::new(message(i, 2000 + i * 37), flags))
+        .collect();
+    env.dovecot
+        .append_many(USER, folder, messages)
+        .await
+        .expect("append")
 }
 
 async fn initial_sync(profile: Profile) {
@@ -33,7 +38,10 @@ async fn initial_sync(profile: Profile) {
     assert_eq!(summary.folder("Archive").fetched, 25);
     assert_eq!(summary.folder("Deleted Items").fetched, 5);
     env.assert_in_sync().await;
-    assert!(!env.mail_root().join("Sent Items").exists(), "an unmapped folder was synced");
+    assert!(
+        !env.mail_root().join("Sent Items").exists(),
+        "an unmapped folder was synced"
+    );
 
     // A second pass changes nothing and downloads nothing.
     let again = env.sync().await;
@@ -50,10 +58,22 @@ async fn new_mail_and_flag_changes(profile: Profile) {
 
     seed(&env, "INBOX", 100..103, &[]).await;
     // Set flags on some, clear flags on others.
-    env.dovecot.set_flags(USER, "INBOX", uids[0], &["\\Seen"], &[]).await.unwrap();
-    env.dovecot.set_flags(USER, "INBOX", uids[1], &["\\Flagged", "\\Answered"], &[]).await.unwrap();
-    env.dovecot.set_flags(USER, "Archive", archived[0], &[], &["\\Seen"]).await.unwrap();
-    env.dovecot.set_flags(USER, "Archive", archived[1], &[], &["\\Flagged", "\\Seen"]).await.unwrap();
+    env.dovecot
+        .set_flags(USER, "INBOX", uids[0], &["\\Seen"], &[])
+        .await
+        .unwrap();
+    env.dovecot
+        .set_flags(USER, "INBOX", uids[1], &["\\Flagged", "\\Answered"], &[])
+        .await
+        .unwrap();
+    env.dovecot
+        .set_flags(USER, "Archive", archived[0], &[], &["\\Seen"])
+        .await
+        .unwrap();
+    env.dovecot
+        .set_flags(USER, "Archive", archived[1], &[], &["\\Flagged", "\\Seen"])
+        .await
+        .unwrap();
 
     let summary = env.sync().await;
     assert_eq!(summary.folder("Inbox").fetched, 3);
@@ -68,7 +88,10 @@ async fn expunge(profile: Profile) {
     let env = Env::start(profile).await;
     let uids = seed(&env, "INBOX", 0..12, &["\\Seen"]).await;
     env.sync().await;
-    env.dovecot.expunge(USER, "INBOX", &[uids[2], uids[5], uids[11]]).await.unwrap();
+    env.dovecot
+        .expunge(USER, "INBOX", &[uids[2], uids[5], uids[11]])
+        .await
+        .unwrap();
     let summary = env.sync().await;
     assert_eq!(summary.folder("Inbox").removed, 3);
     assert_eq!(summary.folder("Inbox").fetched, 0);
@@ -80,32 +103,51 @@ on_both_profiles!(expunge);
 async fn move_to_trash_is_local(profile: Profile) {
     let env = Env::start(profile).await;
     // Large messages, so a download would dwarf everything else the server sends.
-    let big: Vec<SeedMessage> = (0..6).map(|i| SeedMessage::new(message(i, 300_000), &["\\Seen"])).collect();
+    let big: Vec<SeedMessage> = (0..6)
+        .map(|i| SeedMessage::new(message(i, 300_000), &["\\Seen"]))
+        .collect();
     let uids = env.dovecot.append_many(USER, "INBOX", big).await.unwrap();
     env.sync().await;
 
     let moved = [uids[1], uids[3], uids[4]];
     env.dovecot
-        .move_messages(USER, "INBOX", "Deleted Items", &moved, MoveMode::CopyExpunge)
+        .move_messages(
+            USER,
+            "INBOX",
+            "Deleted Items",
+            &moved,
+            MoveMode::CopyExpunge,
+        )
         .await
         .unwrap();
     let log_mark = env.log_lines();
     let summary = env.sync().await;
+    // What the server sent in that pass, by its own count: no body, and far fewer
+    // bytes than one message.
+    let sent = env.server_bytes_out(log_mark);
+    assert!(sent > 0, "no logout line in the Dovecot log");
+    assert_eq!(
+        env.server_bodies_sent(log_mark),
+        0,
+        "a moved message was downloaded"
+    );
+    assert!(
+        sent < 100_000,
+        "the server sent {sent} bytes: the moved messages were downloaded"
+    );
     assert_eq!(summary.folder("Deleted Items").moved_in, 3, "{summary:?}");
     assert_eq!(summary.total().fetched, 0, "{summary:?}");
     assert_eq!(summary.total().removed, 0, "{summary:?}");
     env.assert_in_sync().await;
-    // What the server sent in that pass, by its own count: far less than one message.
-    let sent = env.server_bytes_out(log_mark);
-    assert!(sent > 0, "no logout line in the Dovecot log");
-    assert!(sent < 100_000, "the server sent {sent} bytes: the moved messages were downloaded");
 }
 on_both_profiles!(move_to_trash_is_local);
 
 /// The folder is deleted and created again with the same messages: a new UIDVALIDITY.
 async fn uidvalidity_change(profile: Profile) {
     let env = Env::start(profile).await;
-    let big: Vec<SeedMessage> = (0..5).map(|i| SeedMessage::new(message(i, 200_000), &["\\Seen"])).collect();
+    let big: Vec<SeedMessage> = (0..5)
+        .map(|i| SeedMessage::new(message(i, 200_000), &["\\Seen"]))
+        .collect();
     env.dovecot.append_many(USER, "INBOX", big).await.unwrap();
     seed(&env, "INBOX", 10..14, &[]).await;
     env.sync().await;
@@ -119,11 +161,19 @@ async fn uidvalidity_change(profile: Profile) {
 
     let log_mark = env.log_lines();
     let summary = env.sync().await;
+    let sent = env.server_bytes_out(log_mark);
+    assert_eq!(
+        env.server_bodies_sent(log_mark),
+        1,
+        "unchanged messages were downloaded again"
+    );
+    assert!(
+        sent < 150_000,
+        "the server sent {sent} bytes: unchanged messages were downloaded again"
+    );
     assert_eq!(summary.folder("Inbox").fetched, 1, "{summary:?}");
     assert_eq!(summary.folder("Inbox").removed, 0, "{summary:?}");
     env.assert_in_sync().await;
-    let sent = env.server_bytes_out(log_mark);
-    assert!(sent < 150_000, "the server sent {sent} bytes: unchanged messages were downloaded again");
 
     let again = env.sync().await;
     assert_eq!(again.total(), Default::default());
@@ -133,7 +183,10 @@ on_both_profiles!(uidvalidity_change);
 /// A German mailbox: the trash is "Gelöschte Elemente" (modified UTF-7 on the wire),
 /// found by role.
 async fn localized_trash_by_role(profile: Profile) {
-    let env = Env::start_with(profile, |o| o.rename_special("\\Trash", "Gelöschte Elemente")).await;
+    let env = Env::start_with(profile, |o| {
+        o.rename_special("\\Trash", "Gelöschte Elemente")
+    })
+    .await;
     seed(&env, "Gelöschte Elemente", 0..4, &["\\Seen"]).await;
     seed(&env, "INBOX", 4..6, &[]).await;
     let summary = env.sync().await;
@@ -147,7 +200,10 @@ async fn localized_trash_by_role(profile: Profile) {
         .lines()
         .find(|l| l.contains("Gelöschte Elemente"))
         .unwrap_or_else(|| panic!("folders does not show the decoded name:\n{run}"));
-    assert!(line.contains("Deleted Items"), "not shown as mapped: {line}");
+    assert!(
+        line.contains("Deleted Items"),
+        "not shown as mapped: {line}"
+    );
     if profile == Profile::Full {
         assert!(line.contains("@trash"), "role not shown: {line}");
     }

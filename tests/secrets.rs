@@ -8,15 +8,28 @@ use crate::support::{CLIENT_SECRET, Env, USER};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_in_trace_output() {
     let env = Env::start(Profile::Full).await;
-    env.dovecot.append(USER, "INBOX", b"Subject: a\r\n\r\nx\r\n", &[], None).await.unwrap();
+    env.dovecot
+        .append(USER, "INBOX", b"Subject: a\r\n\r\nx\r\n", &[], None)
+        .await
+        .unwrap();
     let mut cmd = env.command(&["sync"]);
     cmd.env("RUST_LOG", "trace");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
     assert!(
-        text.contains("authenticating") && text.contains("async_imap"),
-        "trace output shows neither the login nor async-imap's traffic; the check would prove nothing"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("authenticating") && text.contains("imap >") && text.contains("TRACE"),
+        "trace output does not show the login and the IMAP traffic; the check would prove nothing"
     );
     let secrets = env.idp.issued_secrets();
     assert!(!secrets.is_empty(), "the identity provider issued no token");
@@ -24,7 +37,10 @@ async fn no_token_in_trace_output() {
         assert!(!text.contains(s), "a secret appeared in the trace output");
         // The XOAUTH2 payload is base64: look for the token in that form too.
         let b64 = base64_of(&format!("user={USER}\x01auth=Bearer {s}\x01\x01"));
-        assert!(!text.contains(&b64), "the XOAUTH2 payload appeared in the trace output");
+        assert!(
+            !text.contains(&b64),
+            "the XOAUTH2 payload appeared in the trace output"
+        );
     }
 }
 

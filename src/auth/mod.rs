@@ -38,7 +38,9 @@ pub enum AuthError {
         url: String,
         detail: String,
     },
-    #[error("account {account}: the identity provider refused the token request: {error}: {description}")]
+    #[error(
+        "account {account}: the identity provider refused the token request: {error}: {description}"
+    )]
     Rejected {
         account: String,
         error: String,
@@ -46,7 +48,9 @@ pub enum AuthError {
         /// `invalid_grant`: the stored grant is dead and only `connect` can fix it.
         needs_connect: bool,
     },
-    #[error("account {account}: the identity provider is unreachable or failing ({detail}); will retry")]
+    #[error(
+        "account {account}: the identity provider is unreachable or failing ({detail}); will retry"
+    )]
     Transient { account: String, detail: String },
 }
 
@@ -157,13 +161,11 @@ impl TokenSource {
             .set_token_uri(token_url);
         let response = match self.flow {
             Flow::ClientCredentials => {
-                let secret = self
-                    .secret
-                    .as_ref()
-                    .ok_or_else(|| AuthError::NoSecret {
-                        account: account.clone(),
-                    })?;
-                let client = client.set_client_secret(ClientSecret::new(secret.expose().to_owned()));
+                let secret = self.secret.as_ref().ok_or_else(|| AuthError::NoSecret {
+                    account: account.clone(),
+                })?;
+                let client =
+                    client.set_client_secret(ClientSecret::new(secret.expose().to_owned()));
                 let mut request = client.exchange_client_credentials();
                 for s in &self.scopes {
                     request = request.add_scope(Scope::new(s.clone()));

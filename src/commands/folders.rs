@@ -46,8 +46,17 @@ pub async fn run(config: &Config, args: &FoldersArgs) -> Result<Exit, CommandErr
         serde_json::to_writer_pretty(&mut out, &lines).map_err(std::io::Error::other)?;
         writeln!(out)?;
     } else {
-        let width = lines.iter().map(|l| l.name.chars().count()).max().unwrap_or(6).max(6);
-        writeln!(out, "{:<10} {:<width$} {:<9} {:>8}  MAPPED TO", "ACCOUNT", "FOLDER", "ROLE", "MESSAGES")?;
+        let width = lines
+            .iter()
+            .map(|l| l.name.chars().count())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        writeln!(
+            out,
+            "{:<10} {:<width$} {:<9} {:>8}  MAPPED TO",
+            "ACCOUNT", "FOLDER", "ROLE", "MESSAGES"
+        )?;
         for l in &lines {
             writeln!(
                 out,
@@ -55,7 +64,9 @@ pub async fn run(config: &Config, args: &FoldersArgs) -> Result<Exit, CommandErr
                 l.account,
                 l.name,
                 l.role.unwrap_or("-"),
-                l.messages.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+                l.messages
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 l.mapped_to.as_deref().unwrap_or("")
             )?;
         }
@@ -72,7 +83,10 @@ pub async fn run(config: &Config, args: &FoldersArgs) -> Result<Exit, CommandErr
     })
 }
 
-async fn list_account(config: &Config, account: &Account) -> Result<(Vec<FolderLine>, Vec<String>), SyncError> {
+async fn list_account(
+    config: &Config,
+    account: &Account,
+) -> Result<(Vec<FolderLine>, Vec<String>), SyncError> {
     let imap_err = |source| SyncError::Imap {
         account: account.name.clone(),
         source,
@@ -117,7 +131,10 @@ async fn list_account(config: &Config, account: &Account) -> Result<(Vec<FolderL
             wire_name: f.name.clone(),
             role: role_of(f),
             messages,
-            mapped_to: mapped.iter().find(|(n, _)| *n == f.name).map(|(_, l)| l.clone()),
+            mapped_to: mapped
+                .iter()
+                .find(|(n, _)| *n == f.name)
+                .map(|(_, l)| l.clone()),
             selectable,
         });
     }

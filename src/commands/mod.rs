@@ -51,7 +51,12 @@ fn account_names(config: &Config) -> String {
     if config.accounts.is_empty() {
         "none".to_owned()
     } else {
-        config.accounts.keys().cloned().collect::<Vec<_>>().join(", ")
+        config
+            .accounts
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

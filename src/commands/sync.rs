@@ -99,11 +99,10 @@ impl Bars {
 impl Progress for Bars {
     fn folder_started(&self, local: &str, to_fetch: u64) {
         let bar = self.multi.add(ProgressBar::new(to_fetch));
-        let style = ProgressStyle::with_template(
-            "{prefix:>24} [{bar:30}] {pos}/{len} {msg} {elapsed}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {msg} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(format!("{}/{local}", self.account));
         if let Ok(mut bars) = self.bars.lock() {

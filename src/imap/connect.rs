@@ -40,7 +40,10 @@ impl fmt::Debug for Client {
 }
 
 /// Connects and reads the greeting; for STARTTLS, upgrades before anything else.
-pub async fn connect(endpoint: &ImapEndpoint, command_timeout: Duration) -> Result<Client, ImapError> {
+pub async fn connect(
+    endpoint: &ImapEndpoint,
+    command_timeout: Duration,
+) -> Result<Client, ImapError> {
     let host = endpoint.host.clone();
     let port = endpoint.port;
     let tcp = timeout(command_timeout, TcpStream::connect((host.as_str(), port)))
@@ -120,7 +123,12 @@ async fn handshake(
     };
     timeout(command_timeout, connector.connect(&endpoint.host, tcp))
         .await
-        .map_err(|_| tls_err(format!("no TLS handshake within {}s", command_timeout.as_secs())))?
+        .map_err(|_| {
+            tls_err(format!(
+                "no TLS handshake within {}s",
+                command_timeout.as_secs()
+            ))
+        })?
         .map_err(|e| tls_err(e.to_string()))
 }
 
@@ -196,16 +204,19 @@ async fn fetch_capabilities_pre<T: Stream>(
     // `run_command_and_check_ok`, which hands untagged data to a channel if given one.
     let after = command_timeout;
     let (tx, rx) = async_channel::bounded(16);
-    timeout(after, client.run_command_and_check_ok("CAPABILITY", Some(tx)))
-        .await
-        .map_err(|_| ImapError::Timeout {
-            command: "CAPABILITY".into(),
-            after,
-        })?
-        .map_err(|e| ImapError::Protocol {
-            command: "CAPABILITY".into(),
-            detail: e.to_string(),
-        })?;
+    timeout(
+        after,
+        client.run_command_and_check_ok("CAPABILITY", Some(tx)),
+    )
+    .await
+    .map_err(|_| ImapError::Timeout {
+        command: "CAPABILITY".into(),
+        after,
+    })?
+    .map_err(|e| ImapError::Protocol {
+        command: "CAPABILITY".into(),
+        detail: e.to_string(),
+    })?;
     let mut found = None;
     while let Ok(u) = rx.try_recv() {
         if let async_imap::types::UnsolicitedResponse::Other(data) = u

@@ -63,16 +63,31 @@ mod tests {
 
     #[test]
     fn parses_rfc3501_examples() {
-        assert_eq!(parse_internaldate("17-Jul-1996 02:44:25 -0700"), Some(837_596_665));
+        assert_eq!(
+            parse_internaldate("17-Jul-1996 02:44:25 -0700"),
+            Some(837_596_665)
+        );
         assert_eq!(parse_internaldate(" 1-Jan-1970 00:00:00 +0000"), Some(0));
-        assert_eq!(parse_internaldate("29-Feb-2024 12:00:00 +0100"), Some(1_709_204_400));
+        assert_eq!(
+            parse_internaldate("29-Feb-2024 12:00:00 +0100"),
+            Some(1_709_204_400)
+        );
     }
 
     #[test]
     fn rejects_garbage_without_panicking() {
-        for s in ["", "x", "17-Jul-1996", "17-Foo-1996 02:44:25 -0700", "17-Jul-1996 25:00:00 +0000",
-            "17-Jul-1996 02:44:25 0700", "17-Jul-1996 02:44:25 +07", "ä-Jul-1996 02:44:25 +0000",
-            "17-Jul-1996 02:44:25 +ää00", "17-Jul-1996 02:44:25 ä+00"] {
+        for s in [
+            "",
+            "x",
+            "17-Jul-1996",
+            "17-Foo-1996 02:44:25 -0700",
+            "17-Jul-1996 25:00:00 +0000",
+            "17-Jul-1996 02:44:25 0700",
+            "17-Jul-1996 02:44:25 +07",
+            "ä-Jul-1996 02:44:25 +0000",
+            "17-Jul-1996 02:44:25 +ää00",
+            "17-Jul-1996 02:44:25 ä+00",
+        ] {
             assert_eq!(parse_internaldate(s), None, "{s:?}");
         }
     }

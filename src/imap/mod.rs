@@ -74,6 +74,9 @@ mod tests {
     fn quoting_escapes_quotes_and_backslashes() {
         assert_eq!(quote("INBOX"), "\"INBOX\"");
         assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert_eq!(quote("Gel&APY-schte Elemente"), "\"Gel&APY-schte Elemente\"");
+        assert_eq!(
+            quote("Gel&APY-schte Elemente"),
+            "\"Gel&APY-schte Elemente\""
+        );
     }
 }

@@ -41,7 +41,10 @@ impl Capabilities {
         self.0.contains(&name.to_ascii_uppercase())
     }
     pub fn auth_mechanisms(&self) -> Vec<&str> {
-        self.0.iter().filter_map(|c| c.strip_prefix("AUTH=")).collect()
+        self.0
+            .iter()
+            .filter_map(|c| c.strip_prefix("AUTH="))
+            .collect()
     }
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(String::as_str)
@@ -111,7 +114,11 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    pub(super) fn new(inner: async_imap::Session<BoxStream>, host: String, timeout: Duration) -> Session {
+    pub(super) fn new(
+        inner: async_imap::Session<BoxStream>,
+        host: String,
+        timeout: Duration,
+    ) -> Session {
         Session {
             inner,
             capabilities: Capabilities::default(),
@@ -173,10 +180,12 @@ impl Session {
                 Ok(Err(e)) => {
                     return Err(match bye {
                         Some(text) => ImapError::Bye(text),
-                        None if e.kind() == std::io::ErrorKind::InvalidData => ImapError::Protocol {
-                            command: name,
-                            detail: format!("unparsable response: {e}"),
-                        },
+                        None if e.kind() == std::io::ErrorKind::InvalidData => {
+                            ImapError::Protocol {
+                                command: name,
+                                detail: format!("unparsable response: {e}"),
+                            }
+                        }
                         None => ImapError::Io(e),
                     });
                 }
@@ -277,7 +286,10 @@ impl Session {
     }
 
     /// STATUS of a folder: (messages, uidnext, uidvalidity).
-    pub async fn status(&mut self, folder: &str) -> Result<(u32, Option<u32>, Option<u32>), ImapError> {
+    pub async fn status(
+        &mut self,
+        folder: &str,
+    ) -> Result<(u32, Option<u32>, Option<u32>), ImapError> {
         let (mut messages, mut uidnext, mut uidvalidity) = (0, None, None);
         let command = format!("STATUS {} (MESSAGES UIDNEXT UIDVALIDITY)", quote(folder));
         self.exec(&command, |r| {
@@ -343,9 +355,14 @@ impl Session {
     }
 
     /// UID and flags of messages: all of them, or those changed since `modseq`.
-    pub async fn fetch_flags(&mut self, changed_since: Option<u64>) -> Result<Vec<RemoteEntry>, ImapError> {
+    pub async fn fetch_flags(
+        &mut self,
+        changed_since: Option<u64>,
+    ) -> Result<Vec<RemoteEntry>, ImapError> {
         let command = match changed_since {
-            Some(m) if self.has_condstore() => format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})"),
+            Some(m) if self.has_condstore() => {
+                format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})")
+            }
             _ => "UID FETCH 1:* (UID FLAGS)".to_owned(),
         };
         let mut entries = Vec::new();
@@ -387,7 +404,10 @@ impl Session {
     }
 
     /// Size, INTERNALDATE, flags and Message-ID of the given messages (no bodies).
-    pub async fn fetch_fingerprints(&mut self, uids: &[u32]) -> Result<Vec<Fingerprinted>, ImapError> {
+    pub async fn fetch_fingerprints(
+        &mut self,
+        uids: &[u32],
+    ) -> Result<Vec<Fingerprinted>, ImapError> {
         let mut out = Vec::with_capacity(uids.len());
         for chunk in uids.chunks(500) {
             let command = format!(
@@ -453,10 +473,14 @@ impl Session {
                     match a {
                         AttributeValue::Uid(u) => uid = Some(*u),
                         AttributeValue::Flags(f) => flags = parse_flags(f),
-                        AttributeValue::InternalDate(d) => internaldate = parse_internaldate(d).unwrap_or(0),
-                        AttributeValue::BodySection { section: None, data, .. } => {
-                            body = Some(data.as_deref().unwrap_or_default().to_vec())
+                        AttributeValue::InternalDate(d) => {
+                            internaldate = parse_internaldate(d).unwrap_or(0)
                         }
+                        AttributeValue::BodySection {
+                            section: None,
+                            data,
+                            ..
+                        } => body = Some(data.as_deref().unwrap_or_default().to_vec()),
                         AttributeValue::Rfc822(data) => {
                             body = Some(data.as_deref().unwrap_or_default().to_vec())
                         }
@@ -515,7 +539,12 @@ fn no_mailbox(error: ImapError, folder: &str) -> ImapError {
     match &error {
         ImapError::No { text, .. } => {
             let t = text.to_ascii_lowercase();
-            if t.contains("nonexistent") || t.contains("doesn't exist") || t.contains("does not exist") || t.contains("not found") || t.contains("unknown mailbox") {
+            if t.contains("nonexistent")
+                || t.contains("doesn't exist")
+                || t.contains("does not exist")
+                || t.contains("not found")
+                || t.contains("unknown mailbox")
+            {
                 ImapError::NoMailbox(folder.to_owned())
             } else {
                 error

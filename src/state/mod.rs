@@ -468,7 +468,8 @@ impl State {
     }
 }
 
-const FOLDER_SELECT: &str = "SELECT id, account, local, remote, uidvalidity, uidnext, highestmodseq,
+const FOLDER_SELECT: &str =
+    "SELECT id, account, local, remote, uidvalidity, uidnext, highestmodseq,
     last_sync, last_error FROM folders";
 
 fn folder_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FolderRow> {
@@ -544,7 +545,11 @@ impl State {
     }
 
     /// The full records for the given (uidvalidity, uid) keys of a folder.
-    pub fn records_for(&self, folder: FolderId, keys: &[(u32, u32)]) -> Result<Vec<Record>, StateError> {
+    pub fn records_for(
+        &self,
+        folder: FolderId,
+        keys: &[(u32, u32)],
+    ) -> Result<Vec<Record>, StateError> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -566,7 +571,12 @@ impl State {
     }
 
     /// One record by key.
-    pub fn record(&self, folder: FolderId, uidvalidity: u32, uid: u32) -> Result<Option<Record>, StateError> {
+    pub fn record(
+        &self,
+        folder: FolderId,
+        uidvalidity: u32,
+        uid: u32,
+    ) -> Result<Option<Record>, StateError> {
         Ok(self.records_for(folder, &[(uidvalidity, uid)])?.pop())
     }
 }

@@ -12,7 +12,7 @@
 //! 3. per folder: relocate, apply flags, remove, then download what is left in bounded
 //!    batches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +26,7 @@ use crate::maildir::Maildir;
 use crate::state::{AccountLock, FolderRow, Headers, LockError, State, StateError};
 
 use super::headers;
-use super::model::{Action, FolderDiff, FolderId, Fingerprint, Flags, Record, RemoteNew};
+use super::model::{Action, Fingerprint, Flags, FolderDiff, FolderId, Record, RemoteNew};
 use super::plan::{self, Listing};
 
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +241,9 @@ pub async fn sync_account(
     }
 
     // Phase 2: pair new messages with vanished records, if any vanished.
-    let any_vanished = targets.iter().any(|t| !t.failed && !t.diff.vanished.is_empty());
+    let any_vanished = targets
+        .iter()
+        .any(|t| !t.failed && !t.diff.vanished.is_empty());
     let mut actions: Vec<Action> = Vec::new();
     if any_vanished {
         let mut new = Vec::new();
@@ -273,7 +275,11 @@ pub async fn sync_account(
             }
         }
         // A failed folder's records must not be removed, nor its messages re-fetched.
-        let failed: Vec<FolderId> = targets.iter().filter(|t| t.failed).map(|t| t.row.id).collect();
+        let failed: Vec<FolderId> = targets
+            .iter()
+            .filter(|t| t.failed)
+            .map(|t| t.row.id)
+            .collect();
         vanished.retain(|r| !failed.contains(&r.folder));
         new.retain(|n| !failed.contains(&n.folder));
         actions = plan::pair(new, vanished);
@@ -287,18 +293,21 @@ pub async fn sync_account(
     }
     for t in targets.iter().filter(|t| !t.failed) {
         let folder = t.row.id;
-        let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
-        actions.extend(t.diff.flag_updates.iter().map(|&(uid, flags)| Action::SetFlags {
-            folder,
-            uid,
-            flags,
-        }));
-        let _ = uidvalidity;
+        actions.extend(
+            t.diff
+                .flag_updates
+                .iter()
+                .map(|&(uid, flags)| Action::SetFlags { folder, uid, flags }),
+        );
     }
 
     // Phase 3: apply. Local-only actions first, for every folder, so relocations are
     // committed before any removal; then downloads folder by folder.
-    let index: HashMap<FolderId, usize> = targets.iter().enumerate().map(|(i, t)| (t.row.id, i)).collect();
+    let index: HashMap<FolderId, usize> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.row.id, i))
+        .collect();
     apply_local(&mut state, &mut targets, &index, &actions)?;
 
     let mut fetches: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
@@ -310,14 +319,15 @@ pub async fn sync_account(
         }
     }
     let mut session = Some(session);
-    for i in 0..targets.len() {
-        if targets[i].failed {
+    for (i, t) in targets.iter_mut().enumerate() {
+        if t.failed {
             continue;
         }
         check_stop(options)?;
         let uids = fetches.remove(&i).unwrap_or_default();
-        let t = &mut targets[i];
-        options.progress.folder_started(&t.mapping.local, uids.len() as u64);
+        options
+            .progress
+            .folder_started(&t.mapping.local, uids.len() as u64);
         if session.is_none() {
             match conn.open(&mut tokens).await {
                 Ok(s) => session = Some(s),
@@ -336,7 +346,13 @@ pub async fn sync_account(
             Ok(()) => {
                 if let Some(sel) = &t.selected {
                     let uidnext = sel.uidnext;
-                    state.set_folder_synced(t.row.id, sel.uidvalidity, uidnext, sel.highestmodseq, now())?;
+                    state.set_folder_synced(
+                        t.row.id,
+                        sel.uidvalidity,
+                        uidnext,
+                        sel.highestmodseq,
+                        now(),
+                    )?;
                 }
             }
             Err(DownloadError::Stopped) => return Err(SyncError::Interrupted),
@@ -380,7 +396,9 @@ impl Connector<'_> {
         let mut retried = false;
         loop {
             let token = tokens.access_token().await?;
-            let client = imap::connect(&account.imap, self.timeout).await.map_err(imap_err)?;
+            let client = imap::connect(&account.imap, self.timeout)
+                .await
+                .map_err(imap_err)?;
             match client.authenticate(&account.login_user, &token).await {
                 Ok(session) => return Ok(session),
                 Err(ImapError::AuthFailed(f)) if !retried => {
@@ -413,13 +431,21 @@ fn fail_folder(state: &mut State, t: &mut Target, e: &ImapError) -> Result<(), S
 }
 
 /// SELECT and list one folder, and diff the listing with its records.
-async fn list_folder(session: &mut Session, state: &State, t: &mut Target) -> Result<(), ImapError> {
+async fn list_folder(
+    session: &mut Session,
+    state: &State,
+    t: &mut Target,
+) -> Result<(), ImapError> {
     let sel = session.select(&t.remote.name).await?;
-    let known = state
-        .known(t.row.id)
-        .map_err(|e| ImapError::Protocol { command: "state".into(), detail: e.to_string() })?;
+    let known = state.known(t.row.id).map_err(|e| ImapError::Protocol {
+        command: "state".into(),
+        detail: e.to_string(),
+    })?;
     let same_validity = t.row.uidvalidity == Some(sel.uidvalidity);
-    let count = known.iter().filter(|k| k.uidvalidity == sel.uidvalidity).count() as u64;
+    let count = known
+        .iter()
+        .filter(|k| k.uidvalidity == sel.uidvalidity)
+        .count() as u64;
     let listing = match (same_validity, t.row.highestmodseq, sel.highestmodseq) {
         (true, Some(old), Some(now)) if session.has_condstore() => {
             if old == now && t.row.uidnext == sel.uidnext && u64::from(sel.exists) == count {
@@ -436,7 +462,10 @@ async fn list_folder(session: &mut Session, state: &State, t: &mut Target) -> Re
                     .filter(|k| k.uidvalidity == sel.uidvalidity)
                     .map(|k| k.uid)
                     .collect();
-                let added = entries.iter().filter(|e| !known_uids.contains(&e.uid)).count() as u64;
+                let added = entries
+                    .iter()
+                    .filter(|e| !known_uids.contains(&e.uid))
+                    .count() as u64;
                 let present = if u64::from(sel.exists) == count + added {
                     None
                 } else {
@@ -486,7 +515,16 @@ fn apply_local(
     // Relocations: journal (rebind + moved_from), rename, clear the journal.
     let mut done_moves = Vec::new();
     for a in actions {
-        let Action::Relocate { record, folder, uidvalidity, uid, flags } = a else { continue };
+        let Action::Relocate {
+            record,
+            folder,
+            uidvalidity,
+            uid,
+            flags,
+        } = a
+        else {
+            continue;
+        };
         let (Some(&from_i), Some(&to_i)) = (index.get(&record.folder), index.get(folder)) else {
             continue;
         };
@@ -507,7 +545,9 @@ fn apply_local(
     }
     if !done_moves.is_empty() {
         for t in targets.iter() {
-            t.maildir.sync_dirs().map_err(maildir_err(t.maildir.root().to_owned()))?;
+            t.maildir
+                .sync_dirs()
+                .map_err(maildir_err(t.maildir.root().to_owned()))?;
         }
         state.finish_moves(&done_moves)?;
     }
@@ -515,11 +555,17 @@ fn apply_local(
     // Flags: rename, then record. A crash in between is healed by `locate`.
     let mut flag_rows = Vec::new();
     for a in actions {
-        let Action::SetFlags { folder, uid, flags } = a else { continue };
-        let Some(&i) = index.get(folder) else { continue };
+        let Action::SetFlags { folder, uid, flags } = a else {
+            continue;
+        };
+        let Some(&i) = index.get(folder) else {
+            continue;
+        };
         let t = &mut targets[i];
         let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
-        let Some(record) = state.record(*folder, uidvalidity, *uid)? else { continue };
+        let Some(record) = state.record(*folder, uidvalidity, *uid)? else {
+            continue;
+        };
         if let Some(path) = t
             .maildir
             .locate(&record.base, record.flags)
@@ -537,8 +583,12 @@ fn apply_local(
     // Removals: delete the file, then the record.
     let mut removed: Vec<Record> = Vec::new();
     for a in actions {
-        let Action::Remove { record } = a else { continue };
-        let Some(&i) = index.get(&record.folder) else { continue };
+        let Action::Remove { record } = a else {
+            continue;
+        };
+        let Some(&i) = index.get(&record.folder) else {
+            continue;
+        };
         let t = &mut targets[i];
         if let Some(path) = t
             .maildir
@@ -552,7 +602,9 @@ fn apply_local(
     }
     if !removed.is_empty() {
         for t in targets.iter() {
-            t.maildir.sync_dirs().map_err(maildir_err(t.maildir.root().to_owned()))?;
+            t.maildir
+                .sync_dirs()
+                .map_err(maildir_err(t.maildir.root().to_owned()))?;
         }
         state.remove(&removed)?;
     }
@@ -578,8 +630,13 @@ async fn download(
     if uids.is_empty() {
         return Ok(());
     }
-    let Some(sel) = t.selected.clone() else { return Ok(()) };
-    let current = session.select(&t.remote.name).await.map_err(DownloadError::Imap)?;
+    let Some(sel) = t.selected.clone() else {
+        return Ok(());
+    };
+    let current = session
+        .select(&t.remote.name)
+        .await
+        .map_err(DownloadError::Imap)?;
     if current.uidvalidity != sel.uidvalidity {
         // Changed again since listing: the next pass re-pairs; fetching now would file
         // messages under a UIDVALIDITY we did not list.
@@ -593,14 +650,19 @@ async fn download(
         if options.stop.load(Ordering::Relaxed) {
             return Err(DownloadError::Stopped);
         }
-        let bases: HashMap<u32, String> = batch.iter().map(|&uid| (uid, t.maildir.new_base(uid))).collect();
+        let bases: HashMap<u32, String> = batch
+            .iter()
+            .map(|&uid| (uid, t.maildir.new_base(uid)))
+            .collect();
         let mut names: Vec<String> = bases.values().cloned().collect();
-        names.sort();
+        names.sort_unstable();
         state
             .journal_deliveries(t.row.id, &names)
             .map_err(|e| DownloadError::Local(e.into()))?;
 
-        let mut delivered: Vec<(Record, Headers)> = Vec::with_capacity(batch.len());
+        let mut delivered: Vec<(Record, Headers)> = Vec::with_capacity(COMMIT_EVERY);
+        let mut seen: HashSet<u32> = HashSet::with_capacity(batch.len());
+        let mut last_commit = Instant::now();
         let mut local_error: Option<SyncError> = None;
         let mut stopped = false;
         let maildir = &t.maildir;
@@ -609,10 +671,13 @@ async fn download(
         let stop = &options.stop;
         let progress = &options.progress;
         let report = &mut t.report;
+        let state_ref = &mut *state;
         let result = session
             .fetch_bodies(batch, |m| {
-                let Some(base) = bases.get(&m.uid) else { return Ok(()) };
-                if delivered.iter().any(|(r, _)| r.uid == m.uid) {
+                let Some(base) = bases.get(&m.uid) else {
+                    return Ok(());
+                };
+                if !seen.insert(m.uid) {
                     return Ok(()); // a server repeating a message must not make a duplicate
                 }
                 if let Err(source) = maildir.deliver(base, m.flags, &m.body) {
@@ -620,7 +685,7 @@ async fn download(
                         path: maildir.root().to_owned(),
                         source,
                     });
-                    return Err(ImapError::Protocol { command: "deliver".into(), detail: "local write failed".into() });
+                    return Err(local_failure());
                 }
                 let (message_id, h) = headers::parse(&m.body);
                 let size = m.body.len() as u64;
@@ -642,28 +707,32 @@ async fn download(
                     },
                     h,
                 ));
+                // Group commit: a crash costs at most this much re-downloading, and one
+                // directory fsync and one transaction cover many messages.
+                if delivered.len() >= COMMIT_EVERY || last_commit.elapsed() >= COMMIT_INTERVAL {
+                    if let Err(e) = commit(state_ref, maildir, folder, &mut delivered, &[]) {
+                        local_error = Some(e);
+                        return Err(local_failure());
+                    }
+                    last_commit = Instant::now();
+                }
                 if stop.load(Ordering::Relaxed) {
                     stopped = true;
-                    return Err(ImapError::Protocol { command: "FETCH".into(), detail: "stopped".into() });
+                    return Err(local_failure());
                 }
                 Ok(())
             })
             .await;
 
-        // Whatever happened, commit what is on disk: it is durable once the directory is.
-        maildir
-            .sync_dirs()
-            .map_err(|source| DownloadError::Local(SyncError::Maildir { path: maildir.root().to_owned(), source }))?;
-        let delivered_bases: std::collections::HashSet<&str> =
-            delivered.iter().map(|(r, _)| r.base.as_str()).collect();
-        let abandoned: Vec<String> = names
+        // Whatever happened, commit what is on disk, and drop the journal entries of
+        // messages the server did not send (expunged meanwhile, or the fetch broke).
+        let abandoned: Vec<String> = bases
             .iter()
-            .filter(|n| !delivered_bases.contains(n.as_str()))
-            .cloned()
+            .filter(|(uid, _)| !seen.contains(uid))
+            .map(|(_, base)| base.clone())
             .collect();
-        state
-            .commit_deliveries(folder, &delivered, &abandoned)
-            .map_err(|e| DownloadError::Local(e.into()))?;
+        commit(state, &t.maildir, folder, &mut delivered, &abandoned)
+            .map_err(DownloadError::Local)?;
 
         if let Some(e) = local_error {
             return Err(DownloadError::Local(e));
@@ -676,31 +745,81 @@ async fn download(
     Ok(())
 }
 
+/// Messages delivered per commit at most, and the longest a delivered message waits
+/// for its commit.
+const COMMIT_EVERY: usize = 64;
+const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Makes delivered files durable (directory fsync), then commits their rows.
+fn commit(
+    state: &mut State,
+    maildir: &Maildir,
+    folder: FolderId,
+    delivered: &mut Vec<(Record, Headers)>,
+    abandoned: &[String],
+) -> Result<(), SyncError> {
+    if delivered.is_empty() && abandoned.is_empty() {
+        return Ok(());
+    }
+    if !delivered.is_empty() {
+        maildir.sync_dirs().map_err(|source| SyncError::Maildir {
+            path: maildir.root().to_owned(),
+            source,
+        })?;
+    }
+    state.commit_deliveries(folder, delivered, abandoned)?;
+    delivered.clear();
+    Ok(())
+}
+
+/// Stops a FETCH from inside its callback; the real cause is kept beside it.
+fn local_failure() -> ImapError {
+    ImapError::Protocol {
+        command: "FETCH".into(),
+        detail: "stopped by a local failure".into(),
+    }
+}
+
 /// Finishes what a killed run journalled: deliveries whose rows were never committed
 /// are undone (the file, if it got into place, is removed and the message will be
 /// fetched again), and moves whose file had not been renamed yet are completed.
-fn recover(state: &mut State, account: &str, _state_dir: &std::path::Path, root: &std::path::Path) -> Result<(), SyncError> {
+fn recover(
+    state: &mut State,
+    account: &str,
+    _state_dir: &std::path::Path,
+    root: &std::path::Path,
+) -> Result<(), SyncError> {
     let folders: HashMap<FolderId, FolderRow> = state
         .folders(account)?
         .into_iter()
         .map(|f| (f.id, f))
         .collect();
     let maildir_of = |id: FolderId| -> Option<Maildir> {
-        folders.get(&id).and_then(|f| Maildir::open(&root.join(&f.local)).ok())
+        folders
+            .get(&id)
+            .and_then(|f| Maildir::open(&root.join(&f.local)).ok())
     };
     for p in state.pending_deliveries()? {
         if !folders.contains_key(&p.folder) {
             continue;
         }
         if let Some(m) = maildir_of(p.folder) {
-            let found = m.locate(&p.base, Flags::empty()).map_err(|source| SyncError::Maildir {
-                path: m.root().to_owned(),
-                source,
-            })?;
+            let found = m
+                .locate(&p.base, Flags::empty())
+                .map_err(|source| SyncError::Maildir {
+                    path: m.root().to_owned(),
+                    source,
+                })?;
             if let Some(path) = found {
                 tracing::info!(file = %path.display(), "removing a delivery a previous run did not commit");
-                m.remove(&path).map_err(|source| SyncError::Maildir { path: path.clone(), source })?;
-                m.sync_dirs().map_err(|source| SyncError::Maildir { path: m.root().to_owned(), source })?;
+                m.remove(&path).map_err(|source| SyncError::Maildir {
+                    path: path.clone(),
+                    source,
+                })?;
+                m.sync_dirs().map_err(|source| SyncError::Maildir {
+                    path: m.root().to_owned(),
+                    source,
+                })?;
             }
             let tmp = m.tmp().join(&p.base);
             let _ = std::fs::remove_file(tmp);
@@ -713,14 +832,33 @@ fn recover(state: &mut State, account: &str, _state_dir: &std::path::Path, root:
         if !folders.contains_key(&r.folder) {
             continue;
         }
-        let (Some(to), Some(from)) = (maildir_of(r.folder), maildir_of(pm.from)) else { continue };
-        let in_place = to.locate(&r.base, r.flags).map_err(|source| SyncError::Maildir { path: to.root().to_owned(), source })?;
+        let (Some(to), Some(from)) = (maildir_of(r.folder), maildir_of(pm.from)) else {
+            continue;
+        };
+        let in_place = to
+            .locate(&r.base, r.flags)
+            .map_err(|source| SyncError::Maildir {
+                path: to.root().to_owned(),
+                source,
+            })?;
         if in_place.is_none()
-            && let Some(path) = from.locate(&r.base, r.flags).map_err(|source| SyncError::Maildir { path: from.root().to_owned(), source })?
+            && let Some(path) =
+                from.locate(&r.base, r.flags)
+                    .map_err(|source| SyncError::Maildir {
+                        path: from.root().to_owned(),
+                        source,
+                    })?
         {
-            from.move_to(&path, &to, &r.base, r.flags).map_err(|source| SyncError::Maildir { path, source })?;
-            to.sync_dirs().map_err(|source| SyncError::Maildir { path: to.root().to_owned(), source })?;
-            from.sync_dirs().map_err(|source| SyncError::Maildir { path: from.root().to_owned(), source })?;
+            from.move_to(&path, &to, &r.base, r.flags)
+                .map_err(|source| SyncError::Maildir { path, source })?;
+            to.sync_dirs().map_err(|source| SyncError::Maildir {
+                path: to.root().to_owned(),
+                source,
+            })?;
+            from.sync_dirs().map_err(|source| SyncError::Maildir {
+                path: from.root().to_owned(),
+                source,
+            })?;
         }
         finished.push((r.folder, r.uidvalidity, r.uid));
     }
@@ -737,7 +875,11 @@ fn now() -> i64 {
 
 /// A local folder name as it appears as a TOML key.
 fn toml_key(name: &str) -> String {
-    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         name.to_owned()
     } else {
         format!("{name:?}")

@@ -11,15 +11,19 @@ pub fn parse(raw: &[u8]) -> (Option<String>, Headers) {
     let Some(message) = MessageParser::default().parse_headers(raw) else {
         return (None, Headers::default());
     };
-    let message_id = message.message_id().map(normalize_id).filter(|s| !s.is_empty());
-    let from = message.from().and_then(|a| a.first()).map(|a| {
-        match (a.name(), a.address()) {
+    let message_id = message
+        .message_id()
+        .map(normalize_id)
+        .filter(|s| !s.is_empty());
+    let from = message
+        .from()
+        .and_then(|a| a.first())
+        .map(|a| match (a.name(), a.address()) {
             (Some(n), Some(addr)) => format!("{n} <{addr}>"),
             (None, Some(addr)) => addr.to_owned(),
             (Some(n), None) => n.to_owned(),
             (None, None) => String::new(),
-        }
-    });
+        });
     let headers = Headers {
         from: from.filter(|s| !s.is_empty()).map(|s| truncate(&s, 512)),
         subject: message.subject().map(|s| truncate(s, 1024)),
@@ -60,7 +64,13 @@ mod tests {
 
     #[test]
     fn tolerates_garbage() {
-        for raw in [&b""[..], b"\xff\xfe\x00garbage", b"Subject: \xff\xff\r\n\r\n", b"\r\n\r\n", b"Message-ID:\r\n\r\n"] {
+        for raw in [
+            &b""[..],
+            b"\xff\xfe\x00garbage",
+            b"Subject: \xff\xff\r\n\r\n",
+            b"\r\n\r\n",
+            b"Message-ID:\r\n\r\n",
+        ] {
             let (id, _) = parse(raw);
             assert!(id.is_none() || id.as_deref() != Some(""));
         }

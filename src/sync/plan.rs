@@ -54,7 +54,10 @@ pub fn diff_folder(records: &[Known], uidvalidity: u32, listing: &Listing) -> Fo
     let present: Option<HashSet<u32>> = if listing.complete {
         Some(seen.clone())
     } else {
-        listing.present.as_ref().map(|p| p.iter().copied().collect())
+        listing
+            .present
+            .as_ref()
+            .map(|p| p.iter().copied().collect())
     };
     if let Some(present) = &present {
         if !listing.complete {
@@ -87,9 +90,11 @@ pub fn pair(mut new: Vec<RemoteNew>, mut vanished: Vec<Record>) -> Vec<Action> {
     vanished.sort_by_key(|r| (r.folder, r.uidvalidity, r.uid));
 
     // Which vanished record (by index) each new message takes. Two passes, so that
-    // same-folder pairs are all made before any cross-folder one: a greedy single pass
-    // in folder order let an earlier folder take a record that a later folder's own
-    // new message (a UIDVALIDITY change) should have re-paired in place.
+    // every same-folder pair is made before any cross-folder one; in a single pass an
+    // earlier folder could take a record that a later folder's own new message (after
+    // a UIDVALIDITY change) would have re-paired in place, turning one in-place rebind
+    // into moves of files between folders (and, for messages without a Message-ID,
+    // possibly filing a different message of the same size and date).
     let mut taken: Vec<Option<usize>> = vec![None; new.len()];
     {
         let mut pool: HashMap<_, BTreeMap<FolderId, VecDeque<usize>>> = HashMap::new();
@@ -132,7 +137,12 @@ pub fn pair(mut new: Vec<RemoteNew>, mut vanished: Vec<Record>) -> Vec<Action> {
             }),
         }
     }
-    actions.extend(vanished.into_iter().flatten().map(|record| Action::Remove { record }));
+    actions.extend(
+        vanished
+            .into_iter()
+            .flatten()
+            .map(|record| Action::Remove { record }),
+    );
     actions
 }
 

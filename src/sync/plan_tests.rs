@@ -125,7 +125,11 @@ fn unchanged_folder_with_empty_condstore_listing_gives_an_empty_diff() {
 
 #[test]
 fn flags_set_and_cleared_on_server_become_flag_updates() {
-    let records = [known(10, 1, none()), known(10, 2, seen()), known(10, 3, seen())];
+    let records = [
+        known(10, 1, none()),
+        known(10, 2, seen()),
+        known(10, 3, seen()),
+    ];
     let flagged_seen = Flags::SEEN.union(Flags::FLAGGED);
     let listing = complete(&[entry(1, seen()), entry(2, none()), entry(3, flagged_seen)]);
     let diff = diff_folder(&records, 10, &listing);
@@ -139,7 +143,11 @@ fn flags_set_and_cleared_on_server_become_flag_updates() {
 
 #[test]
 fn expunged_message_is_vanished() {
-    let records = [known(10, 1, none()), known(10, 2, none()), known(10, 3, none())];
+    let records = [
+        known(10, 1, none()),
+        known(10, 2, none()),
+        known(10, 3, none()),
+    ];
     let listing = complete(&[entry(1, none()), entry(3, none())]);
     let diff = diff_folder(&records, 10, &listing);
     assert_eq!(diff.vanished, vec![(10, 2)]);
@@ -156,7 +164,11 @@ fn emptied_folder_vanishes_every_record() {
 
 #[test]
 fn new_and_expunged_at_once_with_condstore_listing_and_present() {
-    let records = [known(10, 1, none()), known(10, 2, none()), known(10, 3, none())];
+    let records = [
+        known(10, 1, none()),
+        known(10, 2, none()),
+        known(10, 3, none()),
+    ];
     // Changed since: uid 3 got \Seen, uid 4 is new; uid 2 was expunged.
     let listing = Listing {
         entries: vec![entry(3, seen()), entry(4, none())],
@@ -186,6 +198,21 @@ fn condstore_listing_without_present_never_vanishes() {
     assert!(diff.vanished.is_empty());
     assert_eq!(diff.new_uids, vec![5]);
     assert_eq!(diff.flag_updates, vec![(2, seen())]);
+}
+
+#[test]
+fn uid_only_in_present_is_new() {
+    // A CONDSTORE answer that missed a message (it names new ones, but a server may
+    // not): the present set still shows it, so it is fetched rather than ignored.
+    let records = [known(10, 1, none())];
+    let listing = Listing {
+        entries: vec![],
+        complete: false,
+        present: Some(vec![1, 3]),
+    };
+    let diff = diff_folder(&records, 10, &listing);
+    assert_eq!(diff.new_uids, vec![3]);
+    assert!(diff.vanished.is_empty());
 }
 
 #[test]
@@ -276,8 +303,7 @@ fn uidvalidity_change_repairs_in_place_without_fetch_or_remove() {
 
 #[test]
 fn move_inbox_to_deleted_items_relocates_without_download() {
-    let m = fp(Some("<m@x>"), 1234, 1_700_000_000);
-    let gone = record(INBOX, 10, 4, m.clone());
+    let gone = record(INBOX, 10, 4, fp(Some("<m@x>"), 1234, 1_700_000_000));
     // Exchange re-stamps INTERNALDATE on the copy; Message-ID and size still pair.
     let mut arrived = remote_new(DELETED, 20, 9, fp(Some("<m@x>"), 1234, 1_700_000_555));
     arrived.flags = seen();
@@ -292,13 +318,15 @@ fn move_inbox_to_deleted_items_relocates_without_download() {
             flags: seen(),
         }]
     );
-    let _ = m;
 }
 
 #[test]
 fn same_message_id_and_size_pair_one_to_one() {
     let dup = fp(Some("<dup@x>"), 500, 1);
-    let vanished = vec![record(INBOX, 10, 1, dup.clone()), record(INBOX, 10, 2, dup.clone())];
+    let vanished = vec![
+        record(INBOX, 10, 1, dup.clone()),
+        record(INBOX, 10, 2, dup.clone()),
+    ];
     let new = vec![
         remote_new(DELETED, 20, 8, dup.clone()),
         remote_new(DELETED, 20, 9, dup.clone()),
@@ -398,8 +426,14 @@ fn same_folder_is_preferred_even_when_an_earlier_folder_wants_the_record() {
     // (from folder 3): two cross-folder moves instead of one move and one in-place.
     let m = fp(None, 900, 5); // no Message-ID: size + date, collisions are plausible
     let archive = FolderId(3);
-    let vanished = vec![record(DELETED, 20, 1, m.clone()), record(archive, 30, 1, m.clone())];
-    let new = vec![remote_new(INBOX, 10, 5, m.clone()), remote_new(DELETED, 21, 1, m)];
+    let vanished = vec![
+        record(DELETED, 20, 1, m.clone()),
+        record(archive, 30, 1, m.clone()),
+    ];
+    let new = vec![
+        remote_new(INBOX, 10, 5, m.clone()),
+        remote_new(DELETED, 21, 1, m),
+    ];
     let actions = pair(new, vanished);
     let mut moves: Vec<(i64, i64)> = actions
         .iter()
@@ -442,7 +476,10 @@ enum Mode {
     Complete,
     /// `always_present`: ask for the present UIDs even when nothing was expunged;
     /// `noise`: the changed-since answer also names unchanged messages.
-    Condstore { always_present: bool, noise: bool },
+    Condstore {
+        always_present: bool,
+        noise: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -481,11 +518,9 @@ fn listing(folder: &ServerFolder, known: &[Known], mode: Mode) -> Listing {
                 .copied()
                 .filter(|e| noise || current.get(&e.uid) != Some(&e.flags))
                 .collect();
-            let expunged = current
-                .keys()
-                .any(|uid| !folder.messages.contains_key(uid));
-            let present = (expunged || always_present)
-                .then(|| folder.messages.keys().copied().collect());
+            let expunged = current.keys().any(|uid| !folder.messages.contains_key(uid));
+            let present =
+                (expunged || always_present).then(|| folder.messages.keys().copied().collect());
             Listing {
                 entries: changed,
                 complete: false,
@@ -534,7 +569,11 @@ fn plan(s: &Scenario, records: &[Record]) -> Vec<Action> {
         actions = pair(new, vanished);
     } else {
         for (id, _, diff) in &diffs {
-            actions.extend(diff.new_uids.iter().map(|&uid| Action::Fetch { folder: *id, uid }));
+            actions.extend(
+                diff.new_uids
+                    .iter()
+                    .map(|&uid| Action::Fetch { folder: *id, uid }),
+            );
         }
     }
     for (id, _, diff) in &diffs {
@@ -569,7 +608,11 @@ fn apply(s: &Scenario, records: &mut Vec<Record>, action: &Action) {
     match action {
         Action::Fetch { folder, uid } => {
             let f = &s.server[folder];
-            let (flags, fingerprint) = f.messages.get(uid).expect("fetch of a message on the server").clone();
+            let (flags, fingerprint) = f
+                .messages
+                .get(uid)
+                .expect("fetch of a message on the server")
+                .clone();
             let k = (*folder, f.uidvalidity, *uid);
             assert!(find(records, k).is_none(), "fetch would duplicate {k:?}");
             records.push(Record {
@@ -594,7 +637,10 @@ fn apply(s: &Scenario, records: &mut Vec<Record>, action: &Action) {
             flags,
         } => {
             let to = (*folder, *uidvalidity, *uid);
-            assert!(find(records, to).is_none(), "relocation onto a held key {to:?}");
+            assert!(
+                find(records, to).is_none(),
+                "relocation onto a held key {to:?}"
+            );
             let i = find(records, key_of(record)).expect("relocation of a record that exists");
             let r = &mut records[i];
             r.folder = *folder;
@@ -624,7 +670,15 @@ fn visible(records: &[Record]) -> BTreeSet<Visible> {
         .iter()
         .map(|r| {
             let (id, size, date) = r.fingerprint.pairing_key();
-            (r.folder, r.uidvalidity, r.uid, r.flags.bits(), id.map(str::to_owned), size, date)
+            (
+                r.folder,
+                r.uidvalidity,
+                r.uid,
+                r.flags.bits(),
+                id.map(str::to_owned),
+                size,
+                date,
+            )
         })
         .collect();
     assert_eq!(set.len(), records.len(), "two records for one message");
@@ -636,7 +690,15 @@ fn server_visible(s: &Scenario) -> BTreeSet<Visible> {
     for (&id, f) in &s.server {
         for (&uid, (flags, fingerprint)) in &f.messages {
             let (mid, size, date) = fingerprint.pairing_key();
-            set.insert((id, f.uidvalidity, uid, flags.bits(), mid.map(str::to_owned), size, date));
+            set.insert((
+                id,
+                f.uidvalidity,
+                uid,
+                flags.bits(),
+                mid.map(str::to_owned),
+                size,
+                date,
+            ));
         }
     }
     set
@@ -680,7 +742,15 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     let folder = (
         any::<bool>(),
         prop::collection::btree_map(1u32..=12, (flags_strategy(), 0..POOL), 0..8),
-        prop::collection::vec((1u32..=12, prop::bool::weighted(0.7), flags_strategy(), 0..POOL), 0..8),
+        prop::collection::vec(
+            (
+                1u32..=12,
+                prop::bool::weighted(0.7),
+                flags_strategy(),
+                0..POOL,
+            ),
+            0..8,
+        ),
     );
     (prop::collection::vec(folder, 1..=3), modes_strategy()).prop_map(|(folders, modes)| {
         let mut server = BTreeMap::new();
@@ -711,7 +781,13 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     fingerprint,
                 });
             }
-            server.insert(id, ServerFolder { uidvalidity, messages });
+            server.insert(
+                id,
+                ServerFolder {
+                    uidvalidity,
+                    messages,
+                },
+            );
         }
         Scenario {
             server,

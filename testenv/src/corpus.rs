@@ -114,19 +114,70 @@ const LAST: &[&str] = &[
     "Kowalski", "Nguyen", "Smith", "Jensen", "Costa", "Weber",
 ];
 const DOMAINS: &[&str] = &[
-    "example.com", "contoso.com", "fabrikam.org", "example.net", "tailspin.io",
+    "example.com",
+    "contoso.com",
+    "fabrikam.org",
+    "example.net",
+    "tailspin.io",
 ];
 const WORDS: &[&str] = &[
-    "quarterly", "report", "meeting", "budget", "project", "review", "deadline", "update",
-    "invoice", "schedule", "proposal", "contract", "team", "release", "customer", "support",
-    "server", "migration", "roadmap", "feedback", "agenda", "minutes", "draft", "final",
-    "approval", "request", "travel", "expenses", "training", "security", "mailbox", "archive",
-    "the", "and", "for", "with", "please", "see", "attached", "thanks", "regarding", "next",
-    "week", "today", "tomorrow", "status", "question", "answer", "plan", "results",
+    "quarterly",
+    "report",
+    "meeting",
+    "budget",
+    "project",
+    "review",
+    "deadline",
+    "update",
+    "invoice",
+    "schedule",
+    "proposal",
+    "contract",
+    "team",
+    "release",
+    "customer",
+    "support",
+    "server",
+    "migration",
+    "roadmap",
+    "feedback",
+    "agenda",
+    "minutes",
+    "draft",
+    "final",
+    "approval",
+    "request",
+    "travel",
+    "expenses",
+    "training",
+    "security",
+    "mailbox",
+    "archive",
+    "the",
+    "and",
+    "for",
+    "with",
+    "please",
+    "see",
+    "attached",
+    "thanks",
+    "regarding",
+    "next",
+    "week",
+    "today",
+    "tomorrow",
+    "status",
+    "question",
+    "answer",
+    "plan",
+    "results",
 ];
 
 fn words(rng: &mut SplitMix64, n: usize) -> String {
-    (0..n).map(|_| *rng.pick(WORDS)).collect::<Vec<_>>().join(" ")
+    (0..n)
+        .map(|_| *rng.pick(WORDS))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Text wrapped at ~72 columns, CRLF, about `len` bytes.
@@ -217,8 +268,8 @@ impl Corpus {
         if rng.chance(0.8) {
             flags.push("\\Seen".to_string());
         }
-        let offset = FixedOffset::east_opt(*rng.pick(&[0, 3600, 7200, -5 * 3600, 9 * 3600]))
-            .unwrap();
+        let offset =
+            FixedOffset::east_opt(*rng.pick(&[0, 3600, 7200, -5 * 3600, 9 * 3600])).unwrap();
         let date = (base + Duration::seconds((i as i64) * 1800 + rng.below(1700) as i64))
             .with_timezone(&offset);
         let (from_name, from) = Self::person(rng);
@@ -226,9 +277,16 @@ impl Corpus {
             let n = 3 + rng.below(6) as usize;
             let s = words(rng, n);
             let mut c = s.chars();
-            let first = c.next().map(|f| f.to_uppercase().to_string()).unwrap_or_default();
+            let first = c
+                .next()
+                .map(|f| f.to_uppercase().to_string())
+                .unwrap_or_default();
             let s = first + c.as_str();
-            if rng.chance(0.2) { format!("Re: {s}") } else { s }
+            if rng.chance(0.2) {
+                format!("Re: {s}")
+            } else {
+                s
+            }
         };
         let message_id = format!(
             "<{:016x}.{i}@{}>",
@@ -277,7 +335,9 @@ impl Corpus {
                 .flat_map(|_| rng.next_u64().to_le_bytes())
                 .collect();
             let name = format!("{}.pdf", words(rng, 2).replace(' ', "-"));
-            h.push_str(&format!("Content-Type: multipart/mixed; boundary=\"{b0}\"\r\n\r\n"));
+            h.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=\"{b0}\"\r\n\r\n"
+            ));
             format!(
                 "This is a multi-part message in MIME format.\r\n\r\n--{b0}\r\nContent-Type: multipart/alternative; boundary=\"{b1}\"\r\n\r\n{alternative}\r\n--{b0}\r\nContent-Type: application/pdf; name=\"{name}\"\r\nContent-Disposition: attachment; filename=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--{b0}--\r\n",
                 base64_lines(&data)
@@ -360,7 +420,10 @@ mod tests {
         assert!((35_000..100_000).contains(&p90), "p90 {p90}");
         let inbox = a.iter().filter(|m| m.role == Role::Inbox).count();
         assert!((240..360).contains(&inbox), "inbox {inbox}");
-        let seen = a.iter().filter(|m| m.flags.iter().any(|f| f == "\\Seen")).count();
+        let seen = a
+            .iter()
+            .filter(|m| m.flags.iter().any(|f| f == "\\Seen"))
+            .count();
         assert!((740..860).contains(&seen), "seen {seen}");
         for m in &a {
             // Every LF is part of a CRLF.

@@ -154,6 +154,8 @@ mod tests {
         let text = render(&c);
         assert!(text.starts_with("[daemon]\nstate_dir = \"/d/state\"\n\n[accounts.demo]\n"));
         assert!(text.contains("client_secret_file = \"/d/demo.secret\"\n"));
-        assert!(text.ends_with("[accounts.demo.folders]\nInbox = \"INBOX\"\n\"Deleted Items\" = \"@trash\"\n"));
+        assert!(text.ends_with(
+            "[accounts.demo.folders]\nInbox = \"INBOX\"\n\"Deleted Items\" = \"@trash\"\n"
+        ));
     }
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use mailsync_testenv::dovecot::{Dovecot, DovecotOptions, Profile};
 use mailsync_testenv::Idp;
+use mailsync_testenv::dovecot::{Dovecot, DovecotOptions, Profile};
 
 pub const USER: &str = "jane@example.com";
 pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -38,7 +38,10 @@ impl Env {
     }
 
     /// Starts with the Dovecot options adjusted by `tune` (e.g. a localized trash).
-    pub async fn start_with(profile: Profile, tune: impl FnOnce(DovecotOptions) -> DovecotOptions) -> Env {
+    pub async fn start_with(
+        profile: Profile,
+        tune: impl FnOnce(DovecotOptions) -> DovecotOptions,
+    ) -> Env {
         let idp = Idp::start().await;
         idp.add_user(USER);
         idp.add_app(CLIENT_ID, Some(CLIENT_SECRET), Some(USER));
@@ -51,9 +54,16 @@ impl Env {
             dovecot,
             dir,
             profile,
-            mappings: MAPPINGS.iter().map(|(l, r)| (l.to_string(), r.to_string())).collect(),
+            mappings: MAPPINGS
+                .iter()
+                .map(|(l, r)| (l.to_string(), r.to_string()))
+                .collect(),
         };
-        std::fs::write(env.dir.path().join("work.secret"), format!("{CLIENT_SECRET}\n")).unwrap();
+        std::fs::write(
+            env.dir.path().join("work.secret"),
+            format!("{CLIENT_SECRET}\n"),
+        )
+        .unwrap();
         std::fs::copy(env.dovecot.ca_file(), env.dir.path().join("ca.pem")).unwrap();
         env.write_config();
         env
@@ -80,7 +90,11 @@ impl Env {
         let d = self.dir.path();
         let mut folders = String::new();
         for (local, remote) in &self.mappings {
-            folders.push_str(&format!("{} = {}\n", toml_string(local), toml_string(remote)));
+            folders.push_str(&format!(
+                "{} = {}\n",
+                toml_string(local),
+                toml_string(remote)
+            ));
         }
         format!(
             r#"# mailsync test config
@@ -121,7 +135,9 @@ scopes = ["https://outlook.office365.com/.default"]
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_mailsync"));
         c.arg("--config").arg(self.config_path()).args(args);
-        c.env_remove("RUST_LOG").env_remove("MAILSYNC_CONFIG").env_remove("CREDENTIALS_DIRECTORY");
+        c.env_remove("RUST_LOG")
+            .env_remove("MAILSYNC_CONFIG")
+            .env_remove("CREDENTIALS_DIRECTORY");
         c.stdin(Stdio::null());
         c
     }
@@ -146,7 +162,11 @@ scopes = ["https://outlook.office365.com/.default"]
     /// messages: same bytes, same flags, no extra file, no leftover in tmp/.
     pub async fn assert_in_sync(&self) {
         for (local, remote) in self.resolved_mappings().await {
-            let server = self.dovecot.messages(USER, &remote).await.expect("server messages");
+            let server = self
+                .dovecot
+                .messages(USER, &remote)
+                .await
+                .expect("server messages");
             let mut expected: Vec<(Vec<u8>, String)> = server
                 .iter()
                 .map(|m| (m.body.clone(), maildir_letters(&m.flags)))
@@ -163,10 +183,19 @@ scopes = ["https://outlook.office365.com/.default"]
                 expected.len()
             );
             for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
-                assert!(a == e, "{}: {local}: message {i} differs: local flags {:?}, server flags {:?}, local {} bytes, server {} bytes",
-                    self.profile.name(), a.1, e.1, a.0.len(), e.0.len());
+                assert!(
+                    a == e,
+                    "{}: {local}: message {i} differs: local flags {:?}, server flags {:?}, local {} bytes, server {} bytes",
+                    self.profile.name(),
+                    a.1,
+                    e.1,
+                    a.0.len(),
+                    e.0.len()
+                );
             }
-            let tmp: Vec<_> = std::fs::read_dir(self.maildir(&local).join("tmp")).unwrap().collect();
+            let tmp: Vec<_> = std::fs::read_dir(self.maildir(&local).join("tmp"))
+                .unwrap()
+                .collect();
             assert!(tmp.is_empty(), "{local}/tmp is not empty: {tmp:?}");
         }
     }
@@ -185,7 +214,13 @@ scopes = ["https://outlook.office365.com/.default"]
                         let attr = format!("\\{}", capitalize(role));
                         folders
                             .iter()
-                            .find(|(_, attrs)| attrs.iter().any(|a| a.eq_ignore_ascii_case(&attr) || a.eq_ignore_ascii_case(&format!("Extension(\"{attr}\")")) || a.to_ascii_lowercase().contains(role)))
+                            .find(|(_, attrs)| {
+                                attrs.iter().any(|a| {
+                                    a.eq_ignore_ascii_case(&attr)
+                                        || a.eq_ignore_ascii_case(&format!("Extension(\"{attr}\")"))
+                                        || a.to_ascii_lowercase().contains(role)
+                                })
+                            })
                             .map(|(n, _)| n.clone())
                             .unwrap_or_else(|| panic!("no folder with role {role} in {folders:?}"))
                     }
@@ -195,15 +230,39 @@ scopes = ["https://outlook.office365.com/.default"]
             .collect()
     }
 
-    /// Bytes the server sent to mailsync's IMAP sessions, from Dovecot's logout lines
-    /// (`out=N`), summed over the sessions that ended since `since_line`.
+    /// Bytes the server sent to mailsync's IMAP sessions (the OAuth logins, not the
+    /// harness's PLAIN ones), from Dovecot's logout lines (`out=N`), over the sessions
+    /// that logged in after line `since_line` of its log.
     pub fn server_bytes_out(&self, since_line: usize) -> u64 {
-        self.dovecot
-            .log()
-            .lines()
-            .skip(since_line)
-            .filter(|l| l.contains("imap(") && l.contains(USER) && l.contains("out="))
-            .filter_map(|l| l.split("out=").nth(1))
+        self.session_counter(since_line, "out=")
+    }
+
+    /// Messages whose body the server sent to mailsync's sessions (`body_count=N`).
+    pub fn server_bodies_sent(&self, since_line: usize) -> u64 {
+        self.session_counter(since_line, "body_count=")
+    }
+
+    fn session_counter(&self, since_line: usize, key: &str) -> u64 {
+        let log = self.dovecot.log();
+        let lines: Vec<&str> = log.lines().skip(since_line).collect();
+        let sessions: Vec<String> = lines
+            .iter()
+            .filter(|l| {
+                l.contains("Login: ")
+                    && (l.contains("method=XOAUTH2") || l.contains("method=OAUTHBEARER"))
+            })
+            .filter_map(|l| l.split("session=<").nth(1))
+            .filter_map(|rest| rest.split('>').next())
+            .map(|id| format!("<{id}>"))
+            .collect();
+        assert!(
+            !sessions.is_empty(),
+            "no OAuth login in the Dovecot log since line {since_line}"
+        );
+        lines
+            .iter()
+            .filter(|l| l.contains(key) && sessions.iter().any(|s| l.contains(s.as_str())))
+            .filter_map(|l| l.split(key).nth(1))
             .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
             .filter_map(|n| n.parse::<u64>().ok())
             .sum()
@@ -256,14 +315,22 @@ pub fn maildir_letters(flags: &[String]) -> String {
 pub fn local_messages(dir: &Path) -> Vec<(Vec<u8>, String)> {
     let mut out = Vec::new();
     for sub in ["cur", "new"] {
-        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
         for e in entries {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
-            let letters = name.split_once(":2,").map(|(_, f)| f.to_owned()).unwrap_or_default();
+            let letters = name
+                .split_once(":2,")
+                .map(|(_, f)| f.to_owned())
+                .unwrap_or_default();
             let mut letters: Vec<char> = letters.chars().collect();
             letters.sort_unstable();
-            out.push((std::fs::read(e.path()).unwrap(), letters.into_iter().collect()));
+            out.push((
+                std::fs::read(e.path()).unwrap(),
+                letters.into_iter().collect(),
+            ));
         }
     }
     out
@@ -288,7 +355,11 @@ impl From<Output> for Run {
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -308,12 +379,14 @@ pub struct Counts {
 
 impl Summary {
     pub fn total(&self) -> Counts {
-        self.folders.values().fold(Counts::default(), |a, c| Counts {
-            fetched: a.fetched + c.fetched,
-            flag_updates: a.flag_updates + c.flag_updates,
-            removed: a.removed + c.removed,
-            moved_in: a.moved_in + c.moved_in,
-        })
+        self.folders
+            .values()
+            .fold(Counts::default(), |a, c| Counts {
+                fetched: a.fetched + c.fetched,
+                flag_updates: a.flag_updates + c.flag_updates,
+                removed: a.removed + c.removed,
+                moved_in: a.moved_in + c.moved_in,
+            })
     }
     pub fn folder(&self, local: &str) -> Counts {
         self.folders.get(local).copied().unwrap_or_default()
@@ -325,15 +398,23 @@ impl Run {
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
         for line in self.stdout.lines() {
-            let Some((head, rest)) = line.split_once(": fetched ") else { continue };
-            let Some((_, local)) = head.split_once('/') else { continue };
+            let Some((head, rest)) = line.split_once(": fetched ") else {
+                continue;
+            };
+            let Some((_, local)) = head.split_once('/') else {
+                continue;
+            };
             let num = |key: &str| -> u64 {
                 rest.split(", ")
                     .find_map(|part| part.strip_prefix(key))
                     .and_then(|n| n.trim().parse().ok())
                     .unwrap_or(0)
             };
-            let fetched = rest.split(',').next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+            let fetched = rest
+                .split(',')
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
             s.folders.insert(
                 local.to_owned(),
                 Counts {

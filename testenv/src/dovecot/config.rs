@@ -76,6 +76,7 @@ auth_failure_delay = 0
 auth_verbose = yes
 auth_master_user_separator = *
 mail_location = maildir:~/Maildir
+mail_fsync = never
 mail_max_userip_connections = {maxconn}
 first_valid_uid = 1
 ",

@@ -104,8 +104,12 @@ impl Dovecot {
     /// Creates a folder (UTF-8 name) and subscribes to it.
     pub async fn create_folder(&self, user: &str, folder: &str) -> Result<()> {
         let mut admin = self.admin(user).await?;
-        admin.cmd(&format!("CREATE {}", quote_mailbox(folder))).await?;
-        admin.cmd(&format!("SUBSCRIBE {}", quote_mailbox(folder))).await?;
+        admin
+            .cmd(&format!("CREATE {}", quote_mailbox(folder)))
+            .await?;
+        admin
+            .cmd(&format!("SUBSCRIBE {}", quote_mailbox(folder)))
+            .await?;
         admin.logout().await
     }
 
@@ -155,15 +159,23 @@ impl Dovecot {
         remove: &[&str],
     ) -> Result<()> {
         let mut admin = self.admin(user).await?;
-        admin.cmd(&format!("SELECT {}", quote_mailbox(folder))).await?;
+        admin
+            .cmd(&format!("SELECT {}", quote_mailbox(folder)))
+            .await?;
         if !add.is_empty() {
             admin
-                .cmd(&format!("UID STORE {uid} +FLAGS.SILENT ({})", add.join(" ")))
+                .cmd(&format!(
+                    "UID STORE {uid} +FLAGS.SILENT ({})",
+                    add.join(" ")
+                ))
                 .await?;
         }
         if !remove.is_empty() {
             admin
-                .cmd(&format!("UID STORE {uid} -FLAGS.SILENT ({})", remove.join(" ")))
+                .cmd(&format!(
+                    "UID STORE {uid} -FLAGS.SILENT ({})",
+                    remove.join(" ")
+                ))
                 .await?;
         }
         admin.logout().await
@@ -175,7 +187,9 @@ impl Dovecot {
             return Ok(());
         }
         let mut admin = self.admin(user).await?;
-        admin.cmd(&format!("SELECT {}", quote_mailbox(folder))).await?;
+        admin
+            .cmd(&format!("SELECT {}", quote_mailbox(folder)))
+            .await?;
         let set = uid_set(uids);
         admin
             .cmd(&format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"))
@@ -197,7 +211,9 @@ impl Dovecot {
             return Ok(Vec::new());
         }
         let mut admin = self.admin(user).await?;
-        admin.cmd(&format!("SELECT {}", quote_mailbox(from))).await?;
+        admin
+            .cmd(&format!("SELECT {}", quote_mailbox(from)))
+            .await?;
         let set = uid_set(uids);
         let codes = match mode {
             MoveMode::Move => {
@@ -280,7 +296,8 @@ impl Dovecot {
             .status(crate::utf7::encode(folder), "(UIDNEXT)")
             .await?;
         admin.logout().await?;
-        mb.uid_next.ok_or_else(|| anyhow!("no UIDNEXT for {folder}"))
+        mb.uid_next
+            .ok_or_else(|| anyhow!("no UIDNEXT for {folder}"))
     }
 
     /// Fetches every message, deletes the folder, creates it again and appends the

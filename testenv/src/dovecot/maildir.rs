@@ -88,8 +88,7 @@ impl Dovecot {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(&m.bytes)?;
             if let Some(d) = m.internaldate {
-                let t = UNIX_EPOCH
-                    + std::time::Duration::from_secs(d.timestamp().max(0) as u64);
+                let t = UNIX_EPOCH + std::time::Duration::from_secs(d.timestamp().max(0) as u64);
                 f.set_modified(t)?;
             }
             drop(f);

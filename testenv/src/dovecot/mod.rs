@@ -56,6 +56,27 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Where instance directories go: `$MAILSYNC_TESTENV_TMPDIR`, else `/dev/shm` when it
+/// has at least 2 GiB free (tmpfs makes seeding several times faster), else the system
+/// temp dir.
+fn parent_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MAILSYNC_TESTENV_TMPDIR") {
+        return Some(PathBuf::from(p));
+    }
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1", "/dev/shm"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let avail: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (out.status.success() && avail >= 2 << 30).then(|| PathBuf::from("/dev/shm"))
+}
+
 fn id(args: &[&str]) -> Result<String> {
     let out = Command::new("id").args(args).output().context("run id")?;
     if !out.status.success() {
@@ -72,10 +93,13 @@ impl Dovecot {
 
     /// Starts a Dovecot with `options`, blocking until it greets.
     pub fn start_blocking(options: DovecotOptions) -> Result<Dovecot> {
-        let dir = tempfile::Builder::new()
-            .prefix("mailsync-dovecot-")
-            .tempdir()
-            .context("create temp dir")?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("mailsync-dovecot-");
+        let dir = match parent_dir() {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .context("create temp dir")?;
         let path = dir.path().to_path_buf();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         let root = fs::metadata(&path)?.uid() == 0;
@@ -104,8 +128,14 @@ impl Dovecot {
         }
         tls::write_tls_files(&path)?;
         let admin_password = crate::random::token(18);
-        fs::write(path.join("oauth2.conf"), config::oauth2_args(&options.introspection_url))?;
-        fs::write(path.join("master-users"), config::master_users(&admin_password))?;
+        fs::write(
+            path.join("oauth2.conf"),
+            config::oauth2_args(&options.introspection_url),
+        )?;
+        fs::write(
+            path.join("master-users"),
+            config::master_users(&admin_password),
+        )?;
         let n = INSTANCES.fetch_add(1, Ordering::SeqCst);
         let mut dovecot = Dovecot {
             dir: Some(dir),
@@ -139,7 +169,9 @@ impl Dovecot {
                 }
             }
         }
-        Err(last_err.unwrap().context(format!("start Dovecot; log:\n{}", dovecot.log())))
+        Err(last_err
+            .unwrap()
+            .context(format!("start Dovecot; log:\n{}", dovecot.log())))
     }
 
     fn write_config(&self) -> Result<()> {
@@ -204,7 +236,10 @@ impl Dovecot {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("Dovecot did not greet on port {} within {START_TIMEOUT:?}", self.imap_port)
+        bail!(
+            "Dovecot did not greet on port {} within {START_TIMEOUT:?}",
+            self.imap_port
+        )
     }
 
     fn master_pid(&self) -> Option<u32> {
@@ -445,7 +480,10 @@ impl Drop for Dovecot {
             && let Some(dir) = self.dir.take()
         {
             let kept = dir.keep();
-            eprintln!("mailsync-testenv: kept Dovecot directory {}", kept.display());
+            eprintln!(
+                "mailsync-testenv: kept Dovecot directory {}",
+                kept.display()
+            );
         }
     }
 }

@@ -30,11 +30,7 @@ fn serial() -> Result<Asn1Integer> {
     Ok(bn.to_asn1_integer()?)
 }
 
-fn cert(
-    cn: &str,
-    key: &PKey<Private>,
-    issuer: Option<(&X509, &PKey<Private>)>,
-) -> Result<X509> {
+fn cert(cn: &str, key: &PKey<Private>, issuer: Option<(&X509, &PKey<Private>)>) -> Result<X509> {
     let mut name = X509NameBuilder::new()?;
     name.append_entry_by_text("O", "mailsync-testenv")?;
     name.append_entry_by_text("CN", cn)?;

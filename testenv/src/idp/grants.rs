@@ -68,7 +68,9 @@ pub fn issue_access(
     scope: &str,
 ) -> (String, u64) {
     let lifetime = store.access_lifetime;
-    let secs = lifetime.as_secs().max(u64::from(lifetime.subsec_nanos() > 0));
+    let secs = lifetime
+        .as_secs()
+        .max(u64::from(lifetime.subsec_nanos() > 0));
     let token = jwt::access_token(client_id, email, scope, secs as i64);
     store.access.insert(
         token.clone(),
@@ -148,11 +150,9 @@ pub fn token(
     p: &Params,
 ) -> Result<Value, OAuthError> {
     store.token_calls += 1;
-    store.token_requests.push(
-        p.iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    );
+    store
+        .token_requests
+        .push(p.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     if let Some(failure) = store.failures.pop_front() {
         return Err(injected(&failure, p, tenant));
     }
@@ -216,7 +216,9 @@ fn refresh_token(
         .filter(|s| !s.is_empty())
         .cloned()
         .unwrap_or_else(|| rt.scope.clone());
-    Ok(user_tokens(store, base_url, tenant, &client_id, &email, &scope))
+    Ok(user_tokens(
+        store, base_url, tenant, &client_id, &email, &scope,
+    ))
 }
 
 /// The PKCE S256 challenge of a verifier.
@@ -257,7 +259,9 @@ fn authorization_code(
     }
     c.redeemed = true;
     let (email, scope) = (c.email.clone(), c.scope.clone());
-    Ok(user_tokens(store, base_url, tenant, &client_id, &email, &scope))
+    Ok(user_tokens(
+        store, base_url, tenant, &client_id, &email, &scope,
+    ))
 }
 
 fn device_code(
@@ -308,7 +312,9 @@ fn device_code(
         DeviceState::Approved(email) => {
             d.state = DeviceState::Redeemed;
             let scope = d.scope.clone();
-            Ok(user_tokens(store, base_url, tenant, &client_id, &email, &scope))
+            Ok(user_tokens(
+                store, base_url, tenant, &client_id, &email, &scope,
+            ))
         }
     }
 }
@@ -376,19 +382,30 @@ fn with_query(uri: &str, pairs: &[(&str, &str)]) -> String {
 /// `GET /{tenant}/oauth2/v2.0/authorize`.
 pub fn authorize(store: &mut Store, tenant: &str, p: &Params) -> AuthorizeOutcome {
     let Some(client_id) = p.get("client_id").filter(|c| !c.is_empty()) else {
-        return AuthorizeOutcome::Page(400, "AADSTS900144: The request body must contain the following parameter: 'client_id'.".into());
+        return AuthorizeOutcome::Page(
+            400,
+            "AADSTS900144: The request body must contain the following parameter: 'client_id'."
+                .into(),
+        );
     };
     if !store.apps.contains_key(client_id) {
         let e = OAuthError::aadsts(700016, &ctx(p, tenant));
         return AuthorizeOutcome::Page(400, format!("AADSTS{}: {}", e.code, e.message));
     }
     let Some(redirect_uri) = p.get("redirect_uri").filter(|r| !r.is_empty()) else {
-        return AuthorizeOutcome::Page(400, "AADSTS900144: The request body must contain the following parameter: 'redirect_uri'.".into());
+        return AuthorizeOutcome::Page(
+            400,
+            "AADSTS900144: The request body must contain the following parameter: 'redirect_uri'."
+                .into(),
+        );
     };
     let state = p.get("state").cloned().unwrap_or_default();
     let fail = |e: OAuthError| {
         let (error, desc) = (e.error.clone(), format!("AADSTS{}: {}", e.code, e.message));
-        let mut pairs = vec![("error", error.as_str()), ("error_description", desc.as_str())];
+        let mut pairs = vec![
+            ("error", error.as_str()),
+            ("error_description", desc.as_str()),
+        ];
         if !state.is_empty() {
             pairs.push(("state", state.as_str()));
         }

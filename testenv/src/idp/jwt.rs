@@ -25,10 +25,7 @@ pub fn stable_guid(s: &str) -> String {
 
 /// The tenant ID for a tenant path segment: itself if it is a GUID, else derived.
 pub fn tenant_id(tenant: &str) -> String {
-    let is_guid = tenant.len() == 36
-        && tenant
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || c == '-');
+    let is_guid = tenant.len() == 36 && tenant.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
     if is_guid {
         tenant.to_lowercase()
     } else {

@@ -60,7 +60,9 @@ impl Idp {
     /// Starts the IdP (usable outside a Tokio runtime too).
     pub fn start_blocking() -> Idp {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let addr = listener.local_addr().expect("local address");
         let shared = Arc::new(Shared {
             base_url: format!("http://{addr}"),
