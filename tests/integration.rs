@@ -8,6 +8,7 @@ mod bad_input;
 mod crash;
 mod pull;
 mod secrets;
+mod session;
 
 /// Defines `NAME::full` and `NAME::exchange` tests running `async fn NAME(Profile)`.
 #[macro_export]

@@ -163,7 +163,7 @@ async fn malformed_mail_survives_byte_exact() {
     let malformed = mailsync_testenv::Corpus::malformed();
     let (empty, rest): (Vec<_>, Vec<_>) = malformed.into_iter().partition(|m| m.bytes.is_empty());
     let zero = dovecot.append(JANE, "INBOX", b"", &[], None).await;
-    eprintln!("APPEND of 0 bytes: {zero:?}");
+    eprintln!("APPEND of 0 bytes: {:#}", zero.unwrap_err());
     let uids = dovecot
         .append_many(JANE, "INBOX", rest.iter().map(|m| (m.bytes.clone(), vec!["\\Seen"])))
         .await

@@ -50,7 +50,7 @@ async fn client_credentials_errors_and_introspection() {
     assert_eq!((s, v["error"].as_str()), (503, Some("temporarily_unavailable")));
     let (s, v) = post(&url, &form("right", "https://outlook.office365.com/.default")).await;
     assert_eq!((s, v["error_codes"][0].as_u64()), (400, Some(53003)));
-    assert_eq!(idp.token_calls(), 7);
+    assert_eq!(idp.token_calls(), 6);
     assert!(idp.issued_secrets().contains(&token));
 }
 

@@ -139,7 +139,7 @@ impl OAuthError {
         let trace_id = random::guid();
         let correlation_id = random::guid();
         let timestamp = chrono::Utc::now()
-            .format("%Y-%m-%d %H:%M:%S%.7fZ")
+            .format("%Y-%m-%d %H:%M:%SZ")
             .to_string();
         let mut v = json!({
             "error": self.error,
