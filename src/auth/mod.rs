@@ -247,10 +247,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The client secret, from `client_secret_file` or systemd's credentials directory.
+/// The client secret, from `client_secret_file` (a bare name is a systemd credential
+/// in `$CREDENTIALS_DIRECTORY`), else `$CREDENTIALS_DIRECTORY/<account>.secret`.
 fn read_secret(account: &Account) -> Result<Secret, AuthError> {
-    let path: PathBuf = match &account.client_secret_file {
-        Some(p) => p.clone(),
+    let path: PathBuf = match account.client_secret_path() {
+        Some(p) => p,
         None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
             Some(dir) => Path::new(&dir).join(format!("{}.secret", account.name)),
             None => {

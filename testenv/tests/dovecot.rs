@@ -65,7 +65,10 @@ async fn xoauth2_login_with_client_credentials_token() {
     let started = Instant::now();
     let err = dovecot.login_xoauth2(JANE, &token).await.unwrap_err();
     eprintln!("revoked: {err:#} after {:?}", started.elapsed());
-    assert!(format!("{err:#}").contains("AUTHENTICATIONFAILED"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("AUTHENTICATIONFAILED"),
+        "{err:#}"
+    );
     // The IdP down: a temporary failure.
     idp.fail_introspection(true);
     let token2 = client_credentials_token(&idp).await;
@@ -165,11 +168,21 @@ async fn malformed_mail_survives_byte_exact() {
     let zero = dovecot.append(JANE, "INBOX", b"", &[], None).await;
     eprintln!("APPEND of 0 bytes: {:#}", zero.unwrap_err());
     let uids = dovecot
-        .append_many(JANE, "INBOX", rest.iter().map(|m| (m.bytes.clone(), vec!["\\Seen"])))
+        .append_many(
+            JANE,
+            "INBOX",
+            rest.iter().map(|m| (m.bytes.clone(), vec!["\\Seen"])),
+        )
         .await
         .unwrap();
     let seeded = dovecot
-        .seed_fast(JANE, "INBOX", empty.iter().map(|m| (m.bytes.clone(), Vec::<String>::new())))
+        .seed_fast(
+            JANE,
+            "INBOX",
+            empty
+                .iter()
+                .map(|m| (m.bytes.clone(), Vec::<String>::new())),
+        )
         .await
         .unwrap();
     let msgs = dovecot.messages(JANE, "INBOX").await.unwrap();
@@ -214,4 +227,61 @@ async fn seed_fast_10k_timing() {
     let msgs = dovecot.messages(JANE, "Archive").await.unwrap();
     eprintln!("messages() of 10k: {:?}", t.elapsed());
     assert_eq!(msgs.len(), 10_000);
+}
+
+#[tokio::test]
+async fn localized_trash_kick_and_restart() {
+    let idp = Idp::start().await;
+    let opts = DovecotOptions::new(&idp).rename_special("\\Trash", "Gelöschte Elemente");
+    let mut dovecot = Dovecot::start(opts).await.unwrap();
+    let token = idp.issue_access_token("app", JANE);
+    let mut session = dovecot.login_xoauth2(JANE, &token).await.unwrap();
+    let names: Vec<_> = session
+        .list(Some(""), Some("*"))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let trash = names
+        .iter()
+        .find(|n| n.name() == "Gel&APY-schte Elemente")
+        .expect("mUTF-7 name");
+    assert!(format!("{:?}", trash.attributes()).contains("Trash"));
+    drop(names);
+    assert_eq!(dovecot.who(), vec![JANE.to_string()]);
+    dovecot.kick(JANE).unwrap();
+    assert!(session.noop().await.is_err(), "kicked session still alive");
+    let port = dovecot.imaps_port();
+    dovecot.restart().await.unwrap();
+    assert_eq!(port, dovecot.imaps_port());
+    let uid = dovecot
+        .append(
+            JANE,
+            "Gelöschte Elemente",
+            b"Subject: x\r\n\r\ny\r\n",
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dovecot.messages(JANE, "Gelöschte Elemente").await.unwrap()[0].uid,
+        uid
+    );
+    let v1 = dovecot.uidvalidity(JANE, "INBOX").await.unwrap();
+    dovecot
+        .append(
+            JANE,
+            "INBOX",
+            b"Subject: inbox\r\n\r\nz\r\n",
+            &["\\Seen"],
+            None,
+        )
+        .await
+        .unwrap();
+    let v2 = dovecot.recreate_folder(JANE, "INBOX").await.unwrap();
+    assert_ne!(v1, v2);
+    assert_eq!(dovecot.uidvalidity(JANE, "INBOX").await.unwrap(), v2);
+    assert_eq!(dovecot.messages(JANE, "INBOX").await.unwrap().len(), 1);
 }

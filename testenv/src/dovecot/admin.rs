@@ -131,6 +131,7 @@ impl Admin {
                     if *status != Status::Ok {
                         let first = String::from_utf8_lossy(parts.first().copied().unwrap_or(b""))
                             .chars()
+                            .take_while(|c| *c != '\r')
                             .take(80)
                             .collect::<String>();
                         bail!(

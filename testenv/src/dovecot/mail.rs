@@ -49,10 +49,10 @@ async fn append_batch(admin: &mut Admin, folder: &str, batch: &[SeedMessage]) ->
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     let codes = admin.raw(&refs).await?;
     for c in codes {
-        if let Code::AppendUid(_, uids) = c {
-            if uids.len() == batch.len() {
-                return Ok(uids);
-            }
+        if let Code::AppendUid(_, uids) = c
+            && uids.len() == batch.len()
+        {
+            return Ok(uids);
         }
     }
     bail!("APPEND to {folder}: no APPENDUID in the answer")

@@ -138,9 +138,7 @@ impl OAuthError {
     pub fn body(&self) -> serde_json::Value {
         let trace_id = random::guid();
         let correlation_id = random::guid();
-        let timestamp = chrono::Utc::now()
-            .format("%Y-%m-%d %H:%M:%SZ")
-            .to_string();
+        let timestamp = chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
         let mut v = json!({
             "error": self.error,
             "error_description": self.description(&trace_id, &correlation_id, &timestamp),
