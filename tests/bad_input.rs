@@ -1,6 +1,7 @@
 //! Bad input: malformed messages are stored byte-exact and do not stop the sync; bad
 //! configs and a wrong CA fail with one line that names the cause.
 
+use mailsync_testenv::Corpus;
 use mailsync_testenv::dovecot::{Profile, SeedMessage};
 
 use crate::on_both_profiles;
@@ -33,11 +34,14 @@ async fn malformed_messages_are_stored_byte_exact(profile: Profile) {
         .append_many(USER, "INBOX", malformed())
         .await
         .unwrap();
-    // A 0-byte message cannot be APPENDed; put it in the server's Maildir directly.
-    env.dovecot
-        .seed_fast(USER, "INBOX", vec![SeedMessage::new(Vec::<u8>::new(), &[])])
-        .await
-        .unwrap();
+    // The test corpus's own nasty set, 0-byte message included (which cannot be
+    // APPENDed, so it goes straight into the server's Maildir).
+    let nasty: Vec<SeedMessage> = Corpus::malformed()
+        .into_iter()
+        .map(|m| SeedMessage::new(m.bytes, &[]))
+        .collect();
+    assert!(nasty.iter().any(|m| m.bytes.is_empty()));
+    env.dovecot.seed_fast(USER, "INBOX", nasty).await.unwrap();
     env.dovecot
         .append(
             USER,

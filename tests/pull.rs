@@ -1,6 +1,7 @@
 //! Pull sync against the real server: initial sync, new mail, flags both ways,
 //! expunge, moves done locally, UIDVALIDITY changes, localized role folders.
 
+use mailsync_testenv::corpus::{Corpus, CorpusOptions};
 use mailsync_testenv::dovecot::{MoveMode, Profile, SeedMessage};
 
 use crate::on_both_profiles;
@@ -210,4 +211,24 @@ async fn localized_trash_by_role(profile: Profile) {
 }
 on_both_profiles!(localized_trash_by_role);
 
-// CORPUS_TEST_PLACEHOLDER
+/// A realistic corpus (multipart, attachments, sizes up to 1.5 MB) arrives intact.
+async fn corpus_sync(profile: Profile) {
+    let env = Env::start(profile).await;
+    let corpus = Corpus::generate(&CorpusOptions {
+        seed: 7,
+        count: 150,
+        max_size: Some(1_500_000),
+    });
+    for folder in ["INBOX", "Archive", "Deleted Items"] {
+        let batch: Vec<SeedMessage> = corpus
+            .iter()
+            .filter(|m| m.role.default_folder() == folder)
+            .map(SeedMessage::from)
+            .collect();
+        env.dovecot.seed_fast(USER, folder, batch).await.unwrap();
+    }
+    let summary = env.sync().await;
+    assert_eq!(summary.total().fetched, 150);
+    env.assert_in_sync().await;
+}
+on_both_profiles!(corpus_sync);

@@ -8,29 +8,54 @@ use crate::support::{Env, USER};
 
 async fn starttls(profile: Profile) {
     let env = Env::start(profile).await;
-    env.dovecot.append(USER, "INBOX", b"Subject: over starttls\r\n\r\nx\r\n", &["\\Seen"], None).await.unwrap();
+    env.dovecot
+        .append(
+            USER,
+            "INBOX",
+            b"Subject: over starttls\r\n\r\nx\r\n",
+            &["\\Seen"],
+            None,
+        )
+        .await
+        .unwrap();
     let text = env
         .config_text("")
         .replace("tls = \"implicit\"", "tls = \"starttls\"")
-        .replace(&format!("imap_port = {}", env.dovecot.imaps_port()), &format!("imap_port = {}", env.dovecot.imap_port()));
+        .replace(
+            &format!("imap_port = {}", env.dovecot.imaps_port()),
+            &format!("imap_port = {}", env.dovecot.imap_port()),
+        );
     std::fs::write(env.config_path(), text).unwrap();
     let summary = env.sync().await;
     assert_eq!(summary.folder("Inbox").fetched, 1);
     env.assert_in_sync().await;
     let log = env.dovecot.log();
-    assert!(log.contains("method=XOAUTH2") && log.contains("TLS"), "no TLS XOAUTH2 login in the server log");
+    assert!(
+        log.contains("method=XOAUTH2") && log.contains("TLS"),
+        "no TLS XOAUTH2 login in the server log"
+    );
 }
 on_both_profiles!(starttls);
 
 /// A server that offers OAUTHBEARER but not XOAUTH2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauthbearer_when_xoauth2_is_missing() {
-    let env = Env::start_with(Profile::Full, |o| o.extra_config("auth_mechanisms = plain oauthbearer\n")).await;
-    env.dovecot.append(USER, "INBOX", b"Subject: bearer\r\n\r\nx\r\n", &[], None).await.unwrap();
+    let env = Env::start_with(Profile::Full, |o| {
+        o.extra_config("auth_mechanisms = plain oauthbearer\n")
+    })
+    .await;
+    env.dovecot
+        .append(USER, "INBOX", b"Subject: bearer\r\n\r\nx\r\n", &[], None)
+        .await
+        .unwrap();
     let summary = env.sync().await;
     assert_eq!(summary.folder("Inbox").fetched, 1);
     env.assert_in_sync().await;
-    assert!(env.dovecot.log().contains("method=OAUTHBEARER"), "the login did not use OAUTHBEARER:\n{}", env.dovecot.log());
+    assert!(
+        env.dovecot.log().contains("method=OAUTHBEARER"),
+        "the login did not use OAUTHBEARER:\n{}",
+        env.dovecot.log()
+    );
 }
 
 /// Two `sync` runs of one account cannot interleave: the second is refused.
@@ -39,12 +64,20 @@ async fn one_sync_per_account_at_a_time() {
     let env = Env::start(Profile::Full).await;
     let lock_path = env.state_dir().join("work.lock");
     std::fs::create_dir_all(env.state_dir()).unwrap();
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
     file.try_lock().unwrap();
     let run = env.run(&["sync"]).await;
     assert_eq!(run.code, 2, "{run}");
     assert!(run.stderr.contains("another mailsync process"), "{run}");
-    assert!(!env.maildir("Inbox").exists(), "the refused run touched the Maildir");
+    assert!(
+        !env.maildir("Inbox").exists(),
+        "the refused run touched the Maildir"
+    );
     drop(file);
     let run = env.run(&["sync"]).await;
     assert_eq!(run.code, 0, "{run}");
@@ -53,11 +86,18 @@ async fn one_sync_per_account_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folders_json_lists_roles_counts_and_mappings() {
     let env = Env::start(Profile::Full).await;
-    env.dovecot.append(USER, "Archive", b"Subject: a\r\n\r\nx\r\n", &[], None).await.unwrap();
-    env.dovecot.append(USER, "Archive", b"Subject: b\r\n\r\ny\r\n", &[], None).await.unwrap();
+    env.dovecot
+        .append(USER, "Archive", b"Subject: a\r\n\r\nx\r\n", &[], None)
+        .await
+        .unwrap();
+    env.dovecot
+        .append(USER, "Archive", b"Subject: b\r\n\r\ny\r\n", &[], None)
+        .await
+        .unwrap();
     let run = env.run(&["folders", "--json"]).await;
     assert_eq!(run.code, 0, "{run}");
-    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run}"));
     let archive = v
         .as_array()
         .unwrap()
@@ -67,6 +107,11 @@ async fn folders_json_lists_roles_counts_and_mappings() {
     assert_eq!(archive["role"], "@archive");
     assert_eq!(archive["messages"], 2);
     assert_eq!(archive["mapped_to"], "Archive");
-    let sent = v.as_array().unwrap().iter().find(|f| f["name"] == "Sent Items").unwrap();
+    let sent = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "Sent Items")
+        .unwrap();
     assert!(sent["mapped_to"].is_null());
 }
