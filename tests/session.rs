@@ -115,3 +115,86 @@ async fn folders_json_lists_roles_counts_and_mappings() {
         .unwrap();
     assert!(sent["mapped_to"].is_null());
 }
+
+/// The commands mailsync sends follow what the server advertises: QRESYNC's SELECT
+/// when offered (no UID SEARCH, no full listing), and on the Exchange profile never a
+/// CONDSTORE, QRESYNC, ENABLE or MOVE command, which Dovecot would still accept.
+async fn commands_follow_capabilities(profile: Profile) {
+    let env = Env::start(profile).await;
+    let mut messages = Vec::new();
+    for i in 0..8 {
+        messages.push(mailsync_testenv::dovecot::SeedMessage::new(
+            format!("Subject: m{i}\r\nMessage-ID: <m{i}@x>\r\n\r\nbody {i}\r\n").into_bytes(),
+            &[],
+        ));
+    }
+    let uids = env
+        .dovecot
+        .append_many(USER, "INBOX", messages)
+        .await
+        .unwrap();
+    let first = env.run(&["-vv", "sync"]).await;
+    assert_eq!(first.code, 0, "{first}");
+
+    env.dovecot
+        .expunge(USER, "INBOX", &[uids[2]])
+        .await
+        .unwrap();
+    env.dovecot
+        .set_flags(USER, "INBOX", uids[4], &["\\Flagged"], &[])
+        .await
+        .unwrap();
+    env.dovecot
+        .append(USER, "INBOX", b"Subject: new\r\n\r\nnew\r\n", &[], None)
+        .await
+        .unwrap();
+    let run = env.run(&["-vv", "sync"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let c = run.summary().folder("Inbox");
+    assert_eq!((c.fetched, c.flag_updates, c.removed), (1, 1, 1), "{run}");
+    env.assert_in_sync().await;
+
+    let sent: Vec<&str> = first
+        .stderr
+        .lines()
+        .chain(run.stderr.lines())
+        .filter(|l| l.contains("imap >"))
+        .collect();
+    assert!(!sent.is_empty(), "no command in the debug log:\n{run}");
+    let any = |needle: &str| sent.iter().any(|l| l.contains(needle));
+    match profile {
+        Profile::Full => {
+            assert!(any("(QRESYNC ("), "no QRESYNC SELECT:\n{}", sent.join("\n"));
+            let second: Vec<&str> = run
+                .stderr
+                .lines()
+                .filter(|l| l.contains("imap >"))
+                .collect();
+            assert!(
+                !second
+                    .iter()
+                    .any(|l| l.contains("UID SEARCH") || l.contains("UID FETCH 1:*")),
+                "QRESYNC should make listing unnecessary:\n{}",
+                second.join("\n")
+            );
+        }
+        Profile::Exchange => {
+            for word in [
+                "CONDSTORE",
+                "QRESYNC",
+                "CHANGEDSINCE",
+                "ENABLE",
+                "MOVE",
+                "SPECIAL-USE",
+            ] {
+                assert!(
+                    !any(word),
+                    "sent {word} to a server that does not offer it:\n{}",
+                    sent.join("\n")
+                );
+            }
+            assert!(any("UID FETCH 1:* (UID FLAGS)"), "{}", sent.join("\n"));
+        }
+    }
+}
+on_both_profiles!(commands_follow_capabilities);

@@ -261,12 +261,15 @@ fn read_secret(account: &Account) -> Result<Secret, AuthError> {
             }
         },
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| AuthError::SecretFile {
-        account: account.name.clone(),
-        path: path.clone(),
-        source,
-    })?;
-    let secret = text.trim();
+    let text =
+        Secret::new(
+            std::fs::read_to_string(&path).map_err(|source| AuthError::SecretFile {
+                account: account.name.clone(),
+                path: path.clone(),
+                source,
+            })?,
+        );
+    let secret = text.expose().trim();
     if secret.is_empty() {
         return Err(AuthError::SecretFile {
             account: account.name.clone(),

@@ -87,6 +87,15 @@ pub struct FetchedMessage {
     pub body: Vec<u8>,
 }
 
+/// What a SELECT reported: the folder's state and, with QRESYNC, what changed since
+/// the given mod-sequence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelectChanges {
+    pub selected: Selected,
+    pub changed: Vec<RemoteEntry>,
+    pub vanished: Vec<u32>,
+}
+
 /// Changes the server reported while we were busy; the folder is re-checked next pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Unsolicited {
@@ -313,30 +322,93 @@ impl Session {
     /// Selects a folder read-write (EXAMINE would not let flags be pushed later), with
     /// CONDSTORE when the server offers it.
     pub async fn select(&mut self, folder: &str) -> Result<Selected, ImapError> {
-        let condstore = self.has_condstore();
-        let command = if condstore {
-            format!("SELECT {} (CONDSTORE)", quote(folder))
-        } else {
-            format!("SELECT {}", quote(folder))
+        Ok(self.select_since(folder, None).await?.selected)
+    }
+
+    /// Turns QRESYNC on for this session if the server offers it (RFC 7162 requires
+    /// ENABLE before the first SELECT that uses it).
+    pub async fn enable_qresync(&mut self) -> Result<bool, ImapError> {
+        if self.qresync_enabled {
+            return Ok(true);
+        }
+        if !self.capabilities.has("QRESYNC") || !self.capabilities.has("ENABLE") {
+            return Ok(false);
+        }
+        let mut enabled = false;
+        self.exec("ENABLE QRESYNC", |r| {
+            if let Response::Capabilities(c) = r {
+                enabled = c.iter().any(|c| matches!(c, imap_proto::Capability::Atom(a) if a.eq_ignore_ascii_case("QRESYNC")));
+            }
+            Ok(())
+        })
+        .await?;
+        // Servers answer `* ENABLED QRESYNC`, which imap-proto may not parse as
+        // capabilities; the tagged OK is enough.
+        let _ = enabled;
+        self.qresync_enabled = true;
+        Ok(true)
+    }
+
+    /// Selects a folder; with QRESYNC enabled and `since` = (UIDVALIDITY, MODSEQ) of
+    /// the last sync, the server also reports what changed (FETCH) and what was
+    /// expunged (VANISHED) since then, in the same round trip.
+    pub async fn select_since(
+        &mut self,
+        folder: &str,
+        since: Option<(u32, u64)>,
+    ) -> Result<SelectChanges, ImapError> {
+        let command = match since {
+            Some((uidvalidity, modseq)) if self.qresync_enabled => {
+                format!(
+                    "SELECT {} (QRESYNC ({uidvalidity} {modseq}))",
+                    quote(folder)
+                )
+            }
+            _ if self.has_condstore() => format!("SELECT {} (CONDSTORE)", quote(folder)),
+            _ => format!("SELECT {}", quote(folder)),
         };
         self.selected = None;
         self.unsolicited = Unsolicited::default();
-        let mut selected = Selected::default();
+        let mut out = SelectChanges::default();
         let mut have_uidvalidity = false;
         self.exec(&command, |r| {
             match r {
-                Response::MailboxData(MailboxDatum::Exists(n)) => selected.exists = *n,
+                Response::MailboxData(MailboxDatum::Exists(n)) => out.selected.exists = *n,
                 Response::Data { outcome, .. } => match outcome.code {
                     Some(ResponseCode::UidValidity(v)) => {
-                        selected.uidvalidity = v;
+                        out.selected.uidvalidity = v;
                         have_uidvalidity = true;
                     }
-                    Some(ResponseCode::UidNext(n)) => selected.uidnext = Some(n),
-                    Some(ResponseCode::HighestModSeq(m)) => selected.highestmodseq = Some(m),
+                    Some(ResponseCode::UidNext(n)) => out.selected.uidnext = Some(n),
+                    Some(ResponseCode::HighestModSeq(m)) => out.selected.highestmodseq = Some(m),
                     _ => {
                         // NOMODSEQ: the folder has no mod-sequences; stay without.
                     }
                 },
+                Response::Vanished {
+                    earlier: true,
+                    uids,
+                } => {
+                    for range in uids {
+                        // A hostile range must not make us allocate billions of UIDs.
+                        if range.end().saturating_sub(*range.start()) > 10_000_000 {
+                            return Err(ImapError::Protocol {
+                                command: "SELECT".into(),
+                                detail: format!(
+                                    "implausible VANISHED range {}:{}",
+                                    range.start(),
+                                    range.end()
+                                ),
+                            });
+                        }
+                        out.vanished.extend(range.clone());
+                    }
+                }
+                Response::Fetch(_, attrs) => {
+                    if let Some(e) = entry_of(attrs) {
+                        out.changed.push(e);
+                    }
+                }
                 _ => {}
             }
             Ok(())
@@ -351,7 +423,7 @@ impl Session {
         }
         self.unsolicited = Unsolicited::default();
         self.selected = Some(folder.to_owned());
-        Ok(selected)
+        Ok(out)
     }
 
     /// UID and flags of messages: all of them, or those changed since `modseq`.
@@ -367,21 +439,10 @@ impl Session {
         };
         let mut entries = Vec::new();
         self.exec(&command, |r| {
-            if let Response::Fetch(_, attrs) = r {
-                let mut uid = None;
-                let mut flags = None;
-                for a in attrs {
-                    match a {
-                        AttributeValue::Uid(u) => uid = Some(*u),
-                        AttributeValue::Flags(f) => flags = Some(parse_flags(f)),
-                        _ => {}
-                    }
-                }
-                // A FETCH without UID is an unsolicited flag update from another session;
-                // it is covered by the next listing.
-                if let (Some(uid), Some(flags)) = (uid, flags) {
-                    entries.push(RemoteEntry { uid, flags });
-                }
+            if let Response::Fetch(_, attrs) = r
+                && let Some(e) = entry_of(attrs)
+            {
+                entries.push(e);
             }
             Ok(())
         })
@@ -513,6 +574,24 @@ impl Session {
     pub fn qresync_enabled(&self) -> bool {
         self.qresync_enabled
     }
+}
+
+/// UID and flags from a FETCH response. A FETCH without UID is an unsolicited flag
+/// update from another session; the next listing covers it.
+fn entry_of(attrs: &[AttributeValue<'_>]) -> Option<RemoteEntry> {
+    let mut uid = None;
+    let mut flags = None;
+    for a in attrs {
+        match a {
+            AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::Flags(f) => flags = Some(parse_flags(f)),
+            _ => {}
+        }
+    }
+    Some(RemoteEntry {
+        uid: uid?,
+        flags: flags?,
+    })
 }
 
 fn parse_flags(flags: &[std::borrow::Cow<'_, str>]) -> Flags {

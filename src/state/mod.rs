@@ -106,6 +106,8 @@ impl State {
             path: path.clone(),
             source,
         };
+        // Private before anything is written; SQLite gives the WAL the same mode.
+        restrict_file(&self.path);
         // FULL: a commit is on disk when it returns, which the durability rule needs.
         self.conn
             .execute_batch(
@@ -116,7 +118,6 @@ impl State {
                  PRAGMA busy_timeout = 10000;",
             )
             .map_err(wrap)?;
-        restrict_file(&self.path);
         schema::migrate(&mut self.conn, &self.path)
     }
 

@@ -400,7 +400,10 @@ impl Connector<'_> {
                 .await
                 .map_err(imap_err)?;
             match client.authenticate(&account.login_user, &token).await {
-                Ok(session) => return Ok(session),
+                Ok(mut session) => {
+                    session.enable_qresync().await.map_err(imap_err)?;
+                    return Ok(session);
+                }
                 Err(ImapError::AuthFailed(f)) if !retried => {
                     // The token may have been revoked or expired early: get a new one once.
                     tracing::info!(account = %account.name, "token refused ({}); requesting a new one", f.server_text);
@@ -436,37 +439,46 @@ async fn list_folder(
     state: &State,
     t: &mut Target,
 ) -> Result<(), ImapError> {
-    let sel = session.select(&t.remote.name).await?;
+    let since = t.row.uidvalidity.zip(t.row.highestmodseq);
+    let changes = session.select_since(&t.remote.name, since).await?;
+    let sel = changes.selected.clone();
     let known = state.known(t.row.id).map_err(|e| ImapError::Protocol {
         command: "state".into(),
         detail: e.to_string(),
     })?;
     let same_validity = t.row.uidvalidity == Some(sel.uidvalidity);
-    let count = known
+    let known_uids: HashSet<u32> = known
         .iter()
         .filter(|k| k.uidvalidity == sel.uidvalidity)
-        .count() as u64;
+        .map(|k| k.uid)
+        .collect();
+    let count = known_uids.len() as u64;
     let listing = match (same_validity, t.row.highestmodseq, sel.highestmodseq) {
         (true, Some(old), Some(now)) if session.has_condstore() => {
             if old == now && t.row.uidnext == sel.uidnext && u64::from(sel.exists) == count {
                 // Nothing changed: not a single message needs to be listed.
-                Listing {
-                    entries: Vec::new(),
-                    complete: false,
-                    present: None,
-                }
+                Listing::default()
             } else {
-                let entries = session.fetch_flags(Some(old)).await?;
-                let known_uids: std::collections::HashSet<u32> = known
+                // QRESYNC told us in the SELECT itself; CONDSTORE needs a FETCH.
+                let (entries, vanished) = if session.qresync_enabled() {
+                    (changes.changed, changes.vanished)
+                } else {
+                    (session.fetch_flags(Some(old)).await?, Vec::new())
+                };
+                let gone: HashSet<u32> = vanished
                     .iter()
-                    .filter(|k| k.uidvalidity == sel.uidvalidity)
-                    .map(|k| k.uid)
+                    .copied()
+                    .filter(|u| known_uids.contains(u))
                     .collect();
                 let added = entries
                     .iter()
                     .filter(|e| !known_uids.contains(&e.uid))
-                    .count() as u64;
-                let present = if u64::from(sel.exists) == count + added {
+                    .map(|e| e.uid)
+                    .collect::<HashSet<u32>>()
+                    .len() as u64;
+                // The server's count must match what the changes imply; if not (an
+                // expunge CONDSTORE cannot report), ask for every UID.
+                let present = if u64::from(sel.exists) + gone.len() as u64 == count + added {
                     None
                 } else {
                     Some(session.search_all_uids().await?)
@@ -475,13 +487,14 @@ async fn list_folder(
                     entries,
                     complete: false,
                     present,
+                    vanished,
                 }
             }
         }
         _ => Listing {
             entries: session.fetch_flags(None).await?,
             complete: true,
-            present: None,
+            ..Listing::default()
         },
     };
     t.diff = plan::diff_folder(&known, sel.uidvalidity, &listing);

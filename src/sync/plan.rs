@@ -20,8 +20,12 @@ pub struct Listing {
     pub entries: Vec<RemoteEntry>,
     pub complete: bool,
     /// When `complete` is false: every UID present on the server, if it was asked
-    /// for (`UID SEARCH ALL`); `None` means no message was expunged.
+    /// for (`UID SEARCH ALL`); `None` means no message was expunged, except those in
+    /// `vanished`.
     pub present: Option<Vec<u32>>,
+    /// UIDs the server reported expunged (QRESYNC `VANISHED (EARLIER)`); may name UIDs
+    /// never seen here, which are ignored.
+    pub vanished: Vec<u32>,
 }
 
 /// Compares one folder's listing with its records. Records from another UIDVALIDITY
@@ -73,10 +77,26 @@ pub fn diff_folder(records: &[Known], uidvalidity: u32, listing: &Listing) -> Fo
             }
         }
     }
+    if !listing.vanished.is_empty() {
+        let gone: HashSet<u32> = listing.vanished.iter().copied().collect();
+        // A UID both vanished and listed was expunged after the listing was taken, or
+        // the server is inconsistent: trust the listing, the next pass re-checks.
+        diff.vanished.extend(
+            records
+                .iter()
+                .filter(|r| {
+                    r.uidvalidity == uidvalidity && gone.contains(&r.uid) && !seen.contains(&r.uid)
+                })
+                .map(|r| (r.uidvalidity, r.uid)),
+        );
+        diff.new_uids
+            .retain(|uid| !gone.contains(uid) || seen.contains(uid));
+    }
     diff.new_uids.sort_unstable();
     diff.new_uids.dedup();
     diff.flag_updates.sort_unstable_by_key(|&(uid, _)| uid);
     diff.vanished.sort_unstable();
+    diff.vanished.dedup();
     diff
 }
 

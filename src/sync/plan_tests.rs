@@ -39,6 +39,7 @@ fn complete(entries: &[RemoteEntry]) -> Listing {
         entries: entries.to_vec(),
         complete: true,
         present: None,
+        vanished: Vec::new(),
     }
 }
 
@@ -174,6 +175,7 @@ fn new_and_expunged_at_once_with_condstore_listing_and_present() {
         entries: vec![entry(3, seen()), entry(4, none())],
         complete: false,
         present: Some(vec![1, 3, 4]),
+        vanished: Vec::new(),
     };
     let diff = diff_folder(&records, 10, &listing);
     assert_eq!(
@@ -193,6 +195,7 @@ fn condstore_listing_without_present_never_vanishes() {
         entries: vec![entry(2, seen()), entry(5, none())],
         complete: false,
         present: None,
+        vanished: Vec::new(),
     };
     let diff = diff_folder(&records, 10, &listing);
     assert!(diff.vanished.is_empty());
@@ -209,6 +212,7 @@ fn uid_only_in_present_is_new() {
         entries: vec![],
         complete: false,
         present: Some(vec![1, 3]),
+        vanished: Vec::new(),
     };
     let diff = diff_folder(&records, 10, &listing);
     assert_eq!(diff.new_uids, vec![3]);
@@ -233,6 +237,7 @@ fn duplicate_uids_in_listing_do_not_fetch_twice() {
         entries: vec![entry(2, none()), entry(2, none())],
         complete: false,
         present: Some(vec![1, 2, 2]),
+        vanished: Vec::new(),
     };
     let diff = diff_folder(&records, 10, &listing);
     assert_eq!(diff.new_uids, vec![2]);
@@ -480,6 +485,11 @@ enum Mode {
         always_present: bool,
         noise: bool,
     },
+    /// QRESYNC: the changed messages plus `VANISHED (EARLIER)`; `noise` adds UIDs
+    /// to the vanished set that were never here, as servers may.
+    Qresync {
+        noise: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -525,6 +535,34 @@ fn listing(folder: &ServerFolder, known: &[Known], mode: Mode) -> Listing {
                 entries: changed,
                 complete: false,
                 present,
+                vanished: Vec::new(),
+            }
+        }
+        Mode::Qresync { noise } => {
+            let current: HashMap<u32, Flags> = known
+                .iter()
+                .filter(|k| k.uidvalidity == folder.uidvalidity)
+                .map(|k| (k.uid, k.flags))
+                .collect();
+            let changed: Vec<RemoteEntry> = entries
+                .iter()
+                .copied()
+                .filter(|e| current.get(&e.uid) != Some(&e.flags))
+                .collect();
+            let mut vanished: Vec<u32> = current
+                .keys()
+                .copied()
+                .filter(|uid| !folder.messages.contains_key(uid))
+                .collect();
+            if noise {
+                // UIDs above anything ever assigned here: never seen, never present.
+                vanished.extend([1000, 1001, 1002]);
+            }
+            Listing {
+                entries: changed,
+                complete: false,
+                present: None,
+                vanished,
             }
         }
     }
@@ -729,6 +767,7 @@ fn modes_strategy() -> impl Strategy<Value = Vec<Mode>> {
                 always_present,
                 noise
             }),
+            any::<bool>().prop_map(|noise| Mode::Qresync { noise }),
         ],
         3,
     )
