@@ -81,7 +81,34 @@ pub struct State {
     path: PathBuf,
 }
 
+/// A record's new place, for [`State::journal_relocations`].
+#[derive(Clone, Copy, Debug)]
+pub struct Relocation<'a> {
+    pub record: &'a Record,
+    pub folder: FolderId,
+    pub uidvalidity: u32,
+    pub uid: u32,
+    pub flags: Flags,
+}
+
 impl State {
+    /// Runs `f` in one write transaction, committed if it returns `Ok`.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        result.map_err(|source| StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// Opens (creating if needed) the database in `state_dir`, with the directory made
     /// private (0700) and the schema migrated to the current version.
     pub fn open(state_dir: &Path) -> Result<State, StateError> {
@@ -245,21 +272,14 @@ impl State {
         folder: FolderId,
         bases: &[String],
     ) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let wrap = |source| StateError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        {
-            let mut stmt = tx
-                .prepare_cached("INSERT OR IGNORE INTO pending (folder, base) VALUES (?1, ?2)")
-                .map_err(wrap)?;
+        self.write(|tx| {
+            let mut stmt =
+                tx.prepare_cached("INSERT OR IGNORE INTO pending (folder, base) VALUES (?1, ?2)")?;
             for base in bases {
-                stmt.execute(params![folder.0, base]).map_err(wrap)?;
+                stmt.execute(params![folder.0, base])?;
             }
-        }
-        tx.commit().map_err(wrap)
+            Ok(())
+        })
     }
 
     /// Commits delivered messages (their files are durable) and drops their journal
@@ -270,46 +290,35 @@ impl State {
         delivered: &[(Record, Headers)],
         abandoned: &[String],
     ) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let wrap = |source| StateError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO messages (folder, uidvalidity, uid, base, flags, size,
-                     internaldate, message_id, sender, subject, date)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(wrap)?;
-            let mut unjournal = tx
-                .prepare_cached("DELETE FROM pending WHERE folder = ?1 AND base = ?2")
-                .map_err(wrap)?;
+        self.write(|tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO messages (folder, uidvalidity, uid, base, flags, size,
+                 internaldate, message_id, sender, subject, date)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            let mut unjournal =
+                tx.prepare_cached("DELETE FROM pending WHERE folder = ?1 AND base = ?2")?;
             for (r, h) in delivered {
-                insert
-                    .execute(params![
-                        r.folder.0,
-                        r.uidvalidity,
-                        r.uid,
-                        r.base,
-                        r.flags.bits(),
-                        r.fingerprint.size as i64,
-                        r.fingerprint.internaldate,
-                        r.fingerprint.message_id,
-                        h.from,
-                        h.subject,
-                        h.date,
-                    ])
-                    .map_err(wrap)?;
-                unjournal.execute(params![folder.0, r.base]).map_err(wrap)?;
+                insert.execute(params![
+                    r.folder.0,
+                    r.uidvalidity,
+                    r.uid,
+                    r.base,
+                    r.flags.bits(),
+                    r.fingerprint.size as i64,
+                    r.fingerprint.internaldate,
+                    r.fingerprint.message_id,
+                    h.from,
+                    h.subject,
+                    h.date,
+                ])?;
+                unjournal.execute(params![folder.0, r.base])?;
             }
             for base in abandoned {
-                unjournal.execute(params![folder.0, base]).map_err(wrap)?;
+                unjournal.execute(params![folder.0, base])?;
             }
-        }
-        tx.commit().map_err(wrap)
+            Ok(())
+        })
     }
 
     /// Deliveries journalled by a run that did not commit them.
@@ -341,111 +350,81 @@ impl State {
 
     /// Updates the flags of records whose files were renamed, in one transaction.
     pub fn set_flags(&mut self, updates: &[(FolderId, u32, u32, Flags)]) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let wrap = |source| StateError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE messages SET flags = ?4 WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
-                )
-                .map_err(wrap)?;
-            for (folder, uidvalidity, uid, flags) in updates {
-                stmt.execute(params![folder.0, uidvalidity, uid, flags.bits()])
-                    .map_err(wrap)?;
-            }
+        self.write(|tx| {
+        let mut stmt = tx
+            .prepare_cached(
+                "UPDATE messages SET flags = ?4 WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )
+            ?;
+        for (folder, uidvalidity, uid, flags) in updates {
+            stmt.execute(params![folder.0, uidvalidity, uid, flags.bits()])
+                ?;
         }
-        tx.commit().map_err(wrap)
+            Ok(())
+        })
     }
 
     /// Deletes the records of messages whose files are gone, in one transaction.
     pub fn remove(&mut self, records: &[Record]) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let wrap = |source| StateError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
-                )
-                .map_err(wrap)?;
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )?;
             for r in records {
-                stmt.execute(params![r.folder.0, r.uidvalidity, r.uid])
-                    .map_err(wrap)?;
+                stmt.execute(params![r.folder.0, r.uidvalidity, r.uid])?;
             }
-        }
-        tx.commit().map_err(wrap)
+            Ok(())
+        })
     }
 
-    /// Journals a relocation: the record is rebound to its new place and remembers
-    /// the folder its file is still in, until [`State::finish_move`].
-    pub fn journal_relocation(
-        &mut self,
-        record: &Record,
-        folder: FolderId,
-        uidvalidity: u32,
-        uid: u32,
-        flags: Flags,
-    ) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let wrap = |source| StateError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        // A stale row at the destination (e.g. a failed earlier run) must not block the
-        // rebinding; the destination UID belongs to this message now.
-        tx.execute(
-            "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
-            params![folder.0, uidvalidity, uid],
-        )
-        .map_err(wrap)?;
-        let moved_from = (record.folder != folder).then_some(record.folder.0);
-        tx.execute(
-            "UPDATE messages SET folder = ?4, uidvalidity = ?5, uid = ?6, flags = ?7,
-             moved_from = COALESCE(moved_from, ?8)
-             WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
-            params![
-                record.folder.0,
-                record.uidvalidity,
-                record.uid,
-                folder.0,
-                uidvalidity,
-                uid,
-                flags.bits(),
-                moved_from
-            ],
-        )
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)
+    /// Journals relocations, in one transaction: each record is rebound to its new
+    /// place and remembers the folder its file is still in, until
+    /// [`State::finish_moves`].
+    pub fn journal_relocations(&mut self, moves: &[Relocation<'_>]) -> Result<(), StateError> {
+        self.write(|tx| {
+            // A stale row at the destination (e.g. from a failed earlier run) must not
+            // block the rebinding: the destination UID belongs to this message now.
+            let mut clear = tx.prepare_cached(
+                "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )?;
+            let mut rebind = tx.prepare_cached(
+                "UPDATE messages SET folder = ?4, uidvalidity = ?5, uid = ?6, flags = ?7,
+                 moved_from = COALESCE(moved_from, ?8)
+                 WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )?;
+            for m in moves {
+                let r = m.record;
+                clear.execute(params![m.folder.0, m.uidvalidity, m.uid])?;
+                let moved_from = (r.folder != m.folder).then_some(r.folder.0);
+                rebind.execute(params![
+                    r.folder.0,
+                    r.uidvalidity,
+                    r.uid,
+                    m.folder.0,
+                    m.uidvalidity,
+                    m.uid,
+                    m.flags.bits(),
+                    moved_from
+                ])?;
+            }
+            Ok(())
+        })
     }
 
     /// Clears the move journal of records whose files are now in their folder.
     pub fn finish_moves(&mut self, done: &[(FolderId, u32, u32)]) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let wrap = |source| StateError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE messages SET moved_from = NULL WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
-                )
-                .map_err(wrap)?;
-            for (folder, uidvalidity, uid) in done {
-                stmt.execute(params![folder.0, uidvalidity, uid])
-                    .map_err(wrap)?;
-            }
+        self.write(|tx| {
+        let mut stmt = tx
+            .prepare_cached(
+                "UPDATE messages SET moved_from = NULL WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )
+            ?;
+        for (folder, uidvalidity, uid) in done {
+            stmt.execute(params![folder.0, uidvalidity, uid])
+                ?;
         }
-        tx.commit().map_err(wrap)
+            Ok(())
+        })
     }
 
     /// Records whose file may still be in another folder (a move not finished).

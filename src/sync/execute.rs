@@ -23,7 +23,7 @@ use crate::config::roles::{self, RemoteFolder};
 use crate::config::{Account, Config, Mapping};
 use crate::imap::{self, ImapError, Session};
 use crate::maildir::Maildir;
-use crate::state::{AccountLock, FolderRow, Headers, LockError, State, StateError};
+use crate::state::{AccountLock, FolderRow, Headers, LockError, Relocation, State, StateError};
 
 use super::headers;
 use super::model::{Action, Fingerprint, Flags, FolderDiff, FolderId, Record, RemoteNew};
@@ -525,38 +525,48 @@ fn apply_local(
     actions: &[Action],
 ) -> Result<(), SyncError> {
     let maildir_err = |path: PathBuf| move |source| SyncError::Maildir { path, source };
-    // Relocations: journal (rebind + moved_from), rename, clear the journal.
-    let mut done_moves = Vec::new();
-    for a in actions {
-        let Action::Relocate {
-            record,
-            folder,
-            uidvalidity,
-            uid,
-            flags,
-        } = a
-        else {
-            continue;
-        };
-        let (Some(&from_i), Some(&to_i)) = (index.get(&record.folder), index.get(folder)) else {
-            continue;
-        };
-        state.journal_relocation(record, *folder, *uidvalidity, *uid, *flags)?;
-        let from = targets[from_i].maildir.clone();
-        let to = targets[to_i].maildir.clone();
-        if let Some(path) = from
-            .locate(&record.base, record.flags)
-            .map_err(maildir_err(from.root().to_owned()))?
-        {
-            from.move_to(&path, &to, &record.base, *flags)
-                .map_err(maildir_err(path.clone()))?;
+    // Relocations: journal them all (rebind + moved_from), rename, clear the journal.
+    let relocations: Vec<Relocation<'_>> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Relocate {
+                record,
+                folder,
+                uidvalidity,
+                uid,
+                flags,
+            } if index.contains_key(&record.folder) && index.contains_key(folder) => {
+                Some(Relocation {
+                    record,
+                    folder: *folder,
+                    uidvalidity: *uidvalidity,
+                    uid: *uid,
+                    flags: *flags,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    if !relocations.is_empty() {
+        state.journal_relocations(&relocations)?;
+        let mut done_moves = Vec::with_capacity(relocations.len());
+        for m in &relocations {
+            let r = m.record;
+            let from = targets[index[&r.folder]].maildir.clone();
+            let to_i = index[&m.folder];
+            let to = targets[to_i].maildir.clone();
+            if let Some(path) = from
+                .locate(&r.base, r.flags)
+                .map_err(maildir_err(from.root().to_owned()))?
+            {
+                from.move_to(&path, &to, &r.base, m.flags)
+                    .map_err(maildir_err(path.clone()))?;
+            }
+            done_moves.push((m.folder, m.uidvalidity, m.uid));
+            if r.folder != m.folder {
+                targets[to_i].report.moved_in += 1;
+            }
         }
-        done_moves.push((*folder, *uidvalidity, *uid));
-        if record.folder != *folder {
-            targets[to_i].report.moved_in += 1;
-        }
-    }
-    if !done_moves.is_empty() {
         for t in targets.iter() {
             t.maildir
                 .sync_dirs()

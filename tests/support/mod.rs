@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use mailsync_testenv::Idp;
-use mailsync_testenv::dovecot::{Dovecot, DovecotOptions, Profile};
+use mailsync_testenv::dovecot::{Dovecot, DovecotOptions, Profile, maildir_letters};
 
 pub const USER: &str = "jane@example.com";
 pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -292,23 +292,6 @@ pub fn toml_string(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// IMAP flags → the Maildir info letters mailsync must write, sorted.
-pub fn maildir_letters(flags: &[String]) -> String {
-    let mut letters: Vec<char> = flags
-        .iter()
-        .filter_map(|f| match f.to_ascii_lowercase().as_str() {
-            "\\seen" => Some('S'),
-            "\\answered" => Some('R'),
-            "\\flagged" => Some('F'),
-            "\\deleted" => Some('T'),
-            "\\draft" => Some('D'),
-            _ => None,
-        })
-        .collect();
-    letters.sort_unstable();
-    letters.into_iter().collect()
 }
 
 /// (bytes, flag letters) of every message file in a Maildir folder (cur/ and new/).

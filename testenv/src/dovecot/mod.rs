@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 
 pub use admin::{TlsStream, connect_imaps, quote_mailbox};
 pub use config::MASTER_USER;
-pub use messages::{MoveMode, SeedMessage, ServerMessage};
+pub use messages::{MoveMode, SeedMessage, ServerMessage, maildir_letters};
 pub use options::{DovecotOptions, EXCHANGE_CAPABILITIES, MailboxSpec, Profile, default_mailboxes};
 
 use config::MailUser;
