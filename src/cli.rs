@@ -36,6 +36,9 @@ pub enum Command {
     Folders(FoldersArgs),
     /// Run one sync pass now for every mapped folder (or one account / one folder)
     Sync(SyncArgs),
+    /// Check an account step by step (config, DNS, TCP, TLS, token, capabilities,
+    /// AUTHENTICATE, LIST, each mapped folder); every failure says its cause and fix
+    Test(crate::commands::test::TestArgs),
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     let path = cli.config.clone().unwrap_or_else(config::default_path);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailsync: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Fatal as u8);
+        }
+    };
+    // Commands that report a broken config themselves, as a step.
+    if let Command::Test(args) = &cli.command {
+        return finish(runtime.block_on(commands::test::run(&path, args)));
+    }
     let config = match config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -37,8 +51,13 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Folders(args) => commands::folders::run(&config, args).await,
             Command::Sync(args) => commands::sync::run(&config, args).await,
+            Command::Test(_) => unreachable!("handled above"),
         }
     });
+    finish(result)
+}
+
+fn finish(result: Result<Exit, commands::CommandError>) -> ExitCode {
     match result {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(e) => {

@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod connect;
 mod crash;
 mod pull;
 mod secrets;

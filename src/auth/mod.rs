@@ -1,15 +1,20 @@
-//! OAuth 2.0 tokens for IMAP: acquiring them (client credentials now; device code,
-//! browser and refresh-token flows arrive with `connect`), caching the access token
-//! in memory and refreshing it ahead of expiry.
+//! OAuth 2.0 for IMAP: the flows ([`flows`]), the encrypted token store's key
+//! ([`crypto`]), what failures mean ([`diagnose`]), and [`TokenSource`], which hands
+//! out access tokens: cached in memory, refreshed ahead of expiry, the rotated refresh
+//! token stored before the new access token is used.
+
+pub mod crypto;
+pub mod diagnose;
+pub mod flows;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use oauth2::basic::BasicClient;
-use oauth2::{AuthType, ClientId, ClientSecret, RequestTokenError, Scope, TokenResponse, TokenUrl};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Account, Flow};
 use crate::secret::Secret;
+use crate::state::{GrantStatus, State, StateError};
+
+pub use flows::Grant;
 
 /// Refresh this long before the access token expires, so a command never starts with a
 /// token about to lapse.
@@ -21,6 +26,10 @@ pub enum AuthError {
         "account {account} is not connected (flow {flow}): run `mailsync connect {account}` first"
     )]
     NotConnected { account: String, flow: &'static str },
+    #[error(
+        "account {account} needs `mailsync connect {account}`: its sign-in is no longer valid ({reason})"
+    )]
+    NeedsConnect { account: String, reason: String },
     #[error(
         "account {account}: no client secret: set client_secret_file, or provide {account}.secret in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
     )]
@@ -38,25 +47,97 @@ pub enum AuthError {
         url: String,
         detail: String,
     },
-    #[error(
-        "account {account}: the identity provider refused the token request: {error}: {description}"
-    )]
+    #[error("account {account}: the identity provider refused: {}{}", .diagnosis.cause, fix_note(&.diagnosis.fix))]
     Rejected {
         account: String,
         error: String,
         description: String,
-        /// `invalid_grant`: the stored grant is dead and only `connect` can fix it.
-        needs_connect: bool,
+        diagnosis: diagnose::Diagnosis,
+    },
+    #[error("account {account}: {detail}")]
+    Declined { account: String, detail: String },
+    #[error(
+        "account {account}: signed in as {actual}, but the account is for {expected}; sign in as {expected} (in a private browser window if the browser picks the wrong account), or change email in the config"
+    )]
+    WrongIdentity {
+        account: String,
+        expected: String,
+        actual: String,
     },
     #[error(
         "account {account}: the identity provider is unreachable or failing ({detail}); will retry"
     )]
     Transient { account: String, detail: String },
+    #[error("account {account}: {detail}")]
+    Io { account: String, detail: String },
+    #[error("account {account}: token store: {source}")]
+    Store {
+        account: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// What can go wrong with the token store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Key(#[from] crypto::KeyError),
+}
+
+fn fix_note(fix: &str) -> String {
+    if fix.is_empty() {
+        String::new()
+    } else {
+        format!(". Fix: {fix}")
+    }
 }
 
 impl AuthError {
+    /// A refusal, with what it means for this account.
+    pub fn rejected(account: &Account, error: &str, description: &str) -> AuthError {
+        let first_line = description
+            .split(['\r', '\n'])
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let consent = crate::commands::consent_url::admin_consent_url(account);
+        let ctx = diagnose::Context {
+            account: &account.name,
+            provider: &account.provider,
+            flow: account.flow,
+            email: &account.email,
+            client_id: account.client_id.as_deref().unwrap_or(""),
+            consent_url: consent,
+        };
+        let diagnosis = diagnose::oauth_error(error, &first_line, &ctx);
+        if diagnosis.transient {
+            return AuthError::Transient {
+                account: account.name.clone(),
+                detail: format!("{error}: {first_line}"),
+            };
+        }
+        AuthError::Rejected {
+            account: account.name.clone(),
+            error: error.to_owned(),
+            description: first_line,
+            diagnosis,
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, AuthError::Transient { .. })
+    }
+
+    /// Only `mailsync connect` can fix this: retrying would not.
+    pub fn needs_connect(&self) -> bool {
+        match self {
+            AuthError::NeedsConnect { .. } | AuthError::NotConnected { .. } => true,
+            AuthError::Rejected { diagnosis, .. } => diagnosis.needs_connect,
+            _ => false,
+        }
     }
 }
 
@@ -67,53 +148,38 @@ struct Cached {
 
 /// Hands out access tokens for one account.
 pub struct TokenSource {
-    account: String,
-    flow: Flow,
-    client_id: String,
+    account: Account,
+    state_dir: PathBuf,
     secret: Option<Secret>,
-    token_url: String,
-    scopes: Vec<String>,
     http: reqwest::Client,
     cached: Option<Cached>,
     token_requests: u64,
+    scopes: Vec<String>,
 }
 
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSource")
-            .field("account", &self.account)
-            .field("flow", &self.flow)
-            .field("token_url", &self.token_url)
+            .field("account", &self.account.name)
+            .field("flow", &self.account.flow)
             .finish_non_exhaustive()
     }
 }
 
 impl TokenSource {
-    pub fn new(account: &Account) -> Result<TokenSource, AuthError> {
+    pub fn new(account: &Account, state_dir: &Path) -> Result<TokenSource, AuthError> {
         let secret = match account.flow {
             Flow::ClientCredentials => Some(read_secret(account)?),
             _ => None,
         };
-        // Redirects are never followed: a token endpoint that redirects is misconfigured,
-        // and following could send the secret elsewhere (oauth2's advice).
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| AuthError::Transient {
-                account: account.name.clone(),
-                detail: e.to_string(),
-            })?;
         Ok(TokenSource {
-            account: account.name.clone(),
-            flow: account.flow,
-            client_id: account.client_id.clone().unwrap_or_default(),
+            account: account.clone(),
+            state_dir: state_dir.to_owned(),
             secret,
-            token_url: account.oauth.token_url.clone(),
-            scopes: account.oauth.scopes.clone(),
-            http,
+            http: flows::http_client(&account.name)?,
             cached: None,
             token_requests: 0,
+            scopes: account.oauth.scopes.clone(),
         })
     }
 
@@ -124,10 +190,14 @@ impl TokenSource {
         {
             return Ok(c.token.clone());
         }
-        let (token, lifetime) = self.request().await?;
+        let grant = self.request().await?;
+        let token = grant.access_token.clone();
+        if !grant.scopes.is_empty() {
+            self.scopes = grant.scopes.clone();
+        }
         self.cached = Some(Cached {
-            token: token.clone(),
-            expires: Instant::now() + lifetime,
+            token: grant.access_token,
+            expires: Instant::now() + grant.expires_in,
         });
         Ok(token)
     }
@@ -144,112 +214,107 @@ impl TokenSource {
             .map(|c| c.expires.saturating_duration_since(Instant::now()))
     }
 
+    /// The scopes of the last token, as the identity provider granted them.
+    pub fn granted_scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    /// Calls made to the token endpoint so far.
     pub fn token_requests(&self) -> u64 {
         self.token_requests
     }
 
-    async fn request(&mut self) -> Result<(Secret, Duration), AuthError> {
-        self.token_requests += 1;
+    fn store_err(&self, source: impl Into<StoreError>) -> AuthError {
+        AuthError::Store {
+            account: self.account.name.clone(),
+            source: source.into(),
+        }
+    }
+
+    async fn request(&mut self) -> Result<Grant, AuthError> {
         let account = self.account.clone();
-        let token_url = TokenUrl::new(self.token_url.clone()).map_err(|e| AuthError::Endpoint {
-            account: account.clone(),
-            url: self.token_url.clone(),
-            detail: e.to_string(),
-        })?;
-        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
-            .set_auth_type(AuthType::RequestBody)
-            .set_token_uri(token_url);
-        let response = match self.flow {
-            Flow::ClientCredentials => {
-                let secret = self.secret.as_ref().ok_or_else(|| AuthError::NoSecret {
-                    account: account.clone(),
+        if !account.flow.is_delegated() {
+            let secret = self.secret.clone().ok_or_else(|| AuthError::NoSecret {
+                account: account.name.clone(),
+            })?;
+            self.token_requests += 1;
+            let grant = flows::client_credentials(&account, &secret, &self.http).await?;
+            tracing::debug!(account = %account.name, expires_in = grant.expires_in.as_secs(), "access token (client credentials)");
+            return Ok(grant);
+        }
+
+        let key =
+            crypto::TokenKey::load_or_create(&self.state_dir).map_err(|e| self.store_err(e))?;
+        let mut state = State::open(&self.state_dir).map_err(|e| self.store_err(e))?;
+        let loaded = state
+            .load_grant(&key, &account.name)
+            .map_err(|e| self.store_err(e))?
+            .ok_or_else(|| AuthError::NotConnected {
+                account: account.name.clone(),
+                flow: account.flow.as_str(),
+            })?;
+        if let GrantStatus::NeedsConnect { reason } = &loaded.status {
+            // Never retried in a loop: the grant is dead until a person reconnects.
+            return Err(AuthError::NeedsConnect {
+                account: account.name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let refresh_token =
+            loaded
+                .grant
+                .refresh_token
+                .clone()
+                .ok_or_else(|| AuthError::NotConnected {
+                    account: account.name.clone(),
+                    flow: account.flow.as_str(),
                 })?;
-                let client =
-                    client.set_client_secret(ClientSecret::new(secret.expose().to_owned()));
-                let mut request = client.exchange_client_credentials();
-                for s in &self.scopes {
-                    request = request.add_scope(Scope::new(s.clone()));
-                }
-                request.request_async(&self.http).await
-            }
-            flow => {
-                return Err(AuthError::NotConnected {
-                    account,
-                    flow: flow.as_str(),
-                });
-            }
-        };
-        match response {
-            Ok(r) => {
-                let lifetime = r.expires_in().unwrap_or(Duration::from_secs(3600));
-                tracing::debug!(account = %self.account, expires_in = lifetime.as_secs(), "got an access token");
-                Ok((Secret::new(r.access_token().secret().clone()), lifetime))
-            }
-            Err(e) => Err(classify(&account, e)),
-        }
-    }
-}
-
-fn classify<RE: std::error::Error + 'static>(
-    account: &str,
-    error: RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
-) -> AuthError {
-    match error {
-        RequestTokenError::ServerResponse(r) => {
-            let code = r.error().as_ref().to_owned();
-            let description = r
-                .error_description()
-                .map(|d| first_line(d).to_owned())
-                .unwrap_or_default();
-            if code == "temporarily_unavailable" || code == "server_error" {
-                return AuthError::Transient {
-                    account: account.to_owned(),
-                    detail: format!("{code}: {description}"),
+        self.token_requests += 1;
+        let grant = match flows::refresh(&account, &refresh_token, &self.http).await {
+            Ok(g) => g,
+            Err(e) if e.needs_connect() => {
+                let reason = match &e {
+                    AuthError::Rejected {
+                        error, description, ..
+                    } => format!("{error}: {description}"),
+                    other => other.to_string(),
                 };
+                state
+                    .mark_needs_connect(&account.name, &reason)
+                    .map_err(|e| self.store_err(e))?;
+                tracing::error!(account = %account.name, "{e}");
+                return Err(e);
             }
-            AuthError::Rejected {
-                account: account.to_owned(),
-                needs_connect: code == "invalid_grant",
-                error: code,
-                description,
+            Err(e) => return Err(e),
+        };
+        let expires_at = unix_now() + grant.expires_in.as_secs() as i64;
+        // The rotated refresh token is durable before the access token is used: a
+        // crash now must not leave only the old (already spent) one.
+        match &grant.refresh_token {
+            Some(rotated) => state
+                .rotate_refresh_token(&key, &account.name, rotated, Some(expires_at))
+                .map_err(|e| self.store_err(e))?,
+            None => {
+                state
+                    .set_access_expiry(&account.name, Some(expires_at))
+                    .map_err(|e| self.store_err(e))?;
             }
         }
-        RequestTokenError::Request(e) => AuthError::Transient {
-            account: account.to_owned(),
-            detail: error_chain(&e),
-        },
-        RequestTokenError::Parse(e, body) => AuthError::Transient {
-            account: account.to_owned(),
-            detail: format!(
-                "unreadable answer ({e}): {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ),
-        },
-        RequestTokenError::Other(e) => AuthError::Transient {
-            account: account.to_owned(),
-            detail: e,
-        },
+        tracing::debug!(account = %account.name, expires_in = grant.expires_in.as_secs(), rotated = grant.refresh_token.is_some(), "access token refreshed");
+        Ok(grant)
     }
 }
 
-fn first_line(s: &str) -> &str {
-    s.split(['\r', '\n']).next().unwrap_or(s)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// The client secret, from `client_secret_file` (a bare name is a systemd credential
 /// in `$CREDENTIALS_DIRECTORY`), else `$CREDENTIALS_DIRECTORY/<account>.secret`.
-fn read_secret(account: &Account) -> Result<Secret, AuthError> {
+pub fn read_secret(account: &Account) -> Result<Secret, AuthError> {
     let path: PathBuf = match account.client_secret_path() {
         Some(p) => p,
         None => match std::env::var_os("CREDENTIALS_DIRECTORY") {

@@ -10,8 +10,8 @@ use crate::auth::TokenSource;
 use crate::cli::FoldersArgs;
 use crate::config::roles::{self, Role};
 use crate::config::{Account, Config};
-use crate::imap;
 use crate::sync::execute::SyncError;
+use crate::sync::login::login;
 
 #[derive(Debug, Serialize)]
 struct FolderLine {
@@ -91,15 +91,8 @@ async fn list_account(
         account: account.name.clone(),
         source,
     };
-    let mut tokens = TokenSource::new(account)?;
-    let token = tokens.access_token().await?;
-    let client = imap::connect(&account.imap, config.daemon.command_timeout)
-        .await
-        .map_err(imap_err)?;
-    let mut session = client
-        .authenticate(&account.login_user, &token)
-        .await
-        .map_err(imap_err)?;
+    let mut tokens = TokenSource::new(account, &config.daemon.state_dir)?;
+    let mut session = login(account, config.daemon.command_timeout, &mut tokens).await?;
     let folders = session.list().await.map_err(imap_err)?;
 
     // Which folder each mapping resolves to.

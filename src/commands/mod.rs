@@ -1,8 +1,10 @@
 //! One file per subcommand. Each returns an [`Exit`] status or a [`CommandError`];
 //! `main.rs` maps them to the process exit code (0 ok, 1 partial failure, 2 fatal).
 
+pub mod consent_url;
 pub mod folders;
 pub mod sync;
+pub mod test;
 
 use crate::config::{Account, Config, ConfigError};
 

@@ -21,10 +21,20 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug> Stream for T {}
 pub type BoxStream = Box<dyn Stream>;
 
+/// What the server's certificate says, for `mailsync test`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub subject: String,
+    pub issuer: String,
+    pub not_after: String,
+    pub days_left: i32,
+}
+
 /// A connection that has not logged in yet.
 pub struct Client {
     inner: async_imap::Client<BoxStream>,
     capabilities: Capabilities,
+    tls: Option<TlsInfo>,
     host: String,
     port: u16,
     timeout: Duration,
@@ -59,8 +69,13 @@ pub async fn connect(
         })?;
     let _ = tcp.set_nodelay(true);
 
+    let mut tls = None;
     let stream: BoxStream = match endpoint.tls {
-        Tls::Implicit => Box::new(handshake(endpoint, tcp, command_timeout).await?),
+        Tls::Implicit => {
+            let stream = handshake(endpoint, tcp, command_timeout).await?;
+            tls = certificate_info(&stream);
+            Box::new(stream)
+        }
         Tls::Plain => Box::new(tcp),
         Tls::Starttls => {
             let mut plain = async_imap::Client::new(tcp);
@@ -82,7 +97,9 @@ pub async fn connect(
                 command: "STARTTLS".into(),
                 detail: e.to_string(),
             })?;
-            Box::new(handshake(endpoint, plain.into_inner(), command_timeout).await?)
+            let stream = handshake(endpoint, plain.into_inner(), command_timeout).await?;
+            tls = certificate_info(&stream);
+            Box::new(stream)
         }
     };
 
@@ -100,9 +117,34 @@ pub async fn connect(
     Ok(Client {
         inner: client,
         capabilities,
+        tls,
         host,
         port,
         timeout: command_timeout,
+    })
+}
+
+/// Subject, issuer and expiry of the server's certificate (already verified).
+fn certificate_info(stream: &async_native_tls::TlsStream<TcpStream>) -> Option<TlsInfo> {
+    let der = stream.peer_certificate().ok()??.to_der().ok()?;
+    let cert = openssl::x509::X509::from_der(&der).ok()?;
+    let name = |n: &openssl::x509::X509NameRef| {
+        n.entries()
+            .map(|e| {
+                let key = e.object().nid().short_name().unwrap_or("?");
+                let value = e.data().to_string().unwrap_or_default();
+                format!("{key}={value}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let now = openssl::asn1::Asn1Time::days_from_now(0).ok()?;
+    let days_left = now.diff(cert.not_after()).map(|d| d.days).unwrap_or(0);
+    Some(TlsInfo {
+        subject: name(cert.subject_name()),
+        issuer: name(cert.issuer_name()),
+        not_after: cert.not_after().to_string(),
+        days_left,
     })
 }
 
@@ -269,6 +311,11 @@ fn oauthbearer_payload(user: &str, host: &str, port: u16, token: &Secret) -> Vec
 impl Client {
     pub fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// The server certificate's details (none over plain text).
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
     }
 
     /// Logs in with XOAUTH2 (SASL-IR when offered), or OAUTHBEARER when XOAUTH2 is not

@@ -7,6 +7,7 @@
 
 mod lock;
 mod schema;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::sync::model::{Fingerprint, Flags, FolderId, Record};
 
 pub use lock::{AccountLock, LockError};
+pub use tokens::{GrantStatus, LoadedGrant, StoredGrant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -38,6 +40,21 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "account {account}: the refresh token stored in {path} cannot be decrypted: {cause}; run `mailsync connect {account}` to sign in again",
+        cause = .reason.cause()
+    )]
+    TokenUnreadable {
+        account: String,
+        path: PathBuf,
+        reason: crate::auth::crypto::CryptoError,
+    },
+    #[error("account {account} has no stored grant: run `mailsync connect {account}`")]
+    NoGrant { account: String },
+    #[error(
+        "account {account}: the grant is deleted, but another process is reading {path}, so an encrypted copy of the token may remain in its WAL until that process finishes; run the command again to remove it"
+    )]
+    TokenCopyRemains { account: String, path: PathBuf },
 }
 
 /// A mapped folder's row.

@@ -42,6 +42,18 @@ const MIGRATIONS: &[&str] = &[
         base TEXT NOT NULL,
         PRIMARY KEY (folder, base)
     ) WITHOUT ROWID;",
+    // 2: the token store (refresh tokens sealed with the token key; see state/tokens.rs).
+    "CREATE TABLE tokens (
+        account TEXT PRIMARY KEY,
+        flow TEXT NOT NULL,
+        refresh_token BLOB,
+        scopes TEXT NOT NULL DEFAULT '',
+        granted_to TEXT,
+        access_expires INTEGER,
+        status TEXT NOT NULL DEFAULT 'ok' CHECK (status IN ('ok', 'needs_connect')),
+        reason TEXT,
+        updated INTEGER NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {

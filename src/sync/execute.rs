@@ -26,6 +26,7 @@ use crate::maildir::Maildir;
 use crate::state::{AccountLock, FolderRow, Headers, LockError, Relocation, State, StateError};
 
 use super::headers;
+use super::login::login;
 use super::model::{Action, Fingerprint, Flags, FolderDiff, FolderId, Record, RemoteNew};
 use super::plan::{self, Listing};
 
@@ -51,6 +52,12 @@ pub enum SyncError {
     },
     #[error("{0}")]
     Mapping(String),
+    #[error("account {account}: the server refused the login ({}): {}. Fix: {}", .failure.server_text, .diagnosis.cause, .diagnosis.fix)]
+    Login {
+        account: String,
+        failure: imap::AuthFailure,
+        diagnosis: crate::auth::diagnose::Diagnosis,
+    },
     #[error("interrupted")]
     Interrupted,
 }
@@ -61,6 +68,7 @@ impl SyncError {
         match self {
             SyncError::Imap { source, .. } => source.is_transient(),
             SyncError::Auth(a) => a.is_transient(),
+            SyncError::Login { diagnosis, .. } => diagnosis.transient,
             SyncError::Lock(LockError::Busy { .. }) => true,
             _ => false,
         }
@@ -145,12 +153,9 @@ pub async fn sync_account(
     let state_dir = &config.daemon.state_dir;
     let mut state = State::open(state_dir)?;
     let _lock = AccountLock::acquire(state_dir, &account.name)?;
-    let mut tokens = TokenSource::new(account)?;
-    let mut conn = Connector {
-        account,
-        timeout: config.daemon.command_timeout,
-    };
-    let mut session = conn.open(&mut tokens).await?;
+    let mut tokens = TokenSource::new(account, &config.daemon.state_dir)?;
+    let timeout = config.daemon.command_timeout;
+    let mut session = login(account, timeout, &mut tokens).await?;
 
     let imap_err = |source| SyncError::Imap {
         account: account.name.clone(),
@@ -328,40 +333,69 @@ pub async fn sync_account(
         options
             .progress
             .folder_started(&t.mapping.local, uids.len() as u64);
-        if session.is_none() {
-            match conn.open(&mut tokens).await {
-                Ok(s) => session = Some(s),
-                Err(e) => {
-                    let e = e.to_string();
-                    t.failed = true;
-                    t.report.error = Some(e.clone());
-                    state.set_folder_error(t.row.id, &e)?;
-                    continue;
+        // A dropped session (Exchange ends it when the token expires; a restart; the
+        // network) is reopened, with a fresh token if needed, and the download resumes
+        // with what is not committed yet.
+        let mut pending = uids;
+        let mut reconnects = 0;
+        loop {
+            if session.is_none() {
+                match login(account, timeout, &mut tokens).await {
+                    Ok(s) => session = Some(s),
+                    Err(e) => {
+                        let e = e.to_string();
+                        t.failed = true;
+                        t.report.error = Some(e.clone());
+                        state.set_folder_error(t.row.id, &e)?;
+                        break;
+                    }
                 }
             }
-        }
-        let Some(s) = session.as_mut() else { continue };
-        let result = download(s, &mut state, t, &uids, config.daemon.batch_size, options).await;
-        match result {
-            Ok(()) => {
-                if let Some(sel) = &t.selected {
-                    let uidnext = sel.uidnext;
-                    state.set_folder_synced(
-                        t.row.id,
-                        sel.uidvalidity,
-                        uidnext,
-                        sel.highestmodseq,
-                        now(),
-                    )?;
+            let Some(s) = session.as_mut() else { break };
+            let result = download(
+                s,
+                &mut state,
+                t,
+                &pending,
+                config.daemon.batch_size,
+                options,
+            )
+            .await;
+            match result {
+                Ok(()) => {
+                    if let Some(sel) = &t.selected {
+                        state.set_folder_synced(
+                            t.row.id,
+                            sel.uidvalidity,
+                            sel.uidnext,
+                            sel.highestmodseq,
+                            now(),
+                        )?;
+                    }
+                    break;
                 }
-            }
-            Err(DownloadError::Stopped) => return Err(SyncError::Interrupted),
-            Err(DownloadError::Local(e)) => return Err(e),
-            Err(DownloadError::Imap(e)) => {
-                if e.is_fatal_to_session() {
-                    session = None;
+                Err(DownloadError::Stopped) => return Err(SyncError::Interrupted),
+                Err(DownloadError::Local(e)) => return Err(e),
+                Err(DownloadError::Imap(e)) => {
+                    if e.is_fatal_to_session() {
+                        session = None;
+                    }
+                    if e.is_transient() && reconnects < MAX_RECONNECTS {
+                        reconnects += 1;
+                        tracing::warn!(account = %account.name, folder = %t.mapping.local, "{e}; reconnecting");
+                        let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
+                        let have: HashSet<u32> = state
+                            .known(t.row.id)?
+                            .into_iter()
+                            .filter(|k| k.uidvalidity == uidvalidity)
+                            .map(|k| k.uid)
+                            .collect();
+                        pending.retain(|uid| !have.contains(uid));
+                        continue;
+                    }
+                    fail_folder(&mut state, t, &e)?;
+                    break;
                 }
-                fail_folder(&mut state, t, &e)?;
             }
         }
         options.progress.folder_finished(&t.report);
@@ -378,42 +412,6 @@ pub async fn sync_account(
         elapsed: started.elapsed(),
         token_requests: tokens.token_requests(),
     })
-}
-
-/// Opens authenticated sessions, refreshing the token once if the server refuses it.
-struct Connector<'a> {
-    account: &'a Account,
-    timeout: Duration,
-}
-
-impl Connector<'_> {
-    async fn open(&mut self, tokens: &mut TokenSource) -> Result<Session, SyncError> {
-        let account = self.account;
-        let imap_err = |source| SyncError::Imap {
-            account: account.name.clone(),
-            source,
-        };
-        let mut retried = false;
-        loop {
-            let token = tokens.access_token().await?;
-            let client = imap::connect(&account.imap, self.timeout)
-                .await
-                .map_err(imap_err)?;
-            match client.authenticate(&account.login_user, &token).await {
-                Ok(mut session) => {
-                    session.enable_qresync().await.map_err(imap_err)?;
-                    return Ok(session);
-                }
-                Err(ImapError::AuthFailed(f)) if !retried => {
-                    // The token may have been revoked or expired early: get a new one once.
-                    tracing::info!(account = %account.name, "token refused ({}); requesting a new one", f.server_text);
-                    tokens.invalidate();
-                    retried = true;
-                }
-                Err(e) => return Err(imap_err(e)),
-            }
-        }
-    }
 }
 
 fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {
@@ -767,6 +765,9 @@ async fn download(
     }
     Ok(())
 }
+
+/// How often one folder's download may reconnect after a dropped session.
+const MAX_RECONNECTS: u32 = 3;
 
 /// Messages delivered per commit at most, and the longest a delivered message waits
 /// for its commit.

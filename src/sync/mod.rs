@@ -1,6 +1,7 @@
 //! Sync: the pure model and planner, and the executor that applies a plan.
 pub mod execute;
 pub mod headers;
+pub mod login;
 pub mod model;
 pub mod plan;
 

@@ -25,7 +25,7 @@ pub const MAPPINGS: &[(&str, &str)] = &[
 ];
 
 pub struct Env {
-    pub idp: Idp,
+    pub idp: std::sync::Arc<Idp>,
     pub dovecot: Dovecot,
     pub dir: tempfile::TempDir,
     pub profile: Profile,
@@ -50,7 +50,7 @@ impl Env {
             .expect("start dovecot");
         let dir = tempfile::tempdir().expect("temp dir");
         let env = Env {
-            idp,
+            idp: std::sync::Arc::new(idp),
             dovecot,
             dir,
             profile,

@@ -1,0 +1,516 @@
+//! The OAuth 2.0 flows: device code (RFC 8628), authorization code with PKCE and a
+//! loopback redirect (RFC 8252), client credentials, and refresh. Each returns a
+//! [`Grant`]; storing it is the caller's business.
+
+use std::fmt;
+use std::io::Write;
+use std::time::Duration;
+
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenType,
+};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, PkceCodeChallenge,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse,
+    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::AuthError;
+use crate::config::{Account, Flow};
+use crate::secret::Secret;
+
+/// How long a person has to finish signing in (browser flow).
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Microsoft and Google return an OpenID `id_token` beside the access token; it names
+/// who signed in. It is not a credential for IMAP, but it is personal data: never
+/// printed.
+#[derive(Clone, Default, Deserialize, Serialize)]
+pub struct IdTokenField {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+impl fmt::Debug for IdTokenField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdTokenField(/* REDACTED */)")
+    }
+}
+
+impl oauth2::ExtraTokenFields for IdTokenField {}
+
+type OAuthTokenResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
+
+type OAuthClient = oauth2::Client<
+    BasicErrorResponse,
+    OAuthTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// What a flow obtained.
+#[derive(Debug)]
+pub struct Grant {
+    pub access_token: Secret,
+    pub expires_in: Duration,
+    /// Present for delegated flows; Microsoft rotates it on every refresh.
+    pub refresh_token: Option<Secret>,
+    pub scopes: Vec<String>,
+    /// Who signed in, from the id_token (`preferred_username` / `email`).
+    pub identity: Option<String>,
+}
+
+/// The HTTP client for the identity provider. Redirects are never followed: a token
+/// endpoint that redirects is misconfigured, and following could send a secret
+/// elsewhere (the oauth2 crate's advice).
+pub fn http_client(account: &str) -> Result<reqwest::Client, AuthError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| AuthError::Transient {
+            account: account.to_owned(),
+            detail: e.to_string(),
+        })
+}
+
+fn client(account: &Account, redirect: Option<RedirectUrl>) -> Result<OAuthClient, AuthError> {
+    let endpoint = |url: &str, e: &dyn fmt::Display| AuthError::Endpoint {
+        account: account.name.clone(),
+        url: url.to_owned(),
+        detail: e.to_string(),
+    };
+    let o = &account.oauth;
+    let token_url = TokenUrl::new(o.token_url.clone()).map_err(|e| endpoint(&o.token_url, &e))?;
+    let auth_url = match &o.authorize_url {
+        Some(u) => Some(AuthUrl::new(u.clone()).map_err(|e| endpoint(u, &e))?),
+        None => None,
+    };
+    let device_url = match &o.device_url {
+        Some(u) => Some(DeviceAuthorizationUrl::new(u.clone()).map_err(|e| endpoint(u, &e))?),
+        None => None,
+    };
+    let mut c = oauth2::Client::new(ClientId::new(account.client_id.clone().unwrap_or_default()))
+        .set_auth_type(AuthType::RequestBody)
+        .set_token_uri(token_url)
+        .set_auth_uri_option(auth_url)
+        .set_device_authorization_url_option(device_url);
+    if let Some(r) = redirect {
+        c = c.set_redirect_uri(r);
+    }
+    Ok(c)
+}
+
+fn scopes(account: &Account) -> Vec<Scope> {
+    account
+        .oauth
+        .scopes
+        .iter()
+        .cloned()
+        .map(Scope::new)
+        .collect()
+}
+
+fn grant_from(account: &Account, r: &OAuthTokenResponse) -> Grant {
+    Grant {
+        access_token: Secret::new(r.access_token().secret().clone()),
+        expires_in: r.expires_in().unwrap_or(Duration::from_secs(3600)),
+        refresh_token: r.refresh_token().map(|t| Secret::new(t.secret().clone())),
+        scopes: r
+            .scopes()
+            .map(|s| s.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_else(|| account.oauth.scopes.clone()),
+        identity: r.extra_fields().id_token.as_deref().and_then(identity_of),
+    }
+}
+
+/// The signed-in identity from an id_token's claims. The signature is not checked:
+/// the token came straight from the token endpoint over TLS, and it only serves to
+/// catch the wrong account signing in, not to authorize anything.
+pub fn identity_of(id_token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = id_token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    ["preferred_username", "email", "upn", "unique_name"]
+        .iter()
+        .find_map(|k| claims.get(k).and_then(|v| v.as_str()))
+        .map(str::to_owned)
+}
+
+/// Refuses a grant for someone other than the configured mailbox: browsers often
+/// sign in with the last Microsoft account used.
+pub fn check_identity(account: &Account, grant: &Grant) -> Result<(), AuthError> {
+    match &grant.identity {
+        Some(who) if !who.eq_ignore_ascii_case(&account.email) => Err(AuthError::WrongIdentity {
+            account: account.name.clone(),
+            expected: account.email.clone(),
+            actual: who.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Client credentials (app-only): the app's own secret, no person involved.
+pub async fn client_credentials(
+    account: &Account,
+    secret: &Secret,
+    http: &reqwest::Client,
+) -> Result<Grant, AuthError> {
+    let c = client(account, None)?.set_client_secret(ClientSecret::new(secret.expose().to_owned()));
+    let r = c
+        .exchange_client_credentials()
+        .add_scopes(scopes(account))
+        .request_async(http)
+        .await
+        .map_err(|e| classify(account, e))?;
+    Ok(grant_from(account, &r))
+}
+
+/// Trades a refresh token for a new access token (and, with Microsoft, a new refresh
+/// token, which the caller must store before using the access token).
+pub async fn refresh(
+    account: &Account,
+    refresh_token: &Secret,
+    http: &reqwest::Client,
+) -> Result<Grant, AuthError> {
+    let c = client(account, None)?;
+    let token = RefreshToken::new(refresh_token.expose().to_owned());
+    let r = c
+        .exchange_refresh_token(&token)
+        .add_scopes(scopes(account))
+        .request_async(http)
+        .await
+        .map_err(|e| classify(account, e))?;
+    Ok(grant_from(account, &r))
+}
+
+/// The device code flow: prints where to go and the code to enter, then polls at the
+/// interval the server asks for (slower on `slow_down`) until the person signs in,
+/// declines, or the code expires.
+pub async fn device(
+    account: &Account,
+    http: &reqwest::Client,
+    out: &mut (dyn Write + Send),
+) -> Result<Grant, AuthError> {
+    let c = client(account, None)?;
+    let request = c
+        .exchange_device_code()
+        .map_err(|e| AuthError::Endpoint {
+            account: account.name.clone(),
+            url: "device_url".into(),
+            detail: format!("{e} (set device_url for this provider)"),
+        })?
+        .add_scopes(scopes(account))
+        .add_extra_param("login_hint", account.email.clone());
+    let details: StandardDeviceAuthorizationResponse = request
+        .request_async(http)
+        .await
+        .map_err(|e| classify(account, e))?;
+    let _ = writeln!(
+        out,
+        "To sign in as {}, open {} and enter the code {}",
+        account.email,
+        details.verification_uri().as_str(),
+        details.user_code().secret()
+    );
+    let _ = writeln!(
+        out,
+        "(waiting up to {} minutes; Ctrl-C to give up)",
+        details.expires_in().as_secs().div_ceil(60)
+    );
+    let _ = out.flush();
+    let r = c
+        .exchange_device_access_token(&details)
+        .request_async(http, tokio::time::sleep, Some(details.expires_in()))
+        .await
+        .map_err(|e| classify_device(account, e))?;
+    Ok(grant_from(account, &r))
+}
+
+/// The authorization code flow with PKCE (S256) and a loopback redirect: listens on
+/// 127.0.0.1, opens the browser when there is one (prints the URL either way), checks
+/// `state`, and answers the browser with a page saying it can be closed.
+pub async fn browser(
+    account: &Account,
+    http: &reqwest::Client,
+    out: &mut (dyn Write + Send),
+    open_browser: bool,
+) -> Result<Grant, AuthError> {
+    let io = |e: std::io::Error| AuthError::Io {
+        account: account.name.clone(),
+        detail: format!("loopback listener: {e}"),
+    };
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
+    let port = listener.local_addr().map_err(io)?.port();
+    let redirect = format!("http://localhost:{port}/");
+    let redirect_url = RedirectUrl::new(redirect.clone()).map_err(|e| AuthError::Endpoint {
+        account: account.name.clone(),
+        url: redirect.clone(),
+        detail: e.to_string(),
+    })?;
+    let c = client(account, Some(redirect_url))?;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, csrf) = c
+        .authorize_url(CsrfToken::new_random)
+        .map_err(|e| AuthError::Endpoint {
+            account: account.name.clone(),
+            url: "authorize_url".into(),
+            detail: format!("{e} (set authorize_url for this provider)"),
+        })?
+        .add_scopes(scopes(account))
+        .set_pkce_challenge(challenge)
+        .add_extra_param("login_hint", account.email.clone())
+        .url();
+    let _ = writeln!(
+        out,
+        "To sign in as {}, open this page in a browser:\n\n  {url}\n",
+        account.email
+    );
+    let _ = out.flush();
+    if open_browser {
+        launch_browser(url.as_str());
+    }
+
+    let code = tokio::time::timeout(BROWSER_TIMEOUT, wait_for_redirect(&listener, csrf.secret()))
+        .await
+        .map_err(|_| AuthError::Declined {
+            account: account.name.clone(),
+            detail: format!(
+                "nobody finished signing in within {} minutes",
+                BROWSER_TIMEOUT.as_secs() / 60
+            ),
+        })?
+        .map_err(|e| match e {
+            Redirect::Io(e) => io(e),
+            Redirect::Error { error, description } => {
+                AuthError::rejected(account, &error, &description)
+            }
+        })?;
+    let r = c
+        .exchange_code(AuthorizationCode::new(code))
+        .set_pkce_verifier(verifier)
+        .request_async(http)
+        .await
+        .map_err(|e| classify(account, e))?;
+    Ok(grant_from(account, &r))
+}
+
+enum Redirect {
+    Io(std::io::Error),
+    Error { error: String, description: String },
+}
+
+/// Serves the loopback redirect until one carries our `state` with a code or an error.
+/// Other requests (favicon, a stale tab, a forged state) get a page and are ignored.
+async fn wait_for_redirect(listener: &TcpListener, state: &str) -> Result<String, Redirect> {
+    loop {
+        let (mut stream, _) = listener.accept().await.map_err(Redirect::Io)?;
+        let mut buf = vec![0u8; 8192];
+        let mut len = 0;
+        // The request line and headers fit in 8 KiB; the body is irrelevant.
+        while len < buf.len() {
+            let n =
+                match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf[len..]))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => 0,
+                };
+            if n == 0 {
+                break;
+            }
+            len += n;
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let request = String::from_utf8_lossy(&buf[..len]);
+        let target = request
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("/");
+        let params = query_params(target);
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let (status, page, result) = if get("state").as_deref() != Some(state) {
+            (
+                "400 Bad Request",
+                "This is not the sign-in mailsync is waiting for. Start again from the link mailsync printed.",
+                None,
+            )
+        } else if let Some(code) = get("code") {
+            (
+                "200 OK",
+                "Signed in. mailsync has what it needs: you can close this tab.",
+                Some(Ok(code)),
+            )
+        } else {
+            let error = get("error").unwrap_or_else(|| "no_code".into());
+            let description = get("error_description").unwrap_or_default();
+            (
+                "400 Bad Request",
+                "Sign-in failed. mailsync shows why in the terminal; you can close this tab.",
+                Some(Err(Redirect::Error { error, description })),
+            )
+        };
+        let body = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>mailsync</title></head><body><p>{page}</p></body></html>"
+        );
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        if let Some(result) = result {
+            return result;
+        }
+    }
+}
+
+fn query_params(target: &str) -> Vec<(String, String)> {
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Opens the system browser when a graphical session is there; otherwise the printed
+/// URL is the way (SSH sessions, servers).
+fn launch_browser(url: &str) {
+    let graphical =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !graphical {
+        return;
+    }
+    let _ = std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
+
+fn classify<RE: std::error::Error + 'static>(
+    account: &Account,
+    error: RequestTokenError<RE, BasicErrorResponse>,
+) -> AuthError {
+    match error {
+        RequestTokenError::ServerResponse(r) => AuthError::rejected(
+            account,
+            r.error().as_ref(),
+            r.error_description().map(String::as_str).unwrap_or(""),
+        ),
+        other => transport(account, other),
+    }
+}
+
+fn classify_device<RE: std::error::Error + 'static>(
+    account: &Account,
+    error: RequestTokenError<RE, oauth2::DeviceCodeErrorResponse>,
+) -> AuthError {
+    match error {
+        RequestTokenError::ServerResponse(r) => {
+            let code = r.error().as_ref().to_owned();
+            let description = r.error_description().cloned().unwrap_or_default();
+            match code.as_str() {
+                "authorization_declined" | "access_denied" => AuthError::Declined {
+                    account: account.name.clone(),
+                    detail: "the sign-in was declined".into(),
+                },
+                "expired_token" | "code_expired" => AuthError::Declined {
+                    account: account.name.clone(),
+                    detail: "the code expired before anyone signed in; run connect again and enter the code sooner".into(),
+                },
+                _ => AuthError::rejected(account, &code, &description),
+            }
+        }
+        other => transport(account, other),
+    }
+}
+
+fn transport<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'static>(
+    account: &Account,
+    error: RequestTokenError<RE, T>,
+) -> AuthError {
+    let detail = match error {
+        RequestTokenError::Request(e) => error_chain(&e),
+        RequestTokenError::Parse(e, body) => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            // A non-JSON answer is usually an HTTP 5xx page from a proxy or the IdP.
+            format!("unreadable answer ({e}): {text}")
+        }
+        RequestTokenError::Other(e) => e,
+        RequestTokenError::ServerResponse(r) => format!("{r:?}"),
+    };
+    AuthError::Transient {
+        account: account.name.clone(),
+        detail,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+impl Flow {
+    /// Whether a person signs in (and a refresh token is kept).
+    pub fn is_delegated(self) -> bool {
+        !matches!(self, Flow::ClientCredentials)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_comes_from_the_id_token_claims() {
+        use base64::Engine as _;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"preferred_username":"jane@contoso.com","oid":"x"}"#);
+        assert_eq!(
+            identity_of(&format!("eyJhbGciOiJub25lIn0.{payload}.")).as_deref(),
+            Some("jane@contoso.com")
+        );
+        assert_eq!(identity_of("not a jwt"), None);
+        assert_eq!(identity_of("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn redirect_queries_are_decoded() {
+        let p = query_params("/?code=a%2Fb&state=xyz&error_description=AADSTS65001%3A+consent");
+        assert!(p.contains(&("code".into(), "a/b".into())));
+        assert!(p.contains(&("error_description".into(), "AADSTS65001: consent".into())));
+        assert!(query_params("/").is_empty());
+    }
+
+    #[test]
+    fn id_token_is_never_debug_printed() {
+        let f = IdTokenField {
+            id_token: Some("eyJ.secret.x".into()),
+        };
+        assert!(!format!("{f:?}").contains("secret"));
+    }
+}

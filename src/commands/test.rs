@@ -1,0 +1,426 @@
+//! `mailsync test`: checks an account step by step — config, DNS, TCP, TLS, token,
+//! capabilities, AUTHENTICATE, LIST, each mapped folder — printing a ✓ or ✗ line per
+//! step, and for each ✗ its cause and the fix. Exits 0 only if every step passed.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::{CommandError, Exit};
+use crate::auth::{AuthError, TokenSource};
+use crate::config::{self, Account, Config, Tls};
+use crate::imap::{self, ImapError};
+use crate::sync::login::context;
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The account (default: every account)
+    pub account: Option<String>,
+}
+
+/// One checked step.
+struct Step {
+    name: String,
+    ok: bool,
+    detail: String,
+    cause: Option<String>,
+    fix: Option<String>,
+}
+
+impl Step {
+    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Step {
+        Step {
+            name: name.into(),
+            ok: true,
+            detail: detail.into(),
+            cause: None,
+            fix: None,
+        }
+    }
+    fn fail(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        cause: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Step {
+        let (cause, fix) = (cause.into(), fix.into());
+        Step {
+            name: name.into(),
+            ok: false,
+            detail: detail.into(),
+            cause: (!cause.is_empty()).then_some(cause),
+            fix: (!fix.is_empty()).then_some(fix),
+        }
+    }
+}
+
+struct Report<'a> {
+    out: &'a mut dyn Write,
+    failed: usize,
+}
+
+impl Report<'_> {
+    fn step(&mut self, s: Step) -> bool {
+        let mark = if s.ok { "✓" } else { "✗" };
+        let _ = writeln!(self.out, "{mark} {:<13} {}", s.name, s.detail);
+        if let Some(c) = &s.cause {
+            let _ = writeln!(self.out, "    cause: {c}");
+        }
+        if let Some(f) = &s.fix {
+            let _ = writeln!(self.out, "    fix:   {f}");
+        }
+        if !s.ok {
+            self.failed += 1;
+        }
+        s.ok
+    }
+    fn skip(&mut self, name: &str, why: &str) {
+        let _ = writeln!(self.out, "– {name:<13} skipped: {why}");
+    }
+}
+
+pub async fn run(path: &Path, args: &TestArgs) -> Result<Exit, CommandError> {
+    let mut stdout = std::io::stdout();
+    let mut report = Report {
+        out: &mut stdout,
+        failed: 0,
+    };
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            report.step(Step::fail(
+                "config",
+                path.display().to_string(),
+                e.to_string(),
+                "correct the file at the line named",
+            ));
+            return Ok(Exit::Partial);
+        }
+    };
+    let accounts = super::select_accounts(&config, args.account.as_deref())?;
+    for (i, account) in accounts.iter().enumerate() {
+        if i > 0 {
+            let _ = writeln!(report.out);
+        }
+        check_account(&config, account, &mut report).await;
+    }
+    Ok(if report.failed == 0 {
+        Exit::Ok
+    } else {
+        Exit::Partial
+    })
+}
+
+async fn check_account(config: &Config, account: &Account, r: &mut Report<'_>) {
+    r.step(Step::pass(
+        "config",
+        format!(
+            "{}: account {} ({}, {} flow, {})",
+            config.path.display(),
+            account.name,
+            account.provider.as_str(),
+            account.flow.as_str(),
+            account.email
+        ),
+    ));
+    let timeout = config.daemon.command_timeout;
+    let host = &account.imap.host;
+    let port = account.imap.port;
+
+    // DNS
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port))).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                r.step(Step::fail(
+                    "DNS",
+                    host.clone(),
+                    format!("cannot resolve {host}: {e}"),
+                    "check imap_host for typos, and this machine's DNS and network",
+                ));
+                return skip_rest(r, "no address");
+            }
+            Err(_) => {
+                r.step(Step::fail(
+                    "DNS",
+                    host.clone(),
+                    format!("no DNS answer within {}s", timeout.as_secs()),
+                    "check this machine's DNS resolver",
+                ));
+                return skip_rest(r, "no address");
+            }
+        };
+    if addrs.is_empty() {
+        r.step(Step::fail(
+            "DNS",
+            host.clone(),
+            format!("{host} has no address"),
+            "check imap_host",
+        ));
+        return skip_rest(r, "no address");
+    }
+    r.step(Step::pass(
+        "DNS",
+        format!(
+            "{host} → {}",
+            addrs
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ));
+
+    // TCP
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addrs[0])).await {
+        Ok(Ok(_)) => {
+            r.step(Step::pass(
+                "TCP",
+                format!(
+                    "connected to {} in {} ms",
+                    addrs[0],
+                    started.elapsed().as_millis()
+                ),
+            ));
+        }
+        Ok(Err(e)) => {
+            r.step(Step::fail(
+                "TCP",
+                addrs[0].to_string(),
+                format!("cannot connect: {e}"),
+                "check imap_port (993 for tls = \"implicit\", 143 for \"starttls\") and any firewall or proxy on the way",
+            ));
+            return skip_rest(r, "no connection");
+        }
+        Err(_) => {
+            r.step(Step::fail(
+                "TCP",
+                addrs[0].to_string(),
+                format!("no answer within {}s", timeout.as_secs()),
+                "a firewall may drop the traffic; check outbound access to the port",
+            ));
+            return skip_rest(r, "no connection");
+        }
+    }
+
+    // TLS and the greeting
+    let client = match imap::connect(&account.imap, timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            let (cause, fix) = match &e {
+                ImapError::Tls { detail, hint, .. } => {
+                    (detail.clone(), hint.trim_start_matches("; ").to_owned())
+                }
+                ImapError::CaFile { .. } => (
+                    e.to_string(),
+                    "point ca_file at a readable PEM CA certificate".into(),
+                ),
+                ImapError::NoStartTls { .. } => {
+                    (e.to_string(), "use tls = \"implicit\" on port 993".into())
+                }
+                other => (other.to_string(), String::new()),
+            };
+            r.step(Step::fail("TLS", format!("{host}:{port}"), cause, fix));
+            return skip_rest(r, "no TLS session");
+        }
+    };
+    match (client.tls_info(), account.imap.tls) {
+        (Some(info), _) => {
+            let warn = if info.days_left < 14 {
+                " — expires soon"
+            } else {
+                ""
+            };
+            r.step(Step::pass(
+                "TLS",
+                format!(
+                    "certificate {} (issuer {}), valid until {} ({} days){warn}",
+                    info.subject, info.issuer, info.not_after, info.days_left
+                ),
+            ));
+        }
+        (None, Tls::Plain) => {
+            r.step(Step::pass(
+                "TLS",
+                "plain text (allowed towards loopback only)",
+            ));
+        }
+        (None, _) => {
+            r.step(Step::pass("TLS", "verified"));
+        }
+    }
+
+    // Token
+    let mut tokens = match TokenSource::new(account, &config.daemon.state_dir) {
+        Ok(t) => t,
+        Err(e) => {
+            token_failure(r, account, &e);
+            return skip_rest(r, "no token");
+        }
+    };
+    let token = match tokens.access_token().await {
+        Ok(t) => t,
+        Err(e) => {
+            token_failure(r, account, &e);
+            return skip_rest(r, "no token");
+        }
+    };
+    let minutes = tokens.expires_in().unwrap_or(Duration::ZERO).as_secs() / 60;
+    r.step(Step::pass(
+        "token",
+        format!(
+            "{} flow; access token valid for {minutes} min; scopes: {}",
+            account.flow.as_str(),
+            tokens.granted_scopes().join(" ")
+        ),
+    ));
+
+    // Capabilities
+    let caps = client.capabilities().clone();
+    let mechanism = if caps.has("AUTH=XOAUTH2") {
+        Some("XOAUTH2")
+    } else if caps.has("AUTH=OAUTHBEARER") {
+        Some("OAUTHBEARER")
+    } else {
+        None
+    };
+    match mechanism {
+        Some(m) => {
+            r.step(Step::pass(
+                "capabilities",
+                format!(
+                    "AUTH={m} offered{}",
+                    if caps.has("SASL-IR") {
+                        " (with SASL-IR)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        None => {
+            r.step(Step::fail(
+                "capabilities",
+                format!("offered: {}", caps.auth_mechanisms().join(" ")),
+                "the server offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER",
+                "OAuth login is impossible here; for Microsoft 365 check imap_host (outlook.office365.com); plaintext logins (LOGINDISABLED without TLS) need TLS",
+            ));
+            return skip_rest(r, "no OAuth mechanism");
+        }
+    }
+
+    // AUTHENTICATE
+    let mut session = match client.authenticate(&account.login_user, &token).await {
+        Ok(s) => {
+            r.step(Step::pass(
+                "AUTHENTICATE",
+                format!("{} as {}", mechanism.unwrap_or(""), account.login_user),
+            ));
+            s
+        }
+        Err(ImapError::AuthFailed(f)) => {
+            let d = crate::auth::diagnose::imap_auth_failure(&f, &context(account));
+            r.step(Step::fail(
+                "AUTHENTICATE",
+                f.server_text.clone(),
+                d.cause,
+                d.fix,
+            ));
+            return skip_rest(r, "not logged in");
+        }
+        Err(e) => {
+            r.step(Step::fail(
+                "AUTHENTICATE",
+                "",
+                e.to_string(),
+                if e.is_transient() {
+                    "transient: try again in a minute"
+                } else {
+                    ""
+                },
+            ));
+            return skip_rest(r, "not logged in");
+        }
+    };
+
+    // LIST
+    let folders = match session.list().await {
+        Ok(f) => {
+            r.step(Step::pass("LIST", format!("{} folders", f.len())));
+            f
+        }
+        Err(e) => {
+            r.step(Step::fail("LIST", "", e.to_string(), ""));
+            return;
+        }
+    };
+
+    // Each mapped folder
+    for m in &account.folders {
+        let name = format!("folder {}", m.local);
+        match config::roles::resolve(&m.remote, &folders) {
+            Ok(f) => match session.select(&f.name).await {
+                Ok(sel) => {
+                    r.step(Step::pass(
+                        name,
+                        format!("{} → {} ({} messages)", m.remote, f.display, sel.exists),
+                    ));
+                }
+                Err(e) => {
+                    r.step(Step::fail(
+                        name,
+                        format!("{} → {}", m.remote, f.display),
+                        format!("cannot select it: {e}"),
+                        "check the mailbox permissions of this account",
+                    ));
+                }
+            },
+            Err(e) => {
+                r.step(Step::fail(
+                    name,
+                    m.remote.to_string(),
+                    e.to_string(),
+                    format!(
+                        "edit {}:{} (see `mailsync folders {}` for the names)",
+                        config.path.display(),
+                        m.line,
+                        account.name
+                    ),
+                ));
+            }
+        }
+    }
+    session.logout().await;
+}
+
+fn token_failure(r: &mut Report<'_>, account: &Account, e: &AuthError) {
+    let (cause, fix) = match e {
+        AuthError::Rejected { diagnosis, .. } => (diagnosis.cause.clone(), diagnosis.fix.clone()),
+        AuthError::NeedsConnect { reason, .. } => (
+            format!("the stored sign-in is no longer valid: {reason}"),
+            format!("run `mailsync connect {}`", account.name),
+        ),
+        AuthError::NotConnected { .. } => (
+            "no stored sign-in for this account".into(),
+            format!("run `mailsync connect {}`", account.name),
+        ),
+        AuthError::Transient { detail, .. } => (
+            format!("the identity provider is unreachable or failing: {detail}"),
+            "transient: try again in a minute".into(),
+        ),
+        other => (other.to_string(), String::new()),
+    };
+    r.step(Step::fail(
+        "token",
+        format!("{} flow", account.flow.as_str()),
+        cause,
+        fix,
+    ));
+}
+
+fn skip_rest(r: &mut Report<'_>, why: &str) {
+    r.skip("…", &format!("the remaining steps ({why})"));
+}

@@ -1,0 +1,88 @@
+//! Opening an authenticated IMAP session for an account, with the retry policy in one
+//! place: a refused token is replaced once; a transient failure (the identity
+//! provider or the server briefly unavailable, a dropped connection) is retried with
+//! backoff a few times; anything else is reported with its diagnosis.
+
+use std::time::Duration;
+
+use crate::auth::{TokenSource, diagnose};
+use crate::config::Account;
+use crate::imap::{self, ImapError, Session};
+
+use super::execute::SyncError;
+
+/// Attempts for a transient failure, and the first delay (doubled each time).
+const TRANSIENT_ATTEMPTS: u32 = 3;
+const FIRST_DELAY: Duration = Duration::from_secs(1);
+
+pub async fn login(
+    account: &Account,
+    command_timeout: Duration,
+    tokens: &mut TokenSource,
+) -> Result<Session, SyncError> {
+    let mut delay = FIRST_DELAY;
+    let mut attempt = 1;
+    loop {
+        match login_once(account, command_timeout, tokens).await {
+            Err(e) if e.is_transient() && attempt < TRANSIENT_ATTEMPTS => {
+                tracing::warn!(account = %account.name, "{e}; retrying in {}s", delay.as_secs());
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn login_once(
+    account: &Account,
+    command_timeout: Duration,
+    tokens: &mut TokenSource,
+) -> Result<Session, SyncError> {
+    let imap_err = |source| SyncError::Imap {
+        account: account.name.clone(),
+        source,
+    };
+    let mut retried = false;
+    loop {
+        let token = tokens.access_token().await?;
+        let client = imap::connect(&account.imap, command_timeout)
+            .await
+            .map_err(imap_err)?;
+        match client.authenticate(&account.login_user, &token).await {
+            Ok(mut session) => {
+                session.enable_qresync().await.map_err(imap_err)?;
+                return Ok(session);
+            }
+            Err(ImapError::AuthFailed(f)) if !retried => {
+                // The token may have been revoked or expired early: get a new one once.
+                tracing::info!(account = %account.name, "token refused ({}); requesting a new one", f.server_text);
+                tokens.invalidate();
+                retried = true;
+            }
+            Err(ImapError::AuthFailed(failure)) => {
+                let ctx = context(account);
+                let diagnosis = diagnose::imap_auth_failure(&failure, &ctx);
+                return Err(SyncError::Login {
+                    account: account.name.clone(),
+                    failure,
+                    diagnosis,
+                });
+            }
+            Err(e) => return Err(imap_err(e)),
+        }
+    }
+}
+
+/// What the diagnosis needs to know about the account.
+pub fn context(account: &Account) -> diagnose::Context<'_> {
+    diagnose::Context {
+        account: &account.name,
+        provider: &account.provider,
+        flow: account.flow,
+        email: &account.email,
+        client_id: account.client_id.as_deref().unwrap_or(""),
+        consent_url: crate::commands::consent_url::admin_consent_url(account),
+    }
+}

@@ -1,0 +1,594 @@
+//! `mailsync connect` with each flow, end to end: the test identity provider issues the
+//! tokens, Dovecot validates them by introspection, and the account then syncs. Also
+//! the token life cycle (refresh, rotation, revocation, crash after a refresh), the
+//! diagnosis of every AADSTS code, and secrets kept out of logs and the database.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use mailsync_testenv::TokenFailure;
+use mailsync_testenv::dovecot::{Profile, SeedMessage};
+
+use crate::on_both_profiles;
+use crate::support::{CLIENT_ID, CLIENT_SECRET, Env, USER, toml_string};
+
+/// A config a person wrote: comments, odd spacing, another account — all of which
+/// `connect` must leave byte-for-byte as they are.
+fn hand_written(env: &Env) -> String {
+    let d = env.dir.path();
+    format!(
+        r#"# My mailsync config.
+#   Comments here must survive `mailsync connect`.
+
+[daemon]
+state_dir = {state}   # next to the mail
+command_timeout   =   "20s"
+
+# The shared mailbox, app-only.
+[accounts.shared]
+provider = "custom"
+email = "{USER}"
+client_id = "{CLIENT_ID}"
+flow = "client-credentials"
+client_secret_file = {secret}
+maildir = {other}
+imap_host = "localhost"
+imap_port = {port}
+tls = "implicit"
+ca_file = {ca}
+token_url = "{token_url}"
+scopes = ["https://outlook.office365.com/.default"]
+
+[accounts.shared.folders]
+Inbox = "INBOX"   # only the inbox
+"#,
+        state = toml_string(&d.join("state").display().to_string()),
+        secret = toml_string(&d.join("work.secret").display().to_string()),
+        other = toml_string(&d.join("OtherMail").display().to_string()),
+        port = env.dovecot.imaps_port(),
+        ca = toml_string(&d.join("ca.pem").display().to_string()),
+        token_url = env.idp.token_url("contoso"),
+    )
+}
+
+/// `connect work` arguments for this environment and `flow`.
+fn connect_args(env: &Env, flow: &str) -> Vec<String> {
+    let d = env.dir.path();
+    let mut args: Vec<String> = [
+        "connect",
+        "work",
+        "--email",
+        USER,
+        "--provider",
+        "custom",
+        "--client-id",
+        CLIENT_ID,
+        "--flow",
+        flow,
+        "--imap-host",
+        "localhost",
+        "--tls",
+        "implicit",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let more = [
+        ("--imap-port", env.dovecot.imaps_port().to_string()),
+        ("--ca-file", d.join("ca.pem").display().to_string()),
+        ("--maildir", env.mail_root().display().to_string()),
+        ("--token-url", env.idp.token_url("contoso")),
+        ("--device-url", env.idp.device_url("contoso")),
+        ("--authorize-url", env.idp.authorize_url("contoso")),
+    ];
+    for (k, v) in more {
+        args.push(k.into());
+        args.push(v);
+    }
+    if flow == "client-credentials" {
+        args.push("--client-secret-file".into());
+        args.push(d.join("work.secret").display().to_string());
+        args.push("--scope".into());
+        args.push("https://outlook.office365.com/.default".into());
+    } else {
+        args.push("--scope".into());
+        args.push("https://outlook.office.com/IMAP.AccessAsUser.All".into());
+        args.push("--scope".into());
+        args.push("offline_access".into());
+        if flow == "browser" {
+            args.push("--no-browser".into());
+        }
+    }
+    args
+}
+
+/// Starts an environment whose config has no `work` account yet, and seeds mail.
+async fn fresh(profile: Profile) -> (Env, String) {
+    let env = Env::start(profile).await;
+    env.idp.set_device_code_interval(Duration::from_secs(1));
+    let text = hand_written(&env);
+    std::fs::write(env.config_path(), &text).unwrap();
+    let batch: Vec<SeedMessage> = (0..5)
+        .map(|i| {
+            SeedMessage::new(
+                format!("Subject: m{i}\r\nMessage-ID: <c{i}@x>\r\n\r\nhi {i}\r\n").into_bytes(),
+                &[],
+            )
+        })
+        .collect();
+    env.dovecot.append_many(USER, "INBOX", batch).await.unwrap();
+    env.dovecot
+        .append(
+            USER,
+            "Archive",
+            b"Subject: old\r\n\r\nold\r\n",
+            &["\\Seen"],
+            None,
+        )
+        .await
+        .unwrap();
+    (env, text)
+}
+
+/// Runs `connect` as a child; `drive` gets each stdout line and may act on it (enter a
+/// device code, follow a URL). Returns (exit code, stdout, stderr).
+async fn run_connect<F>(env: &Env, flow: &str, mut drive: F) -> (i32, String, String)
+where
+    F: FnMut(&str) + Send + 'static,
+{
+    let args = connect_args(env, flow);
+    let mut cmd = env.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+            s
+        });
+        let mut out = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            drive(&line);
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let status = child.wait().unwrap();
+        (status.code().unwrap_or(-1), out, err.join().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+/// The account's table must be new, and everything before it unchanged.
+fn assert_rest_unchanged(before: &str, after: &str) {
+    assert!(
+        after.starts_with(before.trim_end()),
+        "connect changed the rest of the file:\n--- before\n{before}\n--- after\n{after}"
+    );
+    assert!(
+        after.contains("[accounts.work]") && after.contains("[accounts.work.folders]"),
+        "{after}"
+    );
+}
+
+async fn device_flow(profile: Profile) {
+    let (env, before) = fresh(profile).await;
+    let idp = env.idp.clone();
+    let (code, out, err) = run_connect(&env, "device", move |line| {
+        if line.contains("enter the code") {
+            let user_code = line.rsplit(' ').next().unwrap().to_owned();
+            let idp = idp.clone();
+            // Approve a little later, so the client has to poll.
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1500));
+                assert!(idp.approve_device_code(Some(&user_code), USER));
+            });
+        }
+    })
+    .await;
+    assert_eq!(code, 0, "connect failed:\n{out}\n{err}");
+    assert!(out.contains("/devicelogin"), "{out}");
+    let after = std::fs::read_to_string(env.config_path()).unwrap();
+    assert_rest_unchanged(&before, &after);
+    assert!(
+        after.contains("Inbox = \"INBOX\"")
+            && after.contains("Archive = \"@archive\"")
+            && after.contains("\"Deleted Items\" = \"@trash\""),
+        "{after}"
+    );
+
+    // The stored refresh token is what the sync now runs on.
+    let run = env.run(&["sync", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.summary().folder("Inbox").fetched, 5, "{run}");
+    env.assert_in_sync().await;
+}
+on_both_profiles!(device_flow);
+
+async fn browser_flow(profile: Profile) {
+    let (env, before) = fresh(profile).await;
+    let (code, out, err) = run_connect(&env, "browser", |line| {
+        let url = line.trim();
+        if url.starts_with("http://127.0.0.1") && url.contains("/authorize?") {
+            // Play the browser: the identity provider redirects to the loopback listener.
+            let url = url.to_owned();
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap();
+                let r = http.get(&url).send().unwrap();
+                assert_eq!(r.status().as_u16(), 302, "authorize did not redirect");
+                let location = r.headers()["location"].to_str().unwrap().to_owned();
+                assert!(location.starts_with("http://localhost:"), "{location}");
+                let page = http.get(&location).send().unwrap().text().unwrap();
+                assert!(page.contains("close this tab"), "{page}");
+            });
+        }
+    })
+    .await;
+    assert_eq!(code, 0, "connect failed:\n{out}\n{err}");
+    assert!(
+        out.contains("code_challenge_method=S256") && out.contains("login_hint="),
+        "{out}"
+    );
+    let after = std::fs::read_to_string(env.config_path()).unwrap();
+    assert_rest_unchanged(&before, &after);
+    let run = env.run(&["sync", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    env.assert_in_sync().await;
+}
+on_both_profiles!(browser_flow);
+
+async fn client_credentials_flow(profile: Profile) {
+    let (env, before) = fresh(profile).await;
+    let (code, out, err) = run_connect(&env, "client-credentials", |_| {}).await;
+    assert_eq!(code, 0, "connect failed:\n{out}\n{err}");
+    let after = std::fs::read_to_string(env.config_path()).unwrap();
+    assert_rest_unchanged(&before, &after);
+    assert!(
+        !after.contains(CLIENT_SECRET),
+        "the secret was written into the config"
+    );
+    let run = env.run(&["sync", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    env.assert_in_sync().await;
+}
+on_both_profiles!(client_credentials_flow);
+
+/// The browser signed in with another account: refused, naming who signed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_account_is_refused() {
+    let (env, before) = fresh(Profile::Full).await;
+    env.idp.set_signed_in_user(Some("mallory@example.com"));
+    let (code, out, err) = run_connect(&env, "browser", |line| {
+        let url = line.trim().to_owned();
+        if url.starts_with("http://127.0.0.1") && url.contains("/authorize?") {
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap();
+                let r = http.get(&url).send().unwrap();
+                let location = r.headers()["location"].to_str().unwrap().to_owned();
+                let _ = http.get(&location).send();
+            });
+        }
+    })
+    .await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains("mallory@example.com") && err.contains(USER),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.config_path()).unwrap(),
+        before,
+        "a refused connect wrote the config"
+    );
+}
+
+/// Connects `work` with the device flow (approved at once) for the life-cycle tests.
+async fn connected(profile: Profile) -> Env {
+    let (env, _) = fresh(profile).await;
+    let idp = env.idp.clone();
+    let (code, out, err) = run_connect(&env, "device", move |line| {
+        if line.contains("enter the code") {
+            let user_code = line.rsplit(' ').next().unwrap().to_owned();
+            assert!(idp.approve_device_code(Some(&user_code), USER));
+        }
+    })
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    env
+}
+
+/// Microsoft rotates refresh tokens: ten refreshes in a row (one per process) each
+/// spend the previous token, and the store always holds the working one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_rotation_ten_times() {
+    let env = connected(Profile::Full).await;
+    let before = env.idp.token_calls();
+    for i in 0..10 {
+        env.dovecot
+            .append(
+                USER,
+                "INBOX",
+                format!("Subject: r{i}\r\n\r\nx\r\n").as_bytes(),
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        let run = env.run(&["sync", "work"]).await;
+        assert_eq!(run.code, 0, "refresh {i}: {run}");
+        assert_eq!(run.summary().folder("Inbox").fetched, 1, "{run}");
+    }
+    assert_eq!(env.idp.token_calls() - before, 10, "one refresh per run");
+    env.assert_in_sync().await;
+}
+
+/// A crash right after a refresh loses nothing: the rotated token was stored before
+/// the access token was used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_right_after_a_refresh() {
+    let env = connected(Profile::Full).await;
+    for _ in 0..3 {
+        let mut cmd = env.command(&["-vv", "sync", "work"]);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let killed = tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().unwrap();
+            let stderr = child.stderr.take().unwrap();
+            for line in BufReader::new(stderr).lines() {
+                if line.unwrap().contains("access token refreshed") {
+                    child.kill().unwrap(); // SIGKILL, before the token is used
+                    child.wait().unwrap();
+                    return true;
+                }
+            }
+            child.wait().unwrap();
+            false
+        })
+        .await
+        .unwrap();
+        assert!(killed, "the refresh was never logged");
+    }
+    let run = env.run(&["sync", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    env.assert_in_sync().await;
+}
+
+/// A revoked refresh token: "needs connect" with the reason, and no retry loop — the
+/// token endpoint is asked once, and not again by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_refresh_token_needs_connect() {
+    let env = connected(Profile::Exchange).await;
+    env.idp.revoke_refresh_tokens(USER);
+    let before = env.idp.token_calls();
+    let run = env.run(&["sync", "work"]).await;
+    assert_eq!(run.code, 2, "{run}");
+    assert!(
+        run.stderr.contains("AADSTS50173") && run.stderr.contains("mailsync connect work"),
+        "{run}"
+    );
+    assert_eq!(
+        env.idp.token_calls() - before,
+        1,
+        "the revoked token was retried"
+    );
+    let again = env.run(&["sync", "work"]).await;
+    assert_eq!(again.code, 2, "{again}");
+    assert!(again.stderr.contains("mailsync connect work"), "{again}");
+    assert_eq!(
+        env.idp.token_calls() - before,
+        1,
+        "a dead grant must not be retried"
+    );
+    // `connect` again brings it back.
+    let idp = env.idp.clone();
+    let (code, out, err) = run_connect(&env, "device", move |line| {
+        if line.contains("enter the code") {
+            assert!(idp.approve_device_code(Some(line.rsplit(' ').next().unwrap()), USER));
+        }
+    })
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let run = env.run(&["sync", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+}
+
+/// The identity provider briefly failing is retried, not reported as a dead grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_token_failures_are_retried() {
+    let env = connected(Profile::Full).await;
+    env.idp
+        .fail_next_token_calls(2, TokenFailure::Unavailable(503));
+    let run = env.run(&["sync", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    env.assert_in_sync().await;
+}
+
+/// The access token expires during a long sync and the server drops the session (as
+/// Exchange does): mailsync reconnects with a fresh token and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_expiring_during_a_long_sync() {
+    let env = connected(Profile::Exchange).await;
+    let batch: Vec<SeedMessage> = (0..3000)
+        .map(|i| {
+            SeedMessage::new(
+                format!(
+                    "Subject: long {i}\r\nMessage-ID: <long{i}@x>\r\n\r\n{}\r\n",
+                    "x".repeat(2000)
+                )
+                .into_bytes(),
+                &[],
+            )
+        })
+        .collect();
+    env.dovecot.seed_fast(USER, "Archive", batch).await.unwrap();
+    let calls = env.idp.token_calls();
+    let mut cmd = env.command(&["sync", "work"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = tokio::task::spawn_blocking(move || cmd.spawn().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    env.idp.expire_access_tokens();
+    env.dovecot.kick(USER).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let run = crate::support::Run::from(out);
+    assert_eq!(run.code, 0, "{run}");
+    env.assert_in_sync().await;
+    assert!(
+        env.idp.token_calls() - calls >= 2,
+        "no second token was requested"
+    );
+}
+
+/// Every AADSTS code of the diagnosis table produces its cause and fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_aadsts_code_is_diagnosed() {
+    let env = Env::start(Profile::Full).await;
+    let table: &[(u32, &[&str])] = &[
+        (65001, &["consent"]),
+        (50011, &["redirect URI", "http://localhost"]),
+        (700016, &["no application", "client_id"]),
+        (7000215, &["secret is wrong", "Value"]),
+        (7000222, &["expired", "New client secret"]),
+        (7000112, &["disabled"]),
+        (70008, &["expired or was revoked", "mailsync connect work"]),
+        (700082, &["expired or was revoked", "mailsync connect work"]),
+        (50173, &["expired or was revoked", "mailsync connect work"]),
+        (70043, &["sign-in frequency", "mailsync connect work"]),
+        (50076, &["multi-factor"]),
+        (50079, &["multi-factor"]),
+        (53003, &["conditional-access"]),
+        (50057, &["disabled"]),
+    ];
+    for (code, words) in table {
+        env.idp.clear_token_failures();
+        env.idp
+            .fail_next_token_calls(5, TokenFailure::Aadsts(*code));
+        let run = env.run(&["test", "work"]).await;
+        assert_ne!(run.code, 0, "AADSTS{code}: {run}");
+        let text = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            text.contains(&format!("AADSTS{code}")),
+            "AADSTS{code} not named:\n{text}"
+        );
+        for w in *words {
+            assert!(text.contains(w), "AADSTS{code}: {w:?} missing:\n{text}");
+        }
+        assert!(text.contains("✗ token"), "{text}");
+    }
+    env.idp.clear_token_failures();
+    let run = env.run(&["test", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    for step in [
+        "config",
+        "DNS",
+        "TCP",
+        "TLS",
+        "token",
+        "capabilities",
+        "AUTHENTICATE",
+        "LIST",
+        "folder Inbox",
+        "folder Archive",
+        "folder Deleted Items",
+    ] {
+        assert!(
+            run.stdout.contains(&format!("✓ {step}")),
+            "no ✓ {step}:\n{run}"
+        );
+    }
+    assert!(run.stdout.contains("CN=localhost"), "{run}");
+}
+
+/// An IMAP login refused although the token is valid (app-only: the service principal
+/// has no mailbox permission) is explained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_authenticate_failed_is_diagnosed() {
+    let env = Env::start(Profile::Exchange).await;
+    // A Microsoft account (endpoints pointed at the test environment), so the
+    // diagnosis speaks of Exchange's service principals.
+    let text = env.config_text("").replace(
+        "provider = \"custom\"",
+        "provider = \"microsoft\"\ntenant = \"contoso.onmicrosoft.com\"",
+    );
+    std::fs::write(env.config_path(), text).unwrap();
+    // The app is granted another mailbox: its token is refused for this one.
+    env.idp.add_app(
+        CLIENT_ID,
+        Some(CLIENT_SECRET),
+        Some("someone-else@example.com"),
+    );
+    let run = env.run(&["test", "work"]).await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stdout.contains("✓ token") && run.stdout.contains("✗ AUTHENTICATE"),
+        "{run}"
+    );
+    assert!(
+        run.stdout.contains("New-ServicePrincipal") || run.stdout.contains("Add-MailboxPermission"),
+        "{run}"
+    );
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(sync.code, 2, "{sync}");
+    assert!(
+        sync.stderr.contains("Add-MailboxPermission") || sync.stderr.contains("service principal"),
+        "{sync}"
+    );
+}
+
+/// Tokens and the client secret appear nowhere: not in trace logs, not in the SQLite
+/// file or its WAL (only the sealed refresh token is there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_logs_and_database() {
+    let env = connected(Profile::Full).await;
+    let mut cmd = env.command(&["sync", "work"]);
+    cmd.env("RUST_LOG", "trace");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains("access token refreshed"),
+        "the trace output does not show the refresh"
+    );
+    let secrets = env.idp.issued_secrets();
+    assert!(secrets.len() >= 4, "{} secrets issued", secrets.len());
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(env.state_dir()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("state.sqlite")
+        {
+            files.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+        }
+    }
+    assert!(!files.is_empty());
+    for s in secrets.iter().map(String::as_str).chain([CLIENT_SECRET]) {
+        assert!(!logs.contains(s), "a secret is in the trace output");
+        for (name, bytes) in &files {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "a secret is in {name}"
+            );
+        }
+    }
+}
