@@ -31,6 +31,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Sign in (device code, browser, or app-only client credentials), prove it with an
+    /// IMAP login, store the tokens encrypted, and write the account and its default
+    /// folder mappings into the config (keeping the rest of the file as it is)
+    Connect(Box<crate::commands::connect::ConnectArgs>),
     /// List the remote folders: decoded names, special-use roles, message counts, and
     /// the local folder each is mapped to
     Folders(FoldersArgs),
@@ -39,6 +43,9 @@ pub enum Command {
     /// Check an account step by step (config, DNS, TCP, TLS, token, capabilities,
     /// AUTHENTICATE, LIST, each mapped folder); every failure says its cause and fix
     Test(crate::commands::test::TestArgs),
+    /// Print the Entra admin-consent URL, and for app-only access the Exchange Online
+    /// PowerShell that registers the service principal and grants the mailbox
+    ConsentUrl(crate::commands::consent_url::ConsentUrlArgs),
 }
 
 #[derive(Debug, Args)]

@@ -27,8 +27,13 @@ fn main() -> ExitCode {
         }
     };
     // Commands that report a broken config themselves, as a step.
-    if let Command::Test(args) = &cli.command {
-        return finish(runtime.block_on(commands::test::run(&path, args)));
+    match &cli.command {
+        Command::Test(args) => return finish(runtime.block_on(commands::test::run(&path, args))),
+        // connect creates or edits the file, so it reads it itself.
+        Command::Connect(args) => {
+            return finish(runtime.block_on(commands::connect::run(&path, args)));
+        }
+        _ => {}
     }
     let config = match config::load(&path) {
         Ok(c) => c,
@@ -51,7 +56,8 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Folders(args) => commands::folders::run(&config, args).await,
             Command::Sync(args) => commands::sync::run(&config, args).await,
-            Command::Test(_) => unreachable!("handled above"),
+            Command::ConsentUrl(args) => commands::consent_url::run(&config, args).await,
+            Command::Test(_) | Command::Connect(_) => unreachable!("handled above"),
         }
     });
     finish(result)

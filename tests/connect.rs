@@ -313,6 +313,8 @@ async fn connected(profile: Profile) -> Env {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_token_rotation_ten_times() {
     let env = connected(Profile::Full).await;
+    let first = env.run(&["sync", "work"]).await;
+    assert_eq!(first.code, 0, "{first}");
     let before = env.idp.token_calls();
     for i in 0..10 {
         env.dovecot

@@ -75,10 +75,10 @@ pub fn aadsts_code(description: &str) -> Option<u32> {
     while let Some(at) = rest.find("AADSTS") {
         let after = &rest[at + "AADSTS".len()..];
         let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        if digits > 0 {
-            if let Ok(code) = after[..digits].parse() {
-                return Some(code);
-            }
+        if digits > 0
+            && let Ok(code) = after[..digits].parse()
+        {
+            return Some(code);
         }
         rest = after;
     }
@@ -87,8 +87,9 @@ pub fn aadsts_code(description: &str) -> Option<u32> {
 
 const NOTHING_TO_FIX: &str = "nothing to fix: mailsync retries with backoff";
 
-/// A failed token request: `error` is the OAuth error (`invalid_grant`, …, or an HTTP
-/// status such as `503`), `description` the provider's `error_description`.
+/// A failed token request: `error` is the OAuth error (`invalid_grant`, …), or for an
+/// answer without one the HTTP status (`503`, `HTTP 503`); `description` is the
+/// provider's `error_description` (Microsoft's starts `AADSTS70008: …`).
 pub fn oauth_error(error: &str, description: &str, ctx: &Context) -> Diagnosis {
     let code = aadsts_code(description);
     let first = scrub(first_line(description));

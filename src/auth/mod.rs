@@ -52,7 +52,7 @@ pub enum AuthError {
         account: String,
         error: String,
         description: String,
-        diagnosis: diagnose::Diagnosis,
+        diagnosis: Box<diagnose::Diagnosis>,
     },
     #[error("account {account}: {detail}")]
     Declined { account: String, detail: String },
@@ -123,7 +123,7 @@ impl AuthError {
             account: account.name.clone(),
             error: error.to_owned(),
             description: first_line,
-            diagnosis,
+            diagnosis: Box::new(diagnosis),
         }
     }
 
@@ -343,4 +343,87 @@ pub fn read_secret(account: &Account) -> Result<Secret, AuthError> {
         });
     }
     Ok(Secret::new(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{LoadedGrant, StoredGrant};
+
+    /// Every type that holds or is near a secret prints without it.
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("cs"), "CS-SECRET-VALUE\n").unwrap();
+        let text = format!(
+            r#"[daemon]
+state_dir = "{d}/state"
+[accounts.work]
+provider = "custom"
+email = "jane@example.com"
+client_id = "app"
+flow = "client-credentials"
+client_secret_file = "{d}/cs"
+maildir = "{d}/Mail"
+imap_host = "localhost"
+imap_port = 993
+tls = "implicit"
+token_url = "http://127.0.0.1:1/token"
+[accounts.work.folders]
+Inbox = "INBOX"
+"#
+        );
+        let config = crate::config::parse(&text, &dir.path().join("config.toml")).unwrap();
+        let account = &config.accounts["work"];
+        let source = TokenSource::new(account, &dir.path().join("state")).unwrap();
+        let grant = Grant {
+            access_token: Secret::new("AT-SECRET-VALUE"),
+            expires_in: Duration::from_secs(60),
+            refresh_token: Some(Secret::new("RT-SECRET-VALUE")),
+            scopes: vec!["x".into()],
+            identity: Some("jane@example.com".into()),
+        };
+        let stored = StoredGrant {
+            account: "work".into(),
+            flow: "device".into(),
+            refresh_token: Some(Secret::new("RT-SECRET-VALUE")),
+            scopes: vec![],
+            granted_to: None,
+            access_expires: None,
+        };
+        let loaded = LoadedGrant {
+            grant: stored.clone(),
+            status: GrantStatus::Ok,
+            updated: 0,
+        };
+        let key = crypto::TokenKey::load_or_create_in(None, &dir.path().join("state")).unwrap();
+        let errors = [
+            AuthError::Transient {
+                account: "work".into(),
+                detail: "x".into(),
+            },
+            AuthError::NeedsConnect {
+                account: "work".into(),
+                reason: "invalid_grant".into(),
+            },
+        ];
+        let printed = [
+            format!("{config:?}"),
+            format!("{account:?}"),
+            format!("{source:?}"),
+            format!("{grant:?}"),
+            format!("{stored:?}"),
+            format!("{loaded:?}"),
+            format!("{key:?}"),
+            format!("{errors:?}"),
+            format!("{}", errors[0]),
+        ];
+        for p in &printed {
+            for secret in ["CS-SECRET-VALUE", "AT-SECRET-VALUE", "RT-SECRET-VALUE"] {
+                assert!(!p.contains(secret), "{secret} printed in {p}");
+            }
+        }
+        assert!(printed[3].contains("REDACTED"), "{}", printed[3]);
+    }
 }

@@ -15,7 +15,8 @@ const AUTHORITY: &str = "https://login.microsoftonline.com";
 const APP_ONLY_SCOPE: &str = "https://outlook.office365.com/.default";
 const DELEGATED_SCOPES: &str = "https://outlook.office.com/IMAP.AccessAsUser.All offline_access";
 
-#[derive(Clone, Debug, Default)]
+/// `mailsync consent-url [ACCOUNT]`; clap-ready, so `cli.rs` can use it as it is.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct ConsentUrlArgs {
     /// The account (default: every account).
     pub account: Option<String>,

@@ -288,9 +288,9 @@ fn read(path: &Path) -> Result<Option<(String, fs::Metadata)>, EditError> {
 fn parse_toml<'t>(text: &'t str, path: &Path) -> Result<toml_edit::Document<&'t str>, EditError> {
     toml_edit::Document::parse(text).map_err(|e| EditError::Toml {
         path: path.to_path_buf(),
-        line: e
-            .span()
-            .map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        line: e.span().map_or(1, |s| {
+            text[..s.start.min(text.len())].matches('\n').count() + 1
+        }),
         message: e.message().trim().replace('\n', "; "),
     })
 }
@@ -321,7 +321,10 @@ fn check_inside(account: &Item, mine: &[Header], text: &str) -> Result<(), Strin
     }
     let mut spans = Vec::new();
     value_spans(account, &mut spans);
-    let inside = |s: &Range<usize>| mine.iter().any(|h| h.span.start <= s.start && s.end <= h.span.end);
+    let inside = |s: &Range<usize>| {
+        mine.iter()
+            .any(|h| h.span.start <= s.start && s.end <= h.span.end)
+    };
     match spans.iter().find(|s| !inside(s)) {
         Some(s) => Err(format!(
             "part of it is written elsewhere, at line {}",
@@ -378,7 +381,8 @@ fn settings_values(s: &AccountSettings) -> Vec<(&'static str, Value)> {
         opt("client_secret_file", &s.client_secret_file),
         opt("maildir", &s.maildir),
         opt("imap_host", &s.imap_host),
-        s.imap_port.map(|p| ("imap_port", Value::from(i64::from(p)))),
+        s.imap_port
+            .map(|p| ("imap_port", Value::from(i64::from(p)))),
         opt("tls", &s.tls),
         opt("ca_file", &s.ca_file),
         opt("token_url", &s.token_url),
@@ -475,9 +479,8 @@ impl Sections {
             let boundary = headers
                 .get(i + 1)
                 .map_or(text.len(), |next| line_start(text, next.header.start));
-            let end = body_end(text, line, boundary).min(
-                starts.get(i + 1).copied().unwrap_or(text.len()),
-            );
+            let end = body_end(text, line, boundary)
+                .min(starts.get(i + 1).copied().unwrap_or(text.len()));
             headers[i].span = starts[i]..end;
         }
         Sections {
@@ -705,4 +708,402 @@ fn write_atomically(path: &Path, text: &str, old: Option<&fs::Metadata>) -> Resu
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    const ORIGINAL: &str = r#"# mailsync config — hand-edited
+   # indented comment
+
+[daemon]   # daemon settings
+state_dir   =   "/var/lib/mailsync"  # state
+poll_interval="5m"
+
+# ---- accounts ----
+
+# Work mailbox (Jane)
+[accounts.work]
+provider = "microsoft"      # M365
+email    = "jane@contoso.com"
+tenant = 'contoso.onmicrosoft.com'
+client_id = "11111111-2222-3333-4444-555555555555"
+# flow = "browser"
+flow = "device"
+maildir = "/var/lib/mailsync/mail/work"   # where mail goes
+# end of work
+
+  [accounts.work.folders]   # my mappings
+  Inbox = "INBOX"
+  # Archive comes from the role
+  Archive = "@archive"
+  "Deleted Items" = "@trash"
+
+# ---- the home account ----
+
+[accounts.home]
+provider = "google"
+email = "joe@gmail.com"
+client_id = "123-abc.apps.googleusercontent.com"
+client_secret_file = "/etc/mailsync/home.secret"
+maildir = "/var/lib/mailsync/mail/home"
+scopes = [
+  "https://mail.google.com/",  # all of Gmail
+]
+[accounts.home.folders]
+Inbox = "INBOX"
+# trailing comment of home.folders
+
+# trailing file comment
+"#;
+
+    /// The work account's text, as `remove_account` must cut it.
+    const WORK: &str = r#"# Work mailbox (Jane)
+[accounts.work]
+provider = "microsoft"      # M365
+email    = "jane@contoso.com"
+tenant = 'contoso.onmicrosoft.com'
+client_id = "11111111-2222-3333-4444-555555555555"
+# flow = "browser"
+flow = "device"
+maildir = "/var/lib/mailsync/mail/work"   # where mail goes
+# end of work
+
+  [accounts.work.folders]   # my mappings
+  Inbox = "INBOX"
+  # Archive comes from the role
+  Archive = "@archive"
+  "Deleted Items" = "@trash"
+
+"#;
+
+    const HOME: &str = r#"[accounts.home]
+provider = "google"
+email = "joe@gmail.com"
+client_id = "123-abc.apps.googleusercontent.com"
+client_secret_file = "/etc/mailsync/home.secret"
+maildir = "/var/lib/mailsync/mail/home"
+scopes = [
+  "https://mail.google.com/",  # all of Gmail
+]
+[accounts.home.folders]
+Inbox = "INBOX"
+# trailing comment of home.folders
+
+"#;
+
+    fn defaults() -> Vec<(String, String)> {
+        [
+            ("Inbox", "INBOX"),
+            ("Archive", "@archive"),
+            ("Deleted Items", "@trash"),
+        ]
+        .map(|(l, r)| (l.to_owned(), r.to_owned()))
+        .to_vec()
+    }
+
+    fn robot() -> AccountSettings {
+        AccountSettings {
+            name: "robot".into(),
+            provider: "microsoft".into(),
+            email: "robot@contoso.com".into(),
+            tenant: Some("contoso.onmicrosoft.com".into()),
+            client_id: "66666666-7777-8888-9999-000000000000".into(),
+            flow: "client-credentials".into(),
+            client_secret_file: Some("/etc/mailsync/robot.secret".into()),
+            maildir: Some("/var/lib/mailsync/mail/robot".into()),
+            ..AccountSettings::default()
+        }
+    }
+
+    fn work() -> AccountSettings {
+        AccountSettings {
+            name: "work".into(),
+            provider: "microsoft".into(),
+            email: "jane@contoso.com".into(),
+            tenant: Some("contoso.onmicrosoft.com".into()),
+            client_id: "11111111-2222-3333-4444-555555555555".into(),
+            flow: "device".into(),
+            ..AccountSettings::default()
+        }
+    }
+
+    fn file_with(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn loads(path: &Path) -> super::super::Config {
+        match super::super::load(path) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}\n{}", fs::read_to_string(path).unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_test_config_is_valid_and_its_spans_are_as_written() {
+        assert!(ORIGINAL.contains(WORK) && ORIGINAL.contains(HOME));
+        let (_dir, path) = file_with(ORIGINAL);
+        let config = loads(&path);
+        assert_eq!(config.accounts.len(), 2);
+    }
+
+    #[test]
+    fn a_new_account_is_appended_and_nothing_else_changes() {
+        let (_dir, path) = file_with(ORIGINAL);
+        let outcome = upsert_account(&path, &robot(), &defaults()).unwrap();
+        assert_eq!(outcome, UpsertOutcome::Added);
+        let after = fs::read_to_string(&path).unwrap();
+        let added = after
+            .strip_prefix(ORIGINAL)
+            .expect("the original is kept byte for byte");
+        assert_eq!(
+            added,
+            r#"
+[accounts.robot]
+provider = "microsoft"
+email = "robot@contoso.com"
+tenant = "contoso.onmicrosoft.com"
+client_id = "66666666-7777-8888-9999-000000000000"
+flow = "client-credentials"
+client_secret_file = "/etc/mailsync/robot.secret"
+maildir = "/var/lib/mailsync/mail/robot"
+
+[accounts.robot.folders]
+Inbox = "INBOX"
+Archive = "@archive"
+"Deleted Items" = "@trash"
+"#
+        );
+        let config = loads(&path);
+        let robot = config.account("robot").unwrap();
+        let locals: Vec<&str> = robot.folders.iter().map(|m| m.local.as_str()).collect();
+        assert_eq!(locals, ["Inbox", "Archive", "Deleted Items"]);
+
+        // And `stop` gives the file back as it was.
+        assert!(remove_account(&path, "robot").unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), ORIGINAL);
+    }
+
+    #[test]
+    fn an_existing_account_changes_only_the_keys_given() {
+        let (_dir, path) = file_with(ORIGINAL);
+        let settings = AccountSettings {
+            email: "jane.doe@contoso.com".into(),
+            flow: "browser".into(),
+            imap_host: Some("outlook.office365.com".into()),
+            imap_port: Some(993),
+            ..work()
+        };
+        let outcome = upsert_account(&path, &settings, &defaults()).unwrap();
+        assert_eq!(
+            outcome,
+            UpsertOutcome::Updated {
+                keys: vec!["email", "flow", "imap_host", "imap_port"],
+                folders_added: false
+            }
+        );
+        let after = fs::read_to_string(&path).unwrap();
+        let expected = ORIGINAL
+            .replace(
+                "email    = \"jane@contoso.com\"",
+                "email    = \"jane.doe@contoso.com\"",
+            )
+            .replace("flow = \"device\"", "flow = \"browser\"")
+            .replace(
+                "maildir = \"/var/lib/mailsync/mail/work\"   # where mail goes\n",
+                "maildir = \"/var/lib/mailsync/mail/work\"   # where mail goes\n\
+                 imap_host = \"outlook.office365.com\"\nimap_port = 993\n",
+            );
+        assert_eq!(after, expected);
+        // Outside the work table, byte for byte.
+        let (before_work, _) = ORIGINAL.split_once("# Work mailbox").unwrap();
+        assert!(after.starts_with(before_work));
+        assert!(after.ends_with(&ORIGINAL[ORIGINAL.find("  [accounts.work.folders]").unwrap()..]));
+        let config = loads(&path);
+        let work = config.account("work").unwrap();
+        assert_eq!(work.email, "jane.doe@contoso.com");
+        assert_eq!(work.folders.len(), 3, "the user's mappings stay");
+    }
+
+    #[test]
+    fn an_unchanged_account_is_not_rewritten() {
+        let (_dir, path) = file_with(ORIGINAL);
+        let inode = fs::metadata(&path).unwrap().ino();
+        // The tenant is written in single quotes: the same value all the same.
+        let outcome = upsert_account(&path, &work(), &defaults()).unwrap();
+        assert_eq!(
+            outcome,
+            UpsertOutcome::Updated {
+                keys: vec![],
+                folders_added: false
+            }
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), ORIGINAL);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
+    }
+
+    #[test]
+    fn removing_an_account_cuts_its_tables_and_their_comments_only() {
+        let (_dir, path) = file_with(ORIGINAL);
+        assert!(remove_account(&path, "work").unwrap());
+        let after = fs::read_to_string(&path).unwrap();
+        assert_eq!(after, ORIGINAL.replace(WORK, ""));
+        assert!(after.contains("# ---- accounts ----\n\n# ---- the home account ----\n"));
+        let config = loads(&path);
+        assert!(config.account("work").is_none() && config.account("home").is_some());
+
+        assert!(remove_account(&path, "home").unwrap());
+        let after = fs::read_to_string(&path).unwrap();
+        assert_eq!(after, ORIGINAL.replace(WORK, "").replace(HOME, ""));
+        assert!(after.ends_with("# ---- the home account ----\n\n# trailing file comment\n"));
+        assert!(loads(&path).accounts.is_empty());
+    }
+
+    #[test]
+    fn removing_an_unknown_account_changes_nothing() {
+        let (dir, path) = file_with(ORIGINAL);
+        let inode = fs::metadata(&path).unwrap().ino();
+        assert!(!remove_account(&path, "nobody").unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), ORIGINAL);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
+        assert!(!remove_account(&dir.path().join("missing.toml"), "work").unwrap());
+    }
+
+    #[test]
+    fn folders_are_added_to_an_account_that_has_none() {
+        let text = "[daemon]\nstate_dir = \"/srv/ms\"\n\n[accounts.work]\nprovider = \"microsoft\"\nemail = \"jane@contoso.com\"\nclient_id = \"x\"\n\n# after\n";
+        let (_dir, path) = file_with(text);
+        let outcome = upsert_account(&path, &work(), &defaults()).unwrap();
+        assert_eq!(
+            outcome,
+            UpsertOutcome::Updated {
+                keys: vec!["tenant", "client_id", "flow"],
+                folders_added: true
+            }
+        );
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "[daemon]\nstate_dir = \"/srv/ms\"\n\n[accounts.work]\nprovider = \"microsoft\"\nemail = \"jane@contoso.com\"\n\
+             client_id = \"11111111-2222-3333-4444-555555555555\"\ntenant = \"contoso.onmicrosoft.com\"\nflow = \"device\"\n\n\
+             [accounts.work.folders]\nInbox = \"INBOX\"\nArchive = \"@archive\"\n\"Deleted Items\" = \"@trash\"\n\n# after\n"
+        );
+        assert_eq!(loads(&path).account("work").unwrap().folders.len(), 3);
+    }
+
+    #[test]
+    fn new_keys_follow_the_tables_indentation_and_line_endings() {
+        let text = "[daemon]\r\nstate_dir = \"/srv/ms\"\r\n\r\n  [accounts.work]\r\n  provider = \"microsoft\"\r\n  email = \"jane@contoso.com\"\r\n  client_id = \"11111111-2222-3333-4444-555555555555\"\r\n  [accounts.work.folders]\r\n  Inbox = \"INBOX\"";
+        let (_dir, path) = file_with(text);
+        upsert_account(&path, &work(), &defaults()).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            text.replace(
+                "5555\"\r\n",
+                "5555\"\r\n  tenant = \"contoso.onmicrosoft.com\"\r\n  flow = \"device\"\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_created_private_with_a_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/mailsync/config.toml");
+        let outcome = upsert_account(&path, &robot(), &defaults()).unwrap();
+        assert_eq!(outcome, UpsertOutcome::Created);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# mailsync configuration."), "{text}");
+        assert!(!text.contains("[daemon]"), "{text}");
+        assert!(text.contains("\n[accounts.robot]\n"), "{text}");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&dir.path().join("etc")), 0o700);
+        loads(&path);
+        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, ["config.toml"], "no temporary file left behind");
+    }
+
+    #[test]
+    fn the_files_mode_is_kept_and_a_symlink_stays_a_symlink() {
+        let (dir, target) = file_with(ORIGINAL);
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        upsert_account(&link, &robot(), &defaults()).unwrap();
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert!(
+            fs::read_to_string(&target)
+                .unwrap()
+                .contains("[accounts.robot]")
+        );
+    }
+
+    #[test]
+    fn a_result_that_would_not_load_is_not_written() {
+        let (_dir, path) = file_with(ORIGINAL);
+        let settings = AccountSettings {
+            client_secret_file: None,
+            ..robot()
+        };
+        let err = upsert_account(&path, &settings, &defaults()).unwrap_err();
+        assert!(matches!(err, EditError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("client_secret_file"), "{err}");
+        assert!(err.to_string().contains("nothing was written"), "{err}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), ORIGINAL);
+    }
+
+    #[test]
+    fn accounts_written_in_other_shapes_are_left_to_the_user() {
+        let text = "[daemon]\nstate_dir = \"/srv/ms\"\n[accounts]\nwork = { provider = \"microsoft\", email = \"jane@contoso.com\", client_id = \"x\" }\n";
+        let (_dir, path) = file_with(text);
+        let err = upsert_account(&path, &work(), &defaults()).unwrap_err();
+        assert!(matches!(err, EditError::Layout { .. }), "{err}");
+        let err = remove_account(&path, "work").unwrap_err();
+        assert!(err.to_string().contains("edit it by hand"), "{err}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+
+        let dotted =
+            "[accounts]\nwork.provider = \"microsoft\"\nwork.email = \"jane@contoso.com\"\n";
+        let (_dir, path) = file_with(dotted);
+        let err = remove_account(&path, "work").unwrap_err();
+        assert!(matches!(err, EditError::Layout { .. }), "{err}");
+    }
+
+    #[test]
+    fn broken_toml_and_bad_names_are_refused() {
+        let (_dir, path) = file_with("[daemon]\nstate_dir = \n");
+        let err = upsert_account(&path, &work(), &defaults()).unwrap_err();
+        assert!(matches!(err, EditError::Toml { line: 2, .. }), "{err}");
+        let err = upsert_account(
+            &path,
+            &AccountSettings {
+                name: "a b".into(),
+                ..work()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(err, EditError::Name(_)), "{err}");
+    }
+
+    #[test]
+    fn a_broken_account_can_still_be_removed() {
+        let text = format!("{ORIGINAL}\n[accounts.bad]\nprovider = \"nonsense\"\n");
+        let (_dir, path) = file_with(&text);
+        assert!(remove_account(&path, "bad").unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), ORIGINAL);
+    }
+}

@@ -5,6 +5,7 @@
 //! structs, and [`source`] keeps the document's spans so that checks made after serde
 //! (ranges, durations, rules between keys) can still point at a line.
 
+pub mod edit;
 mod raw;
 pub mod roles;
 mod source;

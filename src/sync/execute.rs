@@ -55,8 +55,8 @@ pub enum SyncError {
     #[error("account {account}: the server refused the login ({}): {}. Fix: {}", .failure.server_text, .diagnosis.cause, .diagnosis.fix)]
     Login {
         account: String,
-        failure: imap::AuthFailure,
-        diagnosis: crate::auth::diagnose::Diagnosis,
+        failure: Box<imap::AuthFailure>,
+        diagnosis: Box<crate::auth::diagnose::Diagnosis>,
     },
     #[error("interrupted")]
     Interrupted,

@@ -66,8 +66,8 @@ async fn login_once(
                 let diagnosis = diagnose::imap_auth_failure(&failure, &ctx);
                 return Err(SyncError::Login {
                     account: account.name.clone(),
-                    failure,
-                    diagnosis,
+                    failure: Box::new(failure),
+                    diagnosis: Box::new(diagnosis),
                 });
             }
             Err(e) => return Err(imap_err(e)),
