@@ -46,6 +46,15 @@ pub enum Command {
     /// Print the Entra admin-consent URL, and for app-only access the Exchange Online
     /// PowerShell that registers the service principal and grants the mailbox
     ConsentUrl(crate::commands::consent_url::ConsentUrlArgs),
+    /// Per account and folder: what the daemon is doing, last sync, counts, last error,
+    /// token status and expiry (never a token); reads only the local state
+    Status(crate::commands::status::StatusArgs),
+    /// The daemon: keep every account's mapped folders in sync (IDLE on the Inbox,
+    /// polling for the rest), reloading the config when it changes or on SIGHUP
+    Run,
+    /// Disconnect an account: delete its tokens (revoking them at Google), its sync
+    /// state and its tables in the config; the local mail stays unless --purge
+    Stop(crate::commands::stop::StopArgs),
 }
 
 #[derive(Debug, Args)]

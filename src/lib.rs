@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod imap;
 pub mod maildir;
 pub mod secret;

@@ -33,6 +33,10 @@ fn main() -> ExitCode {
         Command::Connect(args) => {
             return finish(runtime.block_on(commands::connect::run(&path, args)));
         }
+        // stop edits the file, and must work when it no longer loads.
+        Command::Stop(args) => return finish(runtime.block_on(commands::stop::run(&path, args))),
+        // The daemon loads (and reloads) the config itself.
+        Command::Run => return finish(runtime.block_on(mailsync::daemon::run(&path))),
         _ => {}
     }
     let config = match config::load(&path) {
@@ -57,7 +61,10 @@ fn main() -> ExitCode {
             Command::Folders(args) => commands::folders::run(&config, args).await,
             Command::Sync(args) => commands::sync::run(&config, args).await,
             Command::ConsentUrl(args) => commands::consent_url::run(&config, args).await,
-            Command::Test(_) | Command::Connect(_) => unreachable!("handled above"),
+            Command::Status(args) => commands::status::run(&config, args).await,
+            Command::Test(_) | Command::Connect(_) | Command::Stop(_) | Command::Run => {
+                unreachable!("handled above")
+            }
         }
     });
     finish(result)
@@ -87,13 +94,17 @@ fn init_logging(cli: &Cli) {
     let no_imap_trace = tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.target().starts_with("async_imap") && *meta.level() == tracing::Level::TRACE)
     });
+    // Under systemd, stderr goes to the journal, which stamps every line itself.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !journal);
+    let layer = if journal {
+        layer.without_time().boxed()
+    } else {
+        layer.boxed()
+    };
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_filter(filter)
-                .with_filter(no_imap_trace),
-        )
+        .with(layer.with_filter(filter).with_filter(no_imap_trace))
         .init();
 }

@@ -15,7 +15,7 @@ use crate::support::{CLIENT_ID, CLIENT_SECRET, Env, USER, toml_string};
 
 /// A config a person wrote: comments, odd spacing, another account — all of which
 /// `connect` must leave byte-for-byte as they are.
-fn hand_written(env: &Env) -> String {
+pub(crate) fn hand_written(env: &Env) -> String {
     let d = env.dir.path();
     format!(
         r#"# My mailsync config.
@@ -294,7 +294,7 @@ async fn wrong_account_is_refused() {
 }
 
 /// Connects `work` with the device flow (approved at once) for the life-cycle tests.
-async fn connected(profile: Profile) -> Env {
+pub(crate) async fn connected(profile: Profile) -> Env {
     let (env, _) = fresh(profile).await;
     let idp = env.idp.clone();
     let (code, out, err) = run_connect(&env, "device", move |line| {
@@ -391,7 +391,14 @@ async fn revoked_refresh_token_needs_connect() {
         1,
         "a dead grant must not be retried"
     );
-    // `connect` again brings it back.
+    // `connect` again brings it back, and keeps the account's table as it is (the
+    // user's mappings included).
+    let mut config = std::fs::read_to_string(env.config_path()).unwrap();
+    config = config.replace(
+        "\"Deleted Items\" = \"@trash\"",
+        "\"Deleted Items\" = \"@trash\"\nJunk = \"@junk\"  # mine",
+    );
+    std::fs::write(env.config_path(), &config).unwrap();
     let idp = env.idp.clone();
     let (code, out, err) = run_connect(&env, "device", move |line| {
         if line.contains("enter the code") {
@@ -400,8 +407,33 @@ async fn revoked_refresh_token_needs_connect() {
     })
     .await;
     assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        std::fs::read_to_string(env.config_path()).unwrap(),
+        config,
+        "reconnecting changed the config"
+    );
     let run = env.run(&["sync", "work"]).await;
     assert_eq!(run.code, 0, "{run}");
+}
+
+/// The server briefly unable to check tokens (`NO [UNAVAILABLE]`) is retried with
+/// backoff, not reported as a bad token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_unavailable_is_retried() {
+    let env = connected(Profile::Exchange).await;
+    env.idp.fail_introspection(true);
+    let idp = env.idp.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        idp.fail_introspection(false);
+    });
+    let run = env.run(&["sync", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stderr.contains("UNAVAILABLE") || run.stderr.contains("temporarily"),
+        "no retry was logged:\n{run}"
+    );
+    env.assert_in_sync().await;
 }
 
 /// The identity provider briefly failing is retried, not reported as a dead grant.

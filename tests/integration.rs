@@ -7,9 +7,11 @@ mod support;
 mod bad_input;
 mod connect;
 mod crash;
+mod daemon;
 mod pull;
 mod secrets;
 mod session;
+mod stop;
 
 /// Defines `NAME::full` and `NAME::exchange` tests running `async fn NAME(Profile)`.
 #[macro_export]

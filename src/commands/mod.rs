@@ -4,6 +4,8 @@
 pub mod connect;
 pub mod consent_url;
 pub mod folders;
+pub mod status;
+pub mod stop;
 pub mod sync;
 pub mod test;
 

@@ -16,7 +16,9 @@ pub mod utf7;
 pub use connect::{Client, TlsInfo, connect};
 pub use date::parse_internaldate;
 pub use error::{AuthFailure, ImapError};
-pub use session::{Capabilities, FetchedMessage, Fingerprinted, SelectChanges, Selected, Session};
+pub use session::{
+    Capabilities, FetchedMessage, Fingerprinted, IdleEnd, SelectChanges, Selected, Session,
+};
 
 /// Quotes a mailbox name (already in its wire form) as an IMAP quoted string.
 pub fn quote(name: &str) -> String {

@@ -96,6 +96,17 @@ pub struct SelectChanges {
     pub vanished: Vec<u32>,
 }
 
+/// Why an IDLE ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleEnd {
+    /// The server reported new, changed or expunged messages.
+    Changed,
+    /// The timeout passed with nothing to report.
+    Timeout,
+    /// The caller cancelled (shutdown, reload).
+    Cancelled,
+}
+
 /// Changes the server reported while we were busy; the folder is re-checked next pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Unsolicited {
@@ -560,6 +571,140 @@ impl Session {
             Ok(())
         })
         .await
+    }
+
+    /// Waits in IDLE (RFC 2177) on the selected folder until the server reports a
+    /// change, `timeout` passes (re-issue IDLE before the server's own limit), or
+    /// `cancel` completes; then ends the IDLE with DONE. The caller checks the IDLE
+    /// capability first.
+    pub async fn idle<C>(&mut self, timeout: Duration, cancel: C) -> Result<IdleEnd, ImapError>
+    where
+        C: std::future::Future<Output = ()>,
+    {
+        tracing::debug!(command = "IDLE", "imap >");
+        let tag = tokio::time::timeout(self.timeout, self.inner.run_command("IDLE"))
+            .await
+            .map_err(|_| self.timeout_err("IDLE"))?
+            .map_err(|e| map_async_imap(e, "IDLE"))?;
+        // The server acknowledges with a continuation, or refuses with a tagged NO/BAD.
+        loop {
+            let step = self
+                .read_one("IDLE", |r| match r {
+                    Response::Continue(_) => Some(Ok(())),
+                    Response::Done {
+                        tag: t,
+                        status,
+                        outcome,
+                    } if *t == tag => {
+                        let text =
+                            outcome_text(outcome.code.as_ref(), outcome.information.as_deref());
+                        Some(Err(match status {
+                            Status::No => ImapError::No {
+                                command: "IDLE".into(),
+                                text,
+                            },
+                            _ => ImapError::Bad {
+                                command: "IDLE".into(),
+                                text,
+                            },
+                        }))
+                    }
+                    Response::Data {
+                        status: Status::Bye,
+                        outcome,
+                    } => Some(Err(ImapError::Bye(
+                        outcome.information.as_deref().unwrap_or("").to_owned(),
+                    ))),
+                    _ => None,
+                })
+                .await?;
+            match step {
+                Some(Ok(())) => break,
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::pin!(cancel);
+        let end = loop {
+            tokio::select! {
+                r = self.inner.read_response() => {
+                    let r = match r {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Err(ImapError::ConnectionLost("IDLE".into())),
+                        Err(e) => return Err(ImapError::Io(e)),
+                    };
+                    match r.parsed() {
+                        Response::Data { status: Status::Bye, outcome } => {
+                            return Err(ImapError::Bye(outcome.information.as_deref().unwrap_or("").to_owned()));
+                        }
+                        Response::MailboxData(MailboxDatum::Exists(n)) => {
+                            self.unsolicited.exists = Some(*n);
+                            break IdleEnd::Changed;
+                        }
+                        Response::Expunge(_) | Response::Vanished { .. } => {
+                            self.unsolicited.expunged = true;
+                            break IdleEnd::Changed;
+                        }
+                        Response::Fetch(..) => break IdleEnd::Changed,
+                        // RECENT, keep-alive OKs ("* OK Still here"): keep waiting.
+                        _ => {}
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break IdleEnd::Timeout,
+                _ = &mut cancel => break IdleEnd::Cancelled,
+            }
+        };
+        // End the IDLE: DONE, then the tagged reply (more untagged data may come first).
+        tokio::time::timeout(self.timeout, self.inner.run_command_untagged("DONE"))
+            .await
+            .map_err(|_| self.timeout_err("DONE"))?
+            .map_err(|e| map_async_imap(e, "DONE"))?;
+        loop {
+            let step = self
+                .read_one("IDLE", |r| match r {
+                    Response::Done {
+                        tag: t,
+                        status,
+                        outcome,
+                    } if *t == tag => Some(match status {
+                        Status::Ok => Ok(end),
+                        _ => Err(ImapError::No {
+                            command: "IDLE".into(),
+                            text: outcome_text(
+                                outcome.code.as_ref(),
+                                outcome.information.as_deref(),
+                            ),
+                        }),
+                    }),
+                    Response::Data {
+                        status: Status::Bye,
+                        outcome,
+                    } => Some(Err(ImapError::Bye(
+                        outcome.information.as_deref().unwrap_or("").to_owned(),
+                    ))),
+                    _ => None,
+                })
+                .await?;
+            if let Some(result) = step {
+                return result;
+            }
+        }
+    }
+
+    /// One response, within the command timeout, handed to `f` (async-imap does not
+    /// export the owning type, so it cannot be returned).
+    async fn read_one<T>(
+        &mut self,
+        command: &str,
+        f: impl FnOnce(&Response<'_>) -> T,
+    ) -> Result<T, ImapError> {
+        match tokio::time::timeout(self.timeout, self.inner.read_response()).await {
+            Err(_) => Err(self.timeout_err(command)),
+            Ok(Err(e)) => Err(ImapError::Io(e)),
+            Ok(Ok(None)) => Err(ImapError::ConnectionLost(command.to_owned())),
+            Ok(Ok(Some(r))) => Ok(f(r.parsed())),
+        }
     }
 
     pub async fn noop(&mut self) -> Result<(), ImapError> {

@@ -6,6 +6,7 @@
 //! crash at any instant leaves enough to finish or undo it ([`State::pending`]).
 
 mod lock;
+mod runtime;
 mod schema;
 mod tokens;
 
@@ -16,6 +17,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::sync::model::{Fingerprint, Flags, FolderId, Record};
 
 pub use lock::{AccountLock, LockError};
+pub use runtime::{
+    DaemonStatus, FolderStatus, ForgetReport, GrantSummary, HEARTBEAT, RunState, UnknownRunState,
+};
 pub use tokens::{GrantStatus, LoadedGrant, StoredGrant};
 
 #[derive(Debug, thiserror::Error)]

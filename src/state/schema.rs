@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use super::StateError;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: folders, messages, the delivery journal.
     "CREATE TABLE folders (
         id INTEGER PRIMARY KEY,
@@ -54,6 +54,17 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT,
         updated INTEGER NOT NULL
     );",
+    // 3: what the daemon is doing per account, and the server's message count per
+    // folder (see state/runtime.rs), for `mailsync status`.
+    "CREATE TABLE daemon_status (
+        account TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        detail TEXT,
+        pid INTEGER,
+        since INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    ALTER TABLE folders ADD COLUMN remote_exists INTEGER;",
 ];
 
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {

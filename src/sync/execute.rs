@@ -92,6 +92,8 @@ pub struct SyncOptions {
     pub progress: Arc<dyn Progress>,
     /// Set to stop at the next message boundary (SIGTERM, account removed).
     pub stop: Arc<AtomicBool>,
+    /// Take the account lock for the pass; false when the caller (the daemon) holds it.
+    pub lock: bool,
 }
 
 impl Default for SyncOptions {
@@ -100,6 +102,7 @@ impl Default for SyncOptions {
             only_folder: None,
             progress: Arc::new(Quiet),
             stop: Arc::new(AtomicBool::new(false)),
+            lock: true,
         }
     }
 }
@@ -152,7 +155,11 @@ pub async fn sync_account(
     let started = Instant::now();
     let state_dir = &config.daemon.state_dir;
     let mut state = State::open(state_dir)?;
-    let _lock = AccountLock::acquire(state_dir, &account.name)?;
+    let _lock = if options.lock {
+        Some(AccountLock::acquire(state_dir, &account.name)?)
+    } else {
+        None
+    };
     let mut tokens = TokenSource::new(account, &config.daemon.state_dir)?;
     let timeout = config.daemon.command_timeout;
     let mut session = login(account, timeout, &mut tokens).await?;
@@ -239,8 +246,13 @@ pub async fn sync_account(
     // Phase 1: what changed on the server.
     for t in targets.iter_mut() {
         check_stop(options)?;
-        match list_folder(&mut session, &state, t).await {
-            Ok(()) => {}
+        let known = state.known(t.row.id)?;
+        match list_folder(&mut session, known, t).await {
+            Ok(()) => {
+                if let Some(sel) = &t.selected {
+                    state.set_remote_exists(t.row.id, sel.exists)?;
+                }
+            }
             Err(e) => fail_folder(&mut state, t, &e)?,
         }
     }
@@ -434,16 +446,12 @@ fn fail_folder(state: &mut State, t: &mut Target, e: &ImapError) -> Result<(), S
 /// SELECT and list one folder, and diff the listing with its records.
 async fn list_folder(
     session: &mut Session,
-    state: &State,
+    known: Vec<crate::sync::model::Known>,
     t: &mut Target,
 ) -> Result<(), ImapError> {
     let since = t.row.uidvalidity.zip(t.row.highestmodseq);
     let changes = session.select_since(&t.remote.name, since).await?;
     let sel = changes.selected.clone();
-    let known = state.known(t.row.id).map_err(|e| ImapError::Protocol {
-        command: "state".into(),
-        detail: e.to_string(),
-    })?;
     let same_validity = t.row.uidvalidity == Some(sel.uidvalidity);
     let known_uids: HashSet<u32> = known
         .iter()

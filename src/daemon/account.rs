@@ -1,0 +1,378 @@
+//! One account's life in the daemon: a full sync pass at start and every
+//! `poll_interval`, IDLE on the folder mapped to the Inbox in between (a change there
+//! syncs that folder at once), reconnects with jittered backoff, and a clean stop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::backoff::{Backoff, throttle_hint};
+use crate::auth::TokenSource;
+use crate::config::roles::{self, RemoteSpec, Role};
+use crate::config::{Account, Config, Mapping};
+use crate::imap::IdleEnd;
+use crate::state::{AccountLock, RunState, State};
+use crate::sync::execute::{FolderReport, Progress, SyncError, SyncOptions, sync_account};
+use crate::sync::login::login;
+
+/// What each account is doing, for systemd's STATUS= line.
+pub type Board = Arc<Mutex<std::collections::BTreeMap<String, String>>>;
+
+/// Tells an account task to stop; `stopped()` completes when it is asked to.
+#[derive(Clone)]
+pub struct Stop {
+    flag: Arc<AtomicBool>,
+    rx: watch::Receiver<bool>,
+}
+
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    tx: watch::Sender<bool>,
+}
+
+pub fn stop_pair() -> (StopHandle, Stop) {
+    let flag = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = watch::channel(false);
+    (
+        StopHandle {
+            flag: flag.clone(),
+            tx,
+        },
+        Stop { flag, rx },
+    )
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(true);
+    }
+}
+
+impl Stop {
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+    pub async fn stopped(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+    /// Sleeps for `d`, or less if asked to stop; true if it slept the whole time.
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.stopped() => false,
+        }
+    }
+}
+
+struct Task {
+    config: Arc<Config>,
+    account: Account,
+    stop: Stop,
+    board: Board,
+    state: Option<State>,
+    backoff: Backoff,
+}
+
+/// Runs until stopped. Never returns an error: every failure is logged, recorded for
+/// `status`, and retried after backoff — or, when only `mailsync connect` can fix it,
+/// waited out until the token store changes.
+pub async fn run(config: Arc<Config>, account: Account, stop: Stop, board: Board) {
+    let span = tracing::info_span!("account", name = %account.name);
+    let mut task = Task {
+        state: State::open(&config.daemon.state_dir).ok(),
+        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+        config,
+        account,
+        stop,
+        board,
+    };
+    tracing::Instrument::instrument(task.main(), span).await;
+}
+
+impl Task {
+    fn set(&mut self, state: RunState, detail: Option<&str>) {
+        let line = match detail {
+            Some(d) => format!("{}: {} {d}", self.account.name, state.as_str()),
+            None => format!("{}: {}", self.account.name, state.as_str()),
+        };
+        if let Ok(mut b) = self.board.lock() {
+            b.insert(self.account.name.clone(), line);
+        }
+        if let Some(s) = self.state.as_mut()
+            && let Err(e) = s.set_daemon_state(&self.account.name, state, detail)
+        {
+            tracing::warn!("cannot record the account's state: {e}");
+        }
+    }
+
+    async fn main(&mut self) {
+        self.set(RunState::Starting, None);
+        let state_dir = self.config.daemon.state_dir.clone();
+        // The lock says "a daemon has this account" to `sync` and `status`.
+        let _lock = loop {
+            match AccountLock::acquire(&state_dir, &self.account.name) {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::warn!("{e}; waiting for it");
+                    self.set(RunState::Backoff, Some("waiting for the account lock"));
+                    if !self.stop.sleep(Duration::from_secs(5)).await {
+                        self.set(RunState::Stopped, None);
+                        return;
+                    }
+                }
+            }
+        };
+        let poll = self.config.daemon.poll_interval;
+        let mut next_full = Instant::now();
+        while !self.stop.is_set() {
+            if Instant::now() >= next_full {
+                match self.pass(None).await {
+                    Ok(()) => next_full = Instant::now() + poll,
+                    Err(delay) => {
+                        if !self.stop.sleep(delay).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Err(delay) = self.watch_inbox(next_full).await
+                && !self.stop.sleep(delay).await
+            {
+                break;
+            }
+        }
+        self.set(RunState::Stopped, None);
+        tracing::info!("stopped");
+    }
+
+    /// One sync pass (all folders, or one); on failure, how long to wait.
+    async fn pass(&mut self, only: Option<&str>) -> Result<(), Duration> {
+        self.set(RunState::Syncing, only);
+        let progress: Arc<dyn Progress> = Arc::new(BoardProgress {
+            account: self.account.name.clone(),
+            board: self.board.clone(),
+            done: Mutex::new((0, 0)),
+        });
+        let options = SyncOptions {
+            only_folder: only.map(str::to_owned),
+            progress,
+            stop: self.stop.flag.clone(),
+            lock: false,
+        };
+        match sync_account(&self.config, &self.account, &options).await {
+            Ok(report) => {
+                self.backoff.reset();
+                let fetched: u64 = report.folders.iter().map(|f| f.fetched).sum();
+                let failed: Vec<&str> = report
+                    .folders
+                    .iter()
+                    .filter_map(|f| f.error.as_deref())
+                    .collect();
+                for e in &failed {
+                    tracing::warn!("{e}");
+                }
+                if fetched > 0 || only.is_none() {
+                    tracing::info!(
+                        fetched,
+                        seconds = report.elapsed.as_secs_f64(),
+                        folders = report.folders.len(),
+                        "sync pass done"
+                    );
+                }
+                Ok(())
+            }
+            Err(SyncError::Interrupted) => Err(Duration::ZERO),
+            Err(e) => Err(self.failed(&e)),
+        }
+    }
+
+    /// Records a failure and decides the wait before the next attempt.
+    fn failed(&mut self, e: &SyncError) -> Duration {
+        let text = e.to_string();
+        let needs_connect = matches!(e, SyncError::Auth(a) if a.needs_connect());
+        if needs_connect {
+            tracing::error!("{text}");
+            self.set(RunState::NeedsConnect, Some(&text));
+            // Nothing but `mailsync connect` helps: look again now and then, without
+            // calling the identity provider (the token store says "needs connect").
+            return Duration::from_secs(30);
+        }
+        // Exchange's "Suggested Backoff Time" is a floor; the backoff still advances.
+        let next = self.backoff.next().unwrap_or(Duration::from_secs(300));
+        let delay = throttle_hint(&text).map_or(next, |hint| hint.max(next));
+        if e.is_transient() {
+            tracing::warn!("{text}; retrying in {}s", delay.as_secs());
+        } else {
+            tracing::error!("{text}; retrying in {}s", delay.as_secs());
+        }
+        self.set(RunState::Backoff, Some(&text));
+        delay
+    }
+
+    /// IDLE on the Inbox mapping until `until` (then a full pass is due). Without an
+    /// Inbox mapping, IDLE disabled or not offered, just waits.
+    async fn watch_inbox(&mut self, until: Instant) -> Result<(), Duration> {
+        let Some(mapping) = self.inbox_mapping() else {
+            self.set(RunState::Polling, None);
+            self.stop
+                .sleep(until.saturating_duration_since(Instant::now()))
+                .await;
+            return Ok(());
+        };
+        if !self.config.daemon.idle {
+            self.set(RunState::Polling, None);
+            self.stop
+                .sleep(until.saturating_duration_since(Instant::now()))
+                .await;
+            return Ok(());
+        }
+        let timeout = self.config.daemon.command_timeout;
+        let mut tokens = match TokenSource::new(&self.account, &self.config.daemon.state_dir) {
+            Ok(t) => t,
+            Err(e) => return Err(self.failed(&SyncError::Auth(e))),
+        };
+        self.set(RunState::Connecting, None);
+        let mut session = match login(&self.account, timeout, &mut tokens).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.failed(&e)),
+        };
+        if !session.capabilities().has("IDLE") {
+            session.logout().await;
+            self.set(RunState::Polling, Some("the server does not offer IDLE"));
+            self.stop
+                .sleep(until.saturating_duration_since(Instant::now()))
+                .await;
+            return Ok(());
+        }
+        let remote = match session.list().await {
+            Ok(folders) => match roles::resolve(&mapping.remote, &folders) {
+                Ok(f) => f.name.clone(),
+                Err(e) => {
+                    session.logout().await;
+                    tracing::warn!(folder = %mapping.local, "{e}");
+                    self.set(RunState::Polling, Some(&e.to_string()));
+                    self.stop
+                        .sleep(until.saturating_duration_since(Instant::now()))
+                        .await;
+                    return Ok(());
+                }
+            },
+            Err(e) => return Err(self.failed(&imap_error(&self.account, e))),
+        };
+        let selected = match session.select(&remote).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.failed(&imap_error(&self.account, e))),
+        };
+        // Mail that arrived between the last pass and this SELECT is not announced by
+        // IDLE: compare with what the state knows.
+        if self.changed_since_last_pass(&mapping.local, &selected) {
+            self.pass(Some(&mapping.local)).await?;
+        }
+        let idle_timeout = self.config.daemon.idle_timeout;
+        loop {
+            let now = Instant::now();
+            if now >= until || self.stop.is_set() {
+                session.logout().await;
+                return Ok(());
+            }
+            self.set(RunState::Idle, None);
+            let wait = idle_timeout.min(until - now);
+            let stop = self.stop.clone();
+            match session
+                .idle(wait, async move { stop.stopped().await })
+                .await
+            {
+                Ok(IdleEnd::Changed) => {
+                    tracing::debug!(folder = %mapping.local, "IDLE reported a change");
+                    self.pass(Some(&mapping.local)).await?;
+                }
+                Ok(IdleEnd::Timeout) => {}
+                Ok(IdleEnd::Cancelled) => {
+                    session.logout().await;
+                    return Ok(());
+                }
+                Err(e) => return Err(self.failed(&imap_error(&self.account, e))),
+            }
+        }
+    }
+
+    fn changed_since_last_pass(&mut self, local: &str, selected: &crate::imap::Selected) -> bool {
+        let Some(state) = self.state.as_ref() else {
+            return true;
+        };
+        let Ok(folders) = state.folders(&self.account.name) else {
+            return true;
+        };
+        match folders.iter().find(|f| f.local == local) {
+            Some(f) => {
+                f.uidvalidity != Some(selected.uidvalidity)
+                    || f.uidnext != selected.uidnext
+                    || state.count(f.id).ok() != Some(u64::from(selected.exists))
+            }
+            None => true,
+        }
+    }
+
+    /// The mapping of the Inbox: `INBOX` by name or `@inbox`.
+    fn inbox_mapping(&self) -> Option<Mapping> {
+        self.account
+            .folders
+            .iter()
+            .find(|m| match &m.remote {
+                RemoteSpec::Role(Role::Inbox) => true,
+                RemoteSpec::Name(n) => n.eq_ignore_ascii_case("INBOX"),
+                _ => false,
+            })
+            .cloned()
+    }
+}
+
+fn imap_error(account: &Account, source: crate::imap::ImapError) -> SyncError {
+    SyncError::Imap {
+        account: account.name.clone(),
+        source,
+    }
+}
+
+/// Progress for systemd's STATUS= line: "work: syncing Archive 1200/5000".
+struct BoardProgress {
+    account: String,
+    board: Board,
+    done: Mutex<(u64, u64)>,
+}
+
+impl Progress for BoardProgress {
+    fn folder_started(&self, local: &str, to_fetch: u64) {
+        if let Ok(mut d) = self.done.lock() {
+            *d = (0, to_fetch);
+        }
+        if let Ok(mut b) = self.board.lock() {
+            b.insert(
+                self.account.clone(),
+                format!("{}: syncing {local} 0/{to_fetch}", self.account),
+            );
+        }
+    }
+    fn fetched(&self, local: &str, messages: u64, _bytes: u64) {
+        let (done, total) = match self.done.lock() {
+            Ok(mut d) => {
+                d.0 += messages;
+                *d
+            }
+            Err(_) => return,
+        };
+        if let Ok(mut b) = self.board.lock() {
+            b.insert(
+                self.account.clone(),
+                format!("{}: syncing {local} {done}/{total}", self.account),
+            );
+        }
+    }
+    fn folder_finished(&self, _report: &FolderReport) {}
+}

@@ -1,0 +1,223 @@
+//! `mailsync run`: the daemon. One supervised task per account; signals and config
+//! edits become one control stream (SIGHUP and a saved file take the same path); a
+//! config that does not load is rejected with its error and the running one kept;
+//! SIGTERM stops every task at a message boundary and exits within 10 s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::account::{self, Board, StopHandle};
+use super::notify::Notifier;
+use crate::commands::{CommandError, Exit};
+use crate::config::{self, Account, Config};
+
+/// What the supervisor reacts to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// SIGHUP, or the config file changed.
+    Reload,
+    /// SIGTERM or SIGINT.
+    Shutdown,
+}
+
+/// How long shutdown waits for tasks before exiting anyway (systemd's default stop
+/// timeout is 90 s; ours promises 10).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+struct Running {
+    account: Account,
+    stop: StopHandle,
+    task: JoinHandle<()>,
+}
+
+pub async fn run(path: &Path) -> Result<Exit, CommandError> {
+    let notifier = Notifier::from_env();
+    let mut config = Arc::new(config::load(path)?);
+    let (tx, mut rx) = mpsc::channel::<Control>(16);
+    spawn_signals(tx.clone())?;
+    let _watcher = super::watch::watch_config(path, tx.clone());
+    if _watcher.is_none() {
+        tracing::warn!(
+            "cannot watch {} for changes; use SIGHUP (systemctl reload) after editing it",
+            path.display()
+        );
+    }
+
+    let board: Board = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    for account in config.accounts.values() {
+        running.insert(account.name.clone(), start(&config, account, &board));
+    }
+    tracing::info!(config = %path.display(), accounts = running.len(), "mailsync daemon started");
+    notifier.ready();
+    let _watchdog = notifier.clone().spawn_watchdog();
+    let status_task = spawn_status(notifier.clone(), board.clone());
+
+    while let Some(control) = rx.recv().await {
+        match control {
+            Control::Reload => {
+                notifier.reloading();
+                match config::load(path) {
+                    Ok(new) => {
+                        let new = Arc::new(new);
+                        apply(&config, &new, &mut running, &board).await;
+                        config = new;
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}; keeping the running configuration");
+                    }
+                }
+                notifier.ready();
+            }
+            Control::Shutdown => break,
+        }
+    }
+
+    tracing::info!("shutting down");
+    notifier.stopping();
+    status_task.abort();
+    let tasks: Vec<Running> = std::mem::take(&mut running).into_values().collect();
+    for r in &tasks {
+        r.stop.stop();
+    }
+    let all = futures::future::join_all(tasks.into_iter().map(|r| r.task));
+    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+        tracing::warn!(
+            "some accounts did not stop in time; exiting anyway (their state is journalled)"
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+fn start(config: &Arc<Config>, account: &Account, board: &Board) -> Running {
+    let (stop, signal) = account::stop_pair();
+    let task = tokio::spawn(account::run(
+        config.clone(),
+        account.clone(),
+        signal,
+        board.clone(),
+    ));
+    Running {
+        account: account.clone(),
+        stop,
+        task,
+    }
+}
+
+/// Applies a new config: new accounts start, removed ones stop (their mail stays),
+/// changed ones restart with the new settings and mappings.
+async fn apply(
+    old: &Arc<Config>,
+    new: &Arc<Config>,
+    running: &mut BTreeMap<String, Running>,
+    board: &Board,
+) {
+    let daemon_changed = old.daemon != new.daemon;
+    let names: Vec<String> = running.keys().cloned().collect();
+    let mut stopping = Vec::new();
+    for name in names {
+        let keep = match new.accounts.get(&name) {
+            Some(a) => !daemon_changed && same(a, &running[&name].account),
+            None => false,
+        };
+        if !keep && let Some(r) = running.remove(&name) {
+            if new.accounts.contains_key(&name) {
+                tracing::info!(account = %name, "account changed: restarting it");
+            } else {
+                tracing::info!(account = %name, "account removed from the config: stopping it (its mail stays)");
+                if let Ok(mut b) = board.lock() {
+                    b.remove(&name);
+                }
+            }
+            r.stop.stop();
+            stopping.push(r.task);
+        }
+    }
+    // The old tasks must let go of their account lock before the new ones start.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(stopping)).await;
+    // A removed account leaves no "stopped" row behind for `status` to list.
+    if let Ok(mut state) = crate::state::State::open(&new.daemon.state_dir) {
+        for name in old
+            .accounts
+            .keys()
+            .filter(|n| !new.accounts.contains_key(*n))
+        {
+            if let Err(e) = state.clear_daemon_state(name) {
+                tracing::warn!(account = %name, "cannot clear its status: {e}");
+            }
+        }
+    }
+    for account in new.accounts.values() {
+        if !running.contains_key(&account.name) {
+            tracing::info!(account = %account.name, "starting account");
+            running.insert(account.name.clone(), start(new, account, board));
+        }
+    }
+}
+
+/// Two accounts are the same if only the config lines of their mappings moved.
+fn same(a: &Account, b: &Account) -> bool {
+    let strip = |x: &Account| {
+        let mut x = x.clone();
+        for m in &mut x.folders {
+            m.line = 0;
+        }
+        x
+    };
+    strip(a) == strip(b)
+}
+
+fn spawn_signals(tx: mpsc::Sender<Control>) -> Result<(), CommandError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).map_err(CommandError::Output)?;
+    let mut term = signal(SignalKind::terminate()).map_err(CommandError::Output)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(CommandError::Output)?;
+    tokio::spawn(async move {
+        loop {
+            let control = tokio::select! {
+                _ = hup.recv() => Control::Reload,
+                _ = term.recv() => Control::Shutdown,
+                _ = int.recv() => Control::Shutdown,
+            };
+            if tx.send(control).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Sends the accounts' activity to systemd as STATUS= when it changes.
+fn spawn_status(notifier: Notifier, board: Board) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            let line = match board.lock() {
+                Ok(b) => b.values().cloned().collect::<Vec<_>>().join("; "),
+                Err(_) => String::new(),
+            };
+            if line != last {
+                notifier.status(&line);
+                last = line;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+/// The config path the daemon was started with, made absolute so a watcher on its
+/// directory keeps working whatever the working directory.
+pub fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    }
+}
