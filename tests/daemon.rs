@@ -406,7 +406,22 @@ async fn sigterm_during_initial_sync() {
     env.assert_in_sync().await;
 }
 
-/// Dovecot restarted under the daemon: it reconnects and catches up.
+/// The account's state as `status --json` reports it.
+async fn status_of(env: &Env, account: &str) -> serde_json::Value {
+    let run = env.run(&["status", "--json"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let v: serde_json::Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run}"));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == account)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Dovecot stopped under the daemon: `status` says it backs off; started again: it
+/// reconnects and catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_reconnects() {
     let mut env = Env::start(Profile::Full).await;
@@ -417,19 +432,89 @@ async fn server_restart_reconnects() {
         inbox.join("cur").exists()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    env.dovecot.restart().await.unwrap();
+    let started = Instant::now();
+    loop {
+        if status_of(&env, "work").await["state"] == "idle" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "status never said idle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.dovecot.stop().await;
+    let started = Instant::now();
+    loop {
+        let s = status_of(&env, "work").await;
+        if s["state"] == "backoff" {
+            assert!(!s["last_error"].is_null(), "{s}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "status never said backoff: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.dovecot.start_again().await.unwrap();
     env.dovecot
         .append(USER, "INBOX", &message("after-restart", 0), &[], None)
         .await
         .unwrap();
     until(
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         "mail after the restart",
         &daemon,
         || count(&inbox) == 1,
     )
     .await;
+    drop(daemon);
+}
+
+/// A revoked sign-in while the daemon runs: `status` says "needs connect" with the
+/// reason, and the daemon does not hammer the identity provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_connect_in_status() {
+    let env = crate::connect::connected(Profile::Full).await;
+    env.idp.revoke_refresh_tokens(USER);
+    // Refresh-token requests only: the config's other account (app-only) asks too.
+    let refreshes = |idp: &mailsync_testenv::Idp| {
+        idp.token_requests()
+            .iter()
+            .filter(|r| {
+                r.iter()
+                    .any(|(k, v)| k == "grant_type" && v == "refresh_token")
+            })
+            .count()
+    };
+    let calls = refreshes(&env.idp);
+    let daemon = Daemon::start(&env, &[]);
+    let started = Instant::now();
+    loop {
+        let s = status_of(&env, "work").await;
+        if s["state"] == "needs_connect" {
+            let text = s.to_string();
+            assert!(
+                text.contains("AADSTS50173") || text.contains("invalid_grant"),
+                "{s}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "status never said needs_connect: {s}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        refreshes(&env.idp) - calls,
+        1,
+        "the dead grant was retried:\n{}",
+        daemon.log()
+    );
     drop(daemon);
 }
 

@@ -27,6 +27,9 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 /// The key file's name, in `$CREDENTIALS_DIRECTORY` or the state directory.
 pub const KEY_FILE: &str = "mailsync.key";
 
+/// systemd's credential store, which `LoadCredential=mailsync.key` reads from.
+const SYSTEM_CREDSTORE: &str = "/etc/credstore";
+
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -109,7 +112,17 @@ impl TokenKey {
     /// The key from `$CREDENTIALS_DIRECTORY/mailsync.key` if systemd provides it, else
     /// from `<state_dir>/mailsync.key`, created if missing.
     pub fn load_or_create(state_dir: &Path) -> Result<TokenKey, KeyError> {
-        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(PathBuf::from)
+            .or_else(|| {
+                // An admin's `connect` or `stop` outside the service must use the key the
+                // service gets from systemd's credential store, or the tokens it stores
+                // could not be opened by the service.
+                let store = PathBuf::from(SYSTEM_CREDSTORE);
+                std::fs::File::open(store.join(KEY_FILE))
+                    .is_ok()
+                    .then_some(store)
+            });
         TokenKey::load_or_create_in(credentials.as_deref(), state_dir)
     }
 

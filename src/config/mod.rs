@@ -237,6 +237,8 @@ struct Env {
     xdg_state_home: Option<PathBuf>,
     xdg_config_home: Option<PathBuf>,
     mailsync_config: Option<PathBuf>,
+    /// systemd's `StateDirectory=` (the first one, if several).
+    state_directory: Option<PathBuf>,
 }
 
 impl Env {
@@ -255,6 +257,10 @@ impl Env {
             mailsync_config: std::env::var_os("MAILSYNC_CONFIG")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            state_directory: std::env::var("STATE_DIRECTORY")
+                .ok()
+                .and_then(|v| v.split(':').next().map(PathBuf::from))
+                .filter(|p| p.is_absolute()),
         }
     }
 
@@ -273,6 +279,10 @@ impl Env {
     }
 
     fn default_state_dir(&self) -> Option<PathBuf> {
+        // Under systemd with StateDirectory=, that is the place, whoever we run as.
+        if let Some(d) = &self.state_directory {
+            return Some(d.clone());
+        }
         if self.root {
             return Some(PathBuf::from("/var/lib/mailsync"));
         }

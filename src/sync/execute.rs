@@ -13,10 +13,12 @@
 //!    batches.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 use crate::auth::{AuthError, TokenSource};
 use crate::config::roles::{self, RemoteFolder};
@@ -247,7 +249,8 @@ pub async fn sync_account(
     for t in targets.iter_mut() {
         check_stop(options)?;
         let known = state.known(t.row.id)?;
-        match list_folder(&mut session, known, t).await {
+        let span = tracing::info_span!("folder", name = %t.mapping.local);
+        match list_folder(&mut session, known, t).instrument(span).await {
             Ok(()) => {
                 if let Some(sel) = &t.selected {
                     state.set_remote_exists(t.row.id, sel.exists)?;
@@ -364,6 +367,7 @@ pub async fn sync_account(
                 }
             }
             let Some(s) = session.as_mut() else { break };
+            let span = tracing::info_span!("folder", name = %t.mapping.local);
             let result = download(
                 s,
                 &mut state,
@@ -372,6 +376,7 @@ pub async fn sync_account(
                 config.daemon.batch_size,
                 options,
             )
+            .instrument(span)
             .await;
             match result {
                 Ok(()) => {
