@@ -626,3 +626,32 @@ async fn secrets_stay_out_of_logs_and_database() {
         }
     }
 }
+
+/// The device flow gives up cleanly when the person declines, or lets the code
+/// expire: one line saying so, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_flow_declined_or_expired() {
+    let (env, before) = fresh(Profile::Full).await;
+    let idp = env.idp.clone();
+    let (code, out, err) = run_connect(&env, "device", move |line| {
+        if line.contains("enter the code") {
+            assert!(idp.decline_device_code(Some(line.rsplit(' ').next().unwrap())));
+        }
+    })
+    .await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("declined"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read_to_string(env.config_path()).unwrap(), before);
+
+    let idp = env.idp.clone();
+    let (code, out, err) = run_connect(&env, "device", move |line| {
+        if line.contains("enter the code") {
+            idp.expire_device_codes();
+        }
+    })
+    .await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("expired"), "{err}");
+    assert_eq!(std::fs::read_to_string(env.config_path()).unwrap(), before);
+}
