@@ -27,10 +27,10 @@ use crate::imap::{self, ImapError, Session};
 use crate::maildir::Maildir;
 use crate::state::{AccountLock, FolderRow, Headers, LockError, Relocation, State, StateError};
 
-use super::headers;
 use super::login::login;
 use super::model::{Action, Fingerprint, Flags, FolderDiff, FolderId, Record, RemoteNew};
 use super::plan::{self, Listing};
+use super::writer::{Job, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -696,16 +696,39 @@ async fn download(
 
         let mut delivered: Vec<(Record, Headers)> = Vec::with_capacity(COMMIT_EVERY);
         let mut seen: HashSet<u32> = HashSet::with_capacity(batch.len());
+        let mut written: HashSet<u32> = HashSet::with_capacity(batch.len());
         let mut last_commit = Instant::now();
         let mut local_error: Option<SyncError> = None;
         let mut stopped = false;
         let maildir = &t.maildir;
         let folder = t.row.id;
-        let uidvalidity = sel.uidvalidity;
         let stop = &options.stop;
         let progress = &options.progress;
         let report = &mut t.report;
         let state_ref = &mut *state;
+        let writer = Writer::start(maildir.clone(), folder, sel.uidvalidity, WRITE_QUEUE);
+        // Takes what the writer finished into `delivered`; false on a write error.
+        let mut collect = |results: Vec<std::io::Result<(Record, Headers)>>,
+                           delivered: &mut Vec<(Record, Headers)>,
+                           local_error: &mut Option<SyncError>| {
+            for r in results {
+                match r {
+                    Ok(d) => {
+                        report.fetched += 1;
+                        report.bytes += d.0.fingerprint.size;
+                        written.insert(d.0.uid);
+                        delivered.push(d);
+                    }
+                    Err(source) => {
+                        *local_error = Some(SyncError::Maildir {
+                            path: maildir.root().to_owned(),
+                            source,
+                        });
+                    }
+                }
+            }
+            local_error.is_none()
+        };
         let result = session
             .fetch_bodies(batch, |m| {
                 let Some(base) = bases.get(&m.uid) else {
@@ -714,33 +737,18 @@ async fn download(
                 if !seen.insert(m.uid) {
                     return Ok(()); // a server repeating a message must not make a duplicate
                 }
-                if let Err(source) = maildir.deliver(base, m.flags, &m.body) {
-                    local_error = Some(SyncError::Maildir {
-                        path: maildir.root().to_owned(),
-                        source,
-                    });
+                let size = m.body.len() as u64;
+                progress.fetched(&local, 1, size);
+                let queued = writer.send(Job {
+                    uid: m.uid,
+                    base: base.clone(),
+                    flags: m.flags,
+                    internaldate: m.internaldate,
+                    body: m.body,
+                });
+                if !collect(writer.ready(), &mut delivered, &mut local_error) || !queued {
                     return Err(local_failure());
                 }
-                let (message_id, h) = headers::parse(&m.body);
-                let size = m.body.len() as u64;
-                report.fetched += 1;
-                report.bytes += size;
-                progress.fetched(&local, 1, size);
-                delivered.push((
-                    Record {
-                        folder,
-                        uidvalidity,
-                        uid: m.uid,
-                        base: base.clone(),
-                        flags: m.flags,
-                        fingerprint: Fingerprint {
-                            message_id,
-                            size,
-                            internaldate: m.internaldate,
-                        },
-                    },
-                    h,
-                ));
                 // Group commit: a crash costs at most this much re-downloading, and one
                 // directory fsync and one transaction cover many messages.
                 if delivered.len() >= COMMIT_EVERY || last_commit.elapsed() >= COMMIT_INTERVAL {
@@ -757,12 +765,14 @@ async fn download(
                 Ok(())
             })
             .await;
+        // Let the writer finish what it has (the message in flight included).
+        collect(writer.finish(), &mut delivered, &mut local_error);
 
         // Whatever happened, commit what is on disk, and drop the journal entries of
-        // messages the server did not send (expunged meanwhile, or the fetch broke).
+        // messages not written (expunged meanwhile, the fetch broke, a write failed).
         let abandoned: Vec<String> = bases
             .iter()
-            .filter(|(uid, _)| !seen.contains(uid))
+            .filter(|(uid, _)| !written.contains(uid))
             .map(|(_, base)| base.clone())
             .collect();
         commit(state, &t.maildir, folder, &mut delivered, &abandoned)
@@ -778,6 +788,10 @@ async fn download(
     }
     Ok(())
 }
+
+/// Messages waiting for the writer thread at most: enough to overlap one fsync with
+/// the next download, few enough to keep memory to a few message sizes.
+const WRITE_QUEUE: usize = 2;
 
 /// How often one folder's download may reconnect after a dropped session.
 const MAX_RECONNECTS: u32 = 3;

@@ -4,5 +4,6 @@ pub mod headers;
 pub mod login;
 pub mod model;
 pub mod plan;
+mod writer;
 
 pub use execute::{FolderReport, SyncOptions, SyncReport, sync_account};
