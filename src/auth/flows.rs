@@ -74,15 +74,48 @@ pub struct Grant {
 /// The HTTP client for the identity provider. Redirects are never followed: a token
 /// endpoint that redirects is misconfigured, and following could send a secret
 /// elsewhere (the oauth2 crate's advice).
+/// The HTTP client for an account's identity provider, one per CA set and process:
+/// it shares the IMAP side's TLS configuration (system CAs plus the account's
+/// `ca_file`), whose construction is the expensive part.
+pub fn http_client_for(account: &Account) -> Result<reqwest::Client, AuthError> {
+    http_client_with(&account.name, account.imap.ca_file.as_deref())
+}
+
+/// The HTTP client trusting the system's CAs only (e.g. for Google's revocation).
 pub fn http_client(account: &str) -> Result<reqwest::Client, AuthError> {
-    reqwest::Client::builder()
+    http_client_with(account, None)
+}
+
+fn http_client_with(
+    account: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::Client, AuthError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CLIENTS: OnceLock<Mutex<HashMap<Option<std::path::PathBuf>, reqwest::Client>>> =
+        OnceLock::new();
+    let key = ca_file.map(std::path::Path::to_path_buf);
+    let clients = CLIENTS.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Ok(c) = clients.lock()
+        && let Some(client) = c.get(&key)
+    {
+        return Ok(client.clone());
+    }
+    let transient = |detail: String| AuthError::Transient {
+        account: account.to_owned(),
+        detail,
+    };
+    let tls = crate::imap::tls_connector(key.as_deref()).map_err(|e| transient(e.to_string()))?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| AuthError::Transient {
-            account: account.to_owned(),
-            detail: e.to_string(),
-        })
+        .map_err(|e| transient(e.to_string()))?;
+    if let Ok(mut c) = clients.lock() {
+        c.insert(key, client.clone());
+    }
+    Ok(client)
 }
 
 fn client(account: &Account, redirect: Option<RedirectUrl>) -> Result<OAuthClient, AuthError> {

@@ -176,7 +176,7 @@ impl TokenSource {
             account: account.clone(),
             state_dir: state_dir.to_owned(),
             secret,
-            http: flows::http_client(&account.name)?,
+            http: flows::http_client_for(account)?,
             cached: None,
             token_requests: 0,
             scopes: account.oauth.scopes.clone(),

@@ -171,7 +171,7 @@ async fn connect(
         .clone();
 
     // Sign in.
-    let http = flows::http_client(&account.name)?;
+    let http = flows::http_client_for(&account)?;
     let grant = match account.flow {
         Flow::Device => flows::device(&account, &http, out).await?,
         Flow::Browser => flows::browser(&account, &http, out, !args.no_browser).await?,

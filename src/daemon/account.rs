@@ -15,7 +15,7 @@ use crate::config::roles::{self, RemoteSpec, Role};
 use crate::config::{Account, Config, Mapping};
 use crate::imap::IdleEnd;
 use crate::state::{AccountLock, RunState, State};
-use crate::sync::execute::{FolderReport, Progress, SyncError, SyncOptions, sync_account};
+use crate::sync::execute::{FolderReport, Progress, SyncError, SyncOptions, sync_account_with};
 use crate::sync::login::login;
 
 /// What each account is doing, for systemd's STATUS= line.
@@ -76,6 +76,8 @@ struct Task {
     board: Board,
     state: Option<State>,
     backoff: Backoff,
+    /// Kept across passes: the access token is reused until it nears expiry.
+    tokens: Option<TokenSource>,
 }
 
 /// Runs until stopped. Never returns an error: every failure is logged, recorded for
@@ -90,6 +92,7 @@ pub async fn run(config: Arc<Config>, account: Account, stop: Stop, board: Board
         account,
         stop,
         board,
+        tokens: None,
     };
     tracing::Instrument::instrument(task.main(), span).await;
 }
@@ -165,7 +168,16 @@ impl Task {
             stop: self.stop.flag.clone(),
             lock: false,
         };
-        match sync_account(&self.config, &self.account, &options).await {
+        if self.tokens.is_none() {
+            match TokenSource::new(&self.account, &self.config.daemon.state_dir) {
+                Ok(t) => self.tokens = Some(t),
+                Err(e) => return Err(self.failed(&SyncError::Auth(e))),
+            }
+        }
+        let Some(tokens) = self.tokens.as_mut() else {
+            return Err(Duration::from_secs(1));
+        };
+        match sync_account_with(&self.config, &self.account, &options, tokens).await {
             Ok(report) => {
                 self.backoff.reset();
                 let fetched: u64 = report.folders.iter().map(|f| f.fetched).sum();
@@ -233,12 +245,17 @@ impl Task {
             return Ok(());
         }
         let timeout = self.config.daemon.command_timeout;
-        let mut tokens = match TokenSource::new(&self.account, &self.config.daemon.state_dir) {
-            Ok(t) => t,
-            Err(e) => return Err(self.failed(&SyncError::Auth(e))),
-        };
+        if self.tokens.is_none() {
+            match TokenSource::new(&self.account, &self.config.daemon.state_dir) {
+                Ok(t) => self.tokens = Some(t),
+                Err(e) => return Err(self.failed(&SyncError::Auth(e))),
+            }
+        }
         self.set(RunState::Connecting, None);
-        let mut session = match login(&self.account, timeout, &mut tokens).await {
+        let Some(tokens) = self.tokens.as_mut() else {
+            return Err(Duration::from_secs(1));
+        };
+        let mut session = match login(&self.account, timeout, tokens).await {
             Ok(s) => s,
             Err(e) => return Err(self.failed(&e)),
         };

@@ -125,8 +125,8 @@ pub async fn connect(
 }
 
 /// Subject, issuer and expiry of the server's certificate (already verified).
-fn certificate_info(stream: &async_native_tls::TlsStream<TcpStream>) -> Option<TlsInfo> {
-    let der = stream.peer_certificate().ok()??.to_der().ok()?;
+fn certificate_info(stream: &TlsStream) -> Option<TlsInfo> {
+    let der = stream.get_ref().peer_certificate().ok()??.to_der().ok()?;
     let cert = openssl::x509::X509::from_der(&der).ok()?;
     let name = |n: &openssl::x509::X509NameRef| {
         n.entries()
@@ -148,15 +148,16 @@ fn certificate_info(stream: &async_native_tls::TlsStream<TcpStream>) -> Option<T
     })
 }
 
+type TlsStream = tokio_native_tls::TlsStream<TcpStream>;
+
 async fn handshake(
     endpoint: &ImapEndpoint,
     tcp: TcpStream,
     command_timeout: Duration,
-) -> Result<async_native_tls::TlsStream<TcpStream>, ImapError> {
-    let mut connector = async_native_tls::TlsConnector::new();
-    if let Some(ca) = &endpoint.ca_file {
-        connector = connector.add_root_certificate(load_ca(ca)?);
-    }
+) -> Result<TlsStream, ImapError> {
+    let connector = tokio_native_tls::TlsConnector::from(
+        tls_connector(endpoint.ca_file.as_deref()).map_err(|e| e.for_endpoint(endpoint))?,
+    );
     let tls_err = |detail: String| ImapError::Tls {
         host: endpoint.host.clone(),
         port: endpoint.port,
@@ -174,6 +175,63 @@ async fn handshake(
         .map_err(|e| tls_err(e.to_string()))
 }
 
+/// The TLS client configuration trusting the system's CAs and `ca_file`, built once
+/// per CA file content and reused (by IMAP and by the OAuth HTTP client alike):
+/// building one loads the system's CA bundle, tens of milliseconds of CPU with
+/// OpenSSL 3, and the daemon connects again and again. Certificates are always
+/// verified.
+pub fn tls_connector(ca_file: Option<&Path>) -> Result<native_tls::TlsConnector, ImapError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, native_tls::TlsConnector>>> = OnceLock::new();
+    let pem = match ca_file {
+        Some(path) => std::fs::read(path).map_err(|e| ImapError::CaFile {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?,
+        None => Vec::new(),
+    };
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Ok(c) = cache.lock()
+        && let Some(connector) = c.get(&pem)
+    {
+        return Ok(connector.clone());
+    }
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = ca_file {
+        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| ImapError::CaFile {
+            path: path.to_owned(),
+            detail: format!("not a PEM certificate ({e})"),
+        })?;
+        builder.add_root_certificate(cert);
+    }
+    let connector = builder.build().map_err(|e| ImapError::Tls {
+        host: String::new(),
+        port: 0,
+        detail: format!("cannot set up TLS: {e}"),
+        hint: String::new(),
+    })?;
+    if let Ok(mut c) = cache.lock() {
+        c.insert(pem, connector.clone());
+    }
+    Ok(connector)
+}
+
+impl ImapError {
+    /// Names the endpoint in a TLS set-up error made without one.
+    fn for_endpoint(self, endpoint: &ImapEndpoint) -> ImapError {
+        match self {
+            ImapError::Tls { detail, hint, .. } => ImapError::Tls {
+                host: endpoint.host.clone(),
+                port: endpoint.port,
+                detail,
+                hint,
+            },
+            other => other,
+        }
+    }
+}
+
 fn tls_hint(detail: &str, ca_file: Option<&Path>) -> String {
     let d = detail.to_ascii_lowercase();
     if d.contains("certificate") || d.contains("verify") {
@@ -189,17 +247,6 @@ fn tls_hint(detail: &str, ca_file: Option<&Path>) -> String {
     } else {
         String::new()
     }
-}
-
-fn load_ca(path: &Path) -> Result<async_native_tls::Certificate, ImapError> {
-    let pem = std::fs::read(path).map_err(|e| ImapError::CaFile {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })?;
-    async_native_tls::Certificate::from_pem(&pem).map_err(|e| ImapError::CaFile {
-        path: path.to_owned(),
-        detail: format!("not a PEM certificate ({e})"),
-    })
 }
 
 async fn read_greeting<T: Stream>(

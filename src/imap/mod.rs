@@ -13,7 +13,7 @@ mod error;
 mod session;
 pub mod utf7;
 
-pub use connect::{Client, TlsInfo, connect};
+pub use connect::{Client, TlsInfo, connect, tls_connector};
 pub use date::parse_internaldate;
 pub use error::{AuthFailure, ImapError};
 pub use session::{

@@ -154,6 +154,18 @@ pub async fn sync_account(
     account: &Account,
     options: &SyncOptions,
 ) -> Result<SyncReport, SyncError> {
+    let mut tokens = TokenSource::new(account, &config.daemon.state_dir)?;
+    sync_account_with(config, account, options, &mut tokens).await
+}
+
+/// [`sync_account`] with the caller's token source, so a daemon keeps its access token
+/// (and its cache) from one pass to the next instead of asking for a new one each time.
+pub async fn sync_account_with(
+    config: &Config,
+    account: &Account,
+    options: &SyncOptions,
+    tokens: &mut TokenSource,
+) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let state_dir = &config.daemon.state_dir;
     let mut state = State::open(state_dir)?;
@@ -162,9 +174,8 @@ pub async fn sync_account(
     } else {
         None
     };
-    let mut tokens = TokenSource::new(account, &config.daemon.state_dir)?;
     let timeout = config.daemon.command_timeout;
-    let mut session = login(account, timeout, &mut tokens).await?;
+    let mut session = login(account, timeout, tokens).await?;
 
     let imap_err = |source| SyncError::Imap {
         account: account.name.clone(),
@@ -355,7 +366,7 @@ pub async fn sync_account(
         let mut reconnects = 0;
         loop {
             if session.is_none() {
-                match login(account, timeout, &mut tokens).await {
+                match login(account, timeout, tokens).await {
                     Ok(s) => session = Some(s),
                     Err(e) => {
                         let e = e.to_string();

@@ -6,4 +6,4 @@ pub mod model;
 pub mod plan;
 mod writer;
 
-pub use execute::{FolderReport, SyncOptions, SyncReport, sync_account};
+pub use execute::{FolderReport, SyncOptions, SyncReport, sync_account, sync_account_with};
