@@ -5,6 +5,11 @@
 //! a corpus for `jane@example.com`, writes a mailsync `config.toml` into DIR, then runs
 //! COMMAND with `MAILSYNC_CONFIG` set (`{config}` in its arguments is replaced by the
 //! path) or waits for Ctrl-C.
+//!
+//! `mailsync-testenv bench …` runs the benchmark against mbsync and OfflineIMAP (see
+//! `bench/mod.rs` and BENCHMARKS.md).
+
+mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -154,6 +159,15 @@ async fn run(args: Args) -> Result<i32> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("bench") {
+        return match bench::main(std::env::args().skip(2)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mailsync-testenv bench: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

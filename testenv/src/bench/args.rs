@@ -1,0 +1,92 @@
+//! The `bench` subcommand's command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use mailsync_testenv::Profile;
+
+use super::tools::Tool;
+
+pub const USAGE: &str = "usage: mailsync-testenv bench [--messages N] [--runs R] \
+[--profiles full,exchange] [--tools mailsync,mbsync,offlineimap] [--offlineimap-initial-runs K] \
+[--mailsync PATH] [--out DIR]";
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    /// Corpus size (default 20,000).
+    pub messages: usize,
+    /// Runs per scenario; the median is reported (default 3).
+    pub runs: usize,
+    /// Server profiles, in order.
+    pub profiles: Vec<Profile>,
+    /// Tools, in order (mbsync is the reference for the ratio and the comparison).
+    pub tools: Vec<Tool>,
+    /// Runs of OfflineIMAP's initial sync (default 1: it is ~20× slower than the others).
+    pub offlineimap_initial_runs: usize,
+    /// The mailsync binary.
+    pub mailsync: PathBuf,
+    /// Where the report (`report.md`) and the raw runs (`runs.tsv`) go.
+    pub out: PathBuf,
+    /// The command line as given, for the report.
+    pub command_line: String,
+}
+
+fn list<T>(s: &str, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| parse(p.trim()))
+        .collect()
+}
+
+/// Parses the arguments after `bench`.
+pub fn parse(argv: impl Iterator<Item = String>) -> Result<BenchArgs> {
+    let argv: Vec<String> = argv.collect();
+    let mut args = BenchArgs {
+        messages: 20_000,
+        runs: 3,
+        profiles: vec![Profile::Full, Profile::Exchange],
+        tools: vec![Tool::Mailsync, Tool::Mbsync, Tool::Offlineimap],
+        offlineimap_initial_runs: 1,
+        mailsync: default_mailsync(),
+        out: PathBuf::from("target/bench"),
+        command_line: format!("mailsync-testenv bench {}", argv.join(" ")),
+    };
+    let mut it = argv.into_iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--messages" => args.messages = value("--messages")?.parse()?,
+            "--runs" => args.runs = value("--runs")?.parse()?,
+            "--profiles" => {
+                args.profiles = list(&value("--profiles")?, |p| {
+                    p.parse().map_err(anyhow::Error::msg)
+                })?
+            }
+            "--tools" => args.tools = list(&value("--tools")?, |t| t.parse())?,
+            "--offlineimap-initial-runs" => {
+                args.offlineimap_initial_runs = value("--offlineimap-initial-runs")?.parse()?
+            }
+            "--mailsync" => args.mailsync = PathBuf::from(value("--mailsync")?),
+            "--out" => args.out = PathBuf::from(value("--out")?),
+            "-h" | "--help" => bail!("{USAGE}"),
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    if args.runs == 0 || args.messages == 0 || args.offlineimap_initial_runs == 0 {
+        bail!("--runs, --messages and --offlineimap-initial-runs must be at least 1");
+    }
+    if args.profiles.is_empty() || args.tools.is_empty() {
+        bail!("--profiles and --tools must name at least one");
+    }
+    Ok(args)
+}
+
+/// `mailsync` next to this binary (`target/release/`), else on `$PATH`.
+fn default_mailsync() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mailsync")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("mailsync"))
+}

@@ -1,0 +1,288 @@
+//! `mailsync-testenv bench`: mailsync against mbsync and OfflineIMAP on a real Dovecot.
+//!
+//! Per server profile (one IdP + one Dovecot each, the seeded corpus written once with
+//! `seed_fast`), every tool runs the scenarios a (initial sync into an empty store),
+//! b (no-op resync), c (resync after 200 new messages, 2,000 flag changes and 100
+//! expunges; on the `exchange` profile this is the issue's scenario d). Each is run
+//! `--runs` times and the medians are reported with the wall-time ratio to mbsync;
+//! after each scenario the tool's Maildir is compared with mbsync's (bytes and flags).
+//! The "physical limit" (one connection fetching everything; the same bytes written as
+//! Maildir files) is measured once, on the first profile.
+
+mod args;
+mod compare;
+mod fsutil;
+mod limit;
+mod measure;
+mod report;
+mod server;
+mod tools;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use mailsync_testenv::{Corpus, CorpusOptions};
+
+use compare::Digest;
+use fsutil::{copy_tree, remove_tree};
+use measure::Run;
+use report::Row;
+use server::{Server, Snapshot};
+use tools::{Setup, Tool};
+
+const SCENARIOS: [&str; 3] = [
+    "a. initial sync",
+    "b. no-op resync",
+    "c. resync after changes",
+];
+
+/// Runs the benchmark with the arguments after `bench`.
+pub async fn main(argv: impl Iterator<Item = String>) -> Result<()> {
+    let args = args::parse(argv)?;
+    check_tools(&args)?;
+    let work = work_dir()?;
+    let result = run(&args, &work).await;
+    if std::env::var_os("MAILSYNC_BENCH_KEEP").is_none() {
+        let _ = remove_tree(&work);
+    }
+    result
+}
+
+fn check_tools(args: &args::BenchArgs) -> Result<()> {
+    let mut missing = Vec::new();
+    let has = |p: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {p}"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !Path::new("/usr/bin/time").exists() {
+        missing.push("/usr/bin/time (apt-get install time)".to_string());
+    }
+    for t in &args.tools {
+        let ok = match t {
+            Tool::Mailsync => args.mailsync.exists() || has(&args.mailsync.display().to_string()),
+            Tool::Mbsync => has("mbsync"),
+            Tool::Offlineimap => has("offlineimap"),
+        };
+        if !ok {
+            missing.push(t.name().to_string());
+        }
+    }
+    if !missing.is_empty() {
+        bail!("missing: {} (bench/run installs them)", missing.join(", "));
+    }
+    Ok(())
+}
+
+/// `$MAILSYNC_TESTENV_TMPDIR`, else `/dev/shm` when it has room, else the temp dir.
+fn work_dir() -> Result<PathBuf> {
+    let parent = std::env::var_os("MAILSYNC_TESTENV_TMPDIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            Path::new("/dev/shm")
+                .is_dir()
+                .then(|| PathBuf::from("/dev/shm"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("mailsync-bench-")
+        .tempdir_in(parent)?
+        .keep();
+    Ok(dir)
+}
+
+async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let out = std::fs::canonicalize(&args.out)?;
+    let mut tsv = std::fs::File::create(out.join("runs.tsv"))?;
+    writeln!(
+        tsv,
+        "profile\ttool\tscenario\trun\twall_s\tcpu_s\tpeak_rss_mb\tserver_mb\tsessions"
+    )?;
+    let started = Instant::now();
+    let corpus = Corpus::generate(&CorpusOptions {
+        seed: 42,
+        count: args.messages,
+        max_size: None,
+    });
+    let corpus_mb = corpus.iter().map(|m| m.bytes.len()).sum::<usize>() as f64 / 1e6;
+    println!(
+        "corpus: {} messages, {corpus_mb:.1} MB (generated in {:.1?}); work dir {}",
+        corpus.len(),
+        started.elapsed(),
+        work.display()
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut limit = None;
+    let mut notes = Vec::new();
+    for &profile in &args.profiles {
+        let mut server = Server::start(profile, &corpus, work).await?;
+        server.restore(Snapshot::Pristine)?;
+        let (flags, expunges, new) = server.changes;
+        let line = format!(
+            "{} profile: seeded {:.1} MB in {:.1?}; a server restore (copy + force-resync) takes {:.2?}; scenario c = {new} new, {flags} flag changes, {expunges} expunges",
+            profile.name(),
+            server.seed_bytes as f64 / 1e6,
+            server.seed_time,
+            server.last_restore
+        );
+        println!("{line}");
+        notes.push(line);
+        if limit.is_none() {
+            let l = limit::measure(&server, &corpus, &work.join("limit")).await?;
+            println!(
+                "[{}] physical limit: fetch {:.2}s ({:.1} MB), write {:.2}s",
+                profile.name(),
+                l.fetch_wall,
+                l.fetch_mb,
+                l.write_wall
+            );
+            limit = Some(l);
+        }
+        let mut medians: HashMap<(usize, Tool), Run> = HashMap::new();
+        let mut digests: HashMap<(usize, Tool), Digest> = HashMap::new();
+        for &tool in &args.tools {
+            let dir = work.join(profile.name()).join(tool.name());
+            let logs = work.join(profile.name()).join("logs");
+            std::fs::create_dir_all(&logs)?;
+            let setup = Setup::new(tool, &server, &dir, &args.mailsync)?;
+            let mut record = |scenario: usize, i: usize, r: &Run| -> Result<()> {
+                println!(
+                    "[{}] {:<11} {:<40} run {}: wall {:>7.2}s cpu {:>7.2}s rss {:>6.0} MB server {:>8.1} MB sessions {}",
+                    profile.name(),
+                    tool.name(),
+                    SCENARIOS[scenario],
+                    i + 1,
+                    r.wall,
+                    r.cpu,
+                    r.rss_mb,
+                    r.server_mb,
+                    r.sessions
+                );
+                writeln!(
+                    tsv,
+                    "{}\t{}\t{}\t{}\t{:.3}\t{:.3}\t{:.1}\t{:.3}\t{}",
+                    profile.name(),
+                    tool.name(),
+                    &SCENARIOS[scenario][..1],
+                    i + 1,
+                    r.wall,
+                    r.cpu,
+                    r.rss_mb,
+                    r.server_mb,
+                    r.sessions
+                )?;
+                Ok(())
+            };
+            let label =
+                |s: usize, i: usize| format!("{}-{}-{}", tool.name(), &SCENARIOS[s][..1], i + 1);
+            // a: initial sync, a fresh store each run; the last run's store stays.
+            server.restore(Snapshot::Pristine)?;
+            let mut runs = Vec::new();
+            let initial_runs = if tool == Tool::Offlineimap {
+                args.offlineimap_initial_runs.min(args.runs)
+            } else {
+                args.runs
+            };
+            for i in 0..initial_runs {
+                setup.make_fresh()?;
+                let r = measure::run(&setup, &server, &logs, &label(0, i))
+                    .with_context(|| format!("{} {}", tool.name(), SCENARIOS[0]))?;
+                record(0, i, &r)?;
+                runs.push(r);
+            }
+            medians.insert((0, tool), measure::median(&runs));
+            digests.insert((0, tool), compare::digest(&setup.folders)?);
+            // b: no-op resync on that store.
+            let mut runs = Vec::new();
+            for i in 0..args.runs {
+                let r = measure::run(&setup, &server, &logs, &label(1, i))
+                    .with_context(|| format!("{} {}", tool.name(), SCENARIOS[1]))?;
+                record(1, i, &r)?;
+                runs.push(r);
+            }
+            medians.insert((1, tool), measure::median(&runs));
+            digests.insert((1, tool), compare::digest(&setup.folders)?);
+            // c: from the synced store (copied aside once) and the changed server state.
+            let baseline = work
+                .join(profile.name())
+                .join(format!("{}.baseline", tool.name()));
+            copy_tree(&dir, &baseline)?;
+            let mut runs = Vec::new();
+            for i in 0..args.runs {
+                server.restore(Snapshot::Changed)?;
+                remove_tree(&dir)?;
+                copy_tree(&baseline, &dir)?;
+                let r = measure::run(&setup, &server, &logs, &label(2, i))
+                    .with_context(|| format!("{} {}", tool.name(), SCENARIOS[2]))?;
+                record(2, i, &r)?;
+                runs.push(r);
+            }
+            medians.insert((2, tool), measure::median(&runs));
+            digests.insert((2, tool), compare::digest(&setup.folders)?);
+            println!(
+                "[{}] {} messages per folder after a/b/c: {:?} {:?} {:?}",
+                profile.name(),
+                tool.name(),
+                digests[&(0, tool)].counts(),
+                digests[&(1, tool)].counts(),
+                digests[&(2, tool)].counts()
+            );
+            remove_tree(&baseline)?;
+            if std::env::var_os("MAILSYNC_BENCH_KEEP").is_none() {
+                remove_tree(&dir)?;
+            }
+        }
+        for s in 0..SCENARIOS.len() {
+            let reference = medians.get(&(s, Tool::Mbsync)).copied();
+            for &tool in &args.tools {
+                let m = medians[&(s, tool)];
+                let same = match digests.get(&(s, Tool::Mbsync)) {
+                    Some(_) if tool == Tool::Mbsync => "(reference)".to_string(),
+                    Some(r) => digests[&(s, tool)].verdict(r),
+                    None => "–".to_string(),
+                };
+                rows.push(Row {
+                    scenario: SCENARIOS[s],
+                    profile: profile.name(),
+                    tool: tool.name(),
+                    median: m,
+                    ratio: reference.map(|r| m.wall / r.wall),
+                    same,
+                });
+            }
+        }
+        server.wait_idle()?;
+        drop(server);
+        remove_tree(&work.join(format!("server-{}", profile.name())))?;
+        if std::env::var_os("MAILSYNC_BENCH_KEEP").is_none() {
+            remove_tree(&work.join(profile.name()))?;
+        }
+    }
+    let table = report::table(&rows, args.runs);
+    let limit_md = limit.map(|l| report::limit(&l)).unwrap_or_default();
+    let env = report::environment(work, &args.mailsync);
+    println!("\n{table}\n{limit_md}");
+    let md = format!(
+        "## Results ({} messages, {corpus_mb:.1} MB)\n\n{table}\n### Physical limit\n\n{limit_md}\n\
+         ### Machine and versions\n\n{env}\n### Setup times\n\n{}\n\nTotal benchmark time: {:.0?}\n\n\
+         Command: `{}`\n",
+        args.messages,
+        notes
+            .iter()
+            .map(|n| format!("- {n}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        started.elapsed(),
+        args.command_line,
+    );
+    std::fs::write(out.join("report.md"), md)?;
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
+}

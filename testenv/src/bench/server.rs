@@ -1,0 +1,244 @@
+//! One server per profile: the identity provider, a Dovecot, the corpus seeded once with
+//! `seed_fast`, and two snapshots of the user's Maildir (with Dovecot's index files):
+//! `pristine` (as seeded) and `changed` (pristine + the scenario-c change set). A run
+//! restores one of them by copying it back while no session is open, then runs
+//! `doveadm force-resync`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use mailsync_testenv::dovecot::{MASTER_USER, TlsStream, connect_imaps, quote_mailbox};
+use mailsync_testenv::{
+    Corpus, CorpusMessage, CorpusOptions, Dovecot, DovecotOptions, Idp, Profile, Role, SeedMessage,
+};
+
+use super::fsutil::copy_tree;
+
+/// The mailbox every tool syncs.
+pub const EMAIL: &str = "jane@example.com";
+/// The three folders, as the server names them.
+pub const FOLDERS: [&str; 3] = ["INBOX", "Archive", "Deleted Items"];
+
+/// Scenario c's change set.
+pub const NEW_MESSAGES: usize = 200;
+pub const FLAG_CHANGES: usize = 2000;
+pub const EXPUNGES: usize = 100;
+
+/// The server side of one profile.
+pub struct Server {
+    pub idp: Idp,
+    pub dovecot: Dovecot,
+    pub client_id: String,
+    pub secret: String,
+    snapshots: PathBuf,
+    /// How long the last restore took.
+    pub last_restore: Duration,
+    /// Seeding time and size.
+    pub seed_time: Duration,
+    pub seed_bytes: u64,
+    /// Scenario c as applied: (flag changes, expunges, new messages); capped at half
+    /// and a twentieth of a folder for small corpora.
+    pub changes: (usize, usize, usize),
+}
+
+/// Which server state to restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Snapshot {
+    Pristine,
+    Changed,
+}
+
+impl Server {
+    /// Starts the IdP and Dovecot for `profile`, seeds `corpus`, takes both snapshots.
+    pub async fn start(profile: Profile, corpus: &[CorpusMessage], work: &Path) -> Result<Server> {
+        let idp = Idp::start().await;
+        idp.add_user(EMAIL);
+        let client_id = mailsync_testenv::random::guid();
+        let secret = format!("bench~{}", mailsync_testenv::random::token(24));
+        idp.add_app(&client_id, Some(&secret), Some(EMAIL));
+        let dovecot = Dovecot::start(DovecotOptions::new(&idp).profile(profile)).await?;
+        let snapshots = work.join(format!("server-{}", profile.name()));
+        std::fs::create_dir_all(&snapshots)?;
+        let mut server = Server {
+            idp,
+            dovecot,
+            client_id,
+            secret,
+            snapshots,
+            last_restore: Duration::ZERO,
+            seed_time: Duration::ZERO,
+            seed_bytes: 0,
+            changes: (0, 0, 0),
+        };
+        let started = Instant::now();
+        let mut uids = Vec::new();
+        for (role, folder) in [Role::Inbox, Role::Archive, Role::Trash]
+            .into_iter()
+            .zip(FOLDERS)
+        {
+            let msgs: Vec<&CorpusMessage> = corpus.iter().filter(|m| m.role == role).collect();
+            server.seed_bytes += msgs.iter().map(|m| m.bytes.len() as u64).sum::<u64>();
+            let got = server
+                .dovecot
+                .seed_fast(EMAIL, folder, msgs.iter().map(|m| SeedMessage::from(*m)))
+                .await?;
+            uids.push(
+                got.into_iter()
+                    .zip(
+                        msgs.iter()
+                            .map(|m| m.flags.iter().any(|f| f == "\\Flagged")),
+                    )
+                    .collect::<Vec<_>>(),
+            );
+        }
+        server.seed_time = started.elapsed();
+        copy_tree(&server.maildir(), &server.snapshot_path(Snapshot::Pristine))?;
+        server.changes = server.apply_changes(&uids).await?;
+        copy_tree(&server.maildir(), &server.snapshot_path(Snapshot::Changed))?;
+        server.restore(Snapshot::Pristine)?;
+        Ok(server)
+    }
+
+    /// The user's Maildir root (folders and Dovecot's index files).
+    fn maildir(&self) -> PathBuf {
+        self.dovecot.dir().join("home").join(EMAIL).join("Maildir")
+    }
+
+    fn snapshot_path(&self, s: Snapshot) -> PathBuf {
+        self.snapshots.join(match s {
+            Snapshot::Pristine => "pristine",
+            Snapshot::Changed => "changed",
+        })
+    }
+
+    /// Puts the server's mail back to `s` (no session may be open).
+    pub fn restore(&mut self, s: Snapshot) -> Result<()> {
+        let started = Instant::now();
+        self.wait_idle()?;
+        let live = self.maildir();
+        std::fs::remove_dir_all(&live).with_context(|| format!("remove {}", live.display()))?;
+        copy_tree(&self.snapshot_path(s), &live)?;
+        self.dovecot
+            .doveadm(&["force-resync", "-u", EMAIL, "*"])
+            .context("force-resync after restore")?;
+        self.last_restore = started.elapsed();
+        Ok(())
+    }
+
+    /// Waits until `doveadm who` shows no session (tools may still be logging out).
+    pub fn wait_idle(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.dovecot.who().is_empty() {
+            if Instant::now() > deadline {
+                bail!("sessions still open: {:?}", self.dovecot.who());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The master login (`USER*admin`).
+    pub fn master_login(&self) -> String {
+        format!("{EMAIL}*{MASTER_USER}")
+    }
+
+    /// A logged-in master session.
+    pub async fn admin_session(&self) -> Result<async_imap::Session<TlsStream>> {
+        let client = connect_imaps(self.dovecot.imaps_port(), &self.dovecot.ca_pem()).await?;
+        client
+            .login(self.master_login(), self.dovecot.admin_password())
+            .await
+            .map_err(|(e, _)| anyhow!("master login: {e}"))
+    }
+
+    /// Scenario c's change set, deterministic: in every folder in proportion to its
+    /// size, `FLAG_CHANGES` messages get `\Flagged` toggled and `EXPUNGES` others are
+    /// expunged; then `NEW_MESSAGES` new corpus messages (seed 4242) are delivered.
+    /// `uids[i]` lists (UID, flagged) of folder i as seeded.
+    async fn apply_changes(&self, uids: &[Vec<(u32, bool)>]) -> Result<(usize, usize, usize)> {
+        let total: usize = uids.iter().map(Vec::len).sum::<usize>().max(1);
+        let mut session = self.admin_session().await?;
+        let mut rng = mailsync_testenv::random::SplitMix64::new(7);
+        let (mut flags_left, mut expunges_left) = (FLAG_CHANGES, EXPUNGES);
+        let mut applied = (0, 0, 0);
+        for (i, (folder, list)) in FOLDERS.iter().zip(uids).enumerate() {
+            // In proportion to the folder's size; the last folder takes the remainder.
+            let last = i + 1 == uids.len();
+            let share = |n: usize, left: usize| if last { left } else { n * list.len() / total };
+            let flags = share(FLAG_CHANGES, flags_left).min(list.len() / 2);
+            let expunges = share(EXPUNGES, expunges_left).min(list.len() / 20);
+            flags_left -= flags;
+            expunges_left -= expunges;
+            applied.0 += flags;
+            applied.1 += expunges;
+            if list.is_empty() {
+                continue;
+            }
+            // A seeded shuffle: distinct messages for flag changes and expunges.
+            let mut order: Vec<usize> = (0..list.len()).collect();
+            for j in (1..order.len()).rev() {
+                order.swap(j, rng.below(j as u64 + 1) as usize);
+            }
+            let flag_set: Vec<(u32, bool)> = order[..flags].iter().map(|&j| list[j]).collect();
+            let expunge_set: Vec<(u32, bool)> = order[flags..flags + expunges]
+                .iter()
+                .map(|&j| list[j])
+                .collect();
+            session
+                .run_command_and_check_ok(&format!("SELECT {}", quote_mailbox(folder)))
+                .await?;
+            let on: Vec<u32> = flag_set.iter().filter(|f| !f.1).map(|f| f.0).collect();
+            let off: Vec<u32> = flag_set.iter().filter(|f| f.1).map(|f| f.0).collect();
+            let exp: Vec<u32> = expunge_set.iter().map(|f| f.0).collect();
+            for (set, cmd) in [
+                (&on, "+FLAGS.SILENT (\\Flagged)"),
+                (&off, "-FLAGS.SILENT (\\Flagged)"),
+                (&exp, "+FLAGS.SILENT (\\Deleted)"),
+            ] {
+                if !set.is_empty() {
+                    session
+                        .run_command_and_check_ok(&format!("UID STORE {} {cmd}", uid_set(set)))
+                        .await?;
+                }
+            }
+            if !exp.is_empty() {
+                session
+                    .run_command_and_check_ok(&format!("UID EXPUNGE {}", uid_set(&exp)))
+                    .await?;
+            }
+        }
+        session.logout().await?;
+        let new = Corpus::generate(&CorpusOptions {
+            seed: 4242,
+            count: NEW_MESSAGES,
+            max_size: None,
+        });
+        for (role, folder) in [Role::Inbox, Role::Archive, Role::Trash]
+            .into_iter()
+            .zip(FOLDERS)
+        {
+            let msgs: Vec<SeedMessage> = new
+                .iter()
+                .filter(|m| m.role == role)
+                .map(SeedMessage::from)
+                .collect();
+            applied.2 += msgs.len();
+            if !msgs.is_empty() {
+                self.dovecot.seed_fast(EMAIL, folder, msgs).await?;
+            }
+        }
+        self.wait_idle()?;
+        Ok(applied)
+    }
+}
+
+/// `1,3,5` as an IMAP sequence set.
+fn uid_set(uids: &[u32]) -> String {
+    let mut uids = uids.to_vec();
+    uids.sort_unstable();
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}

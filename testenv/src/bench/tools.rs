@@ -1,0 +1,167 @@
+//! The three clients, each configured for a one-way pull of INBOX, Archive and
+//! "Deleted Items" over implicit TLS into its own Maildir: mailsync (its own config
+//! writer, client-credentials OAuth), mbsync (an mbsyncrc with the master login, PLAIN)
+//! and OfflineIMAP (readonly remote, `maxconnections = 1`, the master login).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use mailsync_testenv::{MailsyncConfig, write_mailsync_config};
+
+use super::fsutil::remove_tree;
+use super::server::{EMAIL, Server};
+
+/// A client under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tool {
+    Mailsync,
+    Mbsync,
+    Offlineimap,
+}
+
+impl Tool {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Mailsync => "mailsync",
+            Tool::Mbsync => "mbsync",
+            Tool::Offlineimap => "offlineimap",
+        }
+    }
+}
+
+impl std::str::FromStr for Tool {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mailsync" => Ok(Tool::Mailsync),
+            "mbsync" => Ok(Tool::Mbsync),
+            "offlineimap" => Ok(Tool::Offlineimap),
+            _ => bail!("unknown tool {s:?} (mailsync|mbsync|offlineimap)"),
+        }
+    }
+}
+
+/// One tool set up against one server: everything lives under `dir`.
+pub struct Setup {
+    pub tool: Tool,
+    /// Config, state and Maildir.
+    pub dir: PathBuf,
+    /// The local Maildir folders for INBOX, Archive, "Deleted Items".
+    pub folders: [PathBuf; 3],
+    /// The command to run (program first).
+    pub argv: Vec<String>,
+    /// What to delete for an initial sync (state and mail, not the config).
+    fresh: Vec<PathBuf>,
+}
+
+impl Setup {
+    /// Writes the tool's config under `dir` (created).
+    pub fn new(tool: Tool, server: &Server, dir: &Path, mailsync: &Path) -> Result<Setup> {
+        std::fs::create_dir_all(dir)?;
+        let mail = dir.join("Mail");
+        let d = &server.dovecot;
+        let s = |p: &Path| p.display().to_string();
+        let setup = match tool {
+            Tool::Mailsync => {
+                let config = MailsyncConfig::client_credentials(
+                    dir,
+                    &server.idp,
+                    d,
+                    EMAIL,
+                    &server.client_id,
+                    &server.secret,
+                );
+                let path = write_mailsync_config(&config)?;
+                Setup {
+                    tool,
+                    dir: dir.to_path_buf(),
+                    folders: ["Inbox", "Archive", "Deleted Items"].map(|f| mail.join(f)),
+                    argv: vec![s(mailsync), "--config".into(), s(&path), "sync".into()],
+                    fresh: vec![mail.clone(), dir.join("state")],
+                }
+            }
+            Tool::Mbsync => {
+                let rc = dir.join("mbsyncrc");
+                let mut t = String::new();
+                let _ = write!(
+                    t,
+                    "IMAPAccount bench\nHost localhost\nPort {port}\nUser {user}\nPass {pass}\n\
+                     AuthMechs PLAIN\nSSLType IMAPS\nCertificateFile {ca}\n\n\
+                     IMAPStore bench-remote\nAccount bench\n\n\
+                     MaildirStore bench-local\nPath {mail}/\nInbox {mail}/INBOX\nSubFolders Verbatim\n\n\
+                     Channel bench\nFar :bench-remote:\nNear :bench-local:\n\
+                     Patterns INBOX Archive \"Deleted Items\"\nSync Pull\nCreate Near\n\
+                     Expunge Near\nSyncState *\n",
+                    port = d.imaps_port(),
+                    user = server.master_login(),
+                    pass = d.admin_password(),
+                    ca = s(&d.ca_file()),
+                    mail = s(&mail),
+                );
+                std::fs::write(&rc, t)?;
+                Setup {
+                    tool,
+                    dir: dir.to_path_buf(),
+                    folders: ["INBOX", "Archive", "Deleted Items"].map(|f| mail.join(f)),
+                    argv: vec![
+                        "mbsync".into(),
+                        "-q".into(),
+                        "-c".into(),
+                        s(&rc),
+                        "-a".into(),
+                    ],
+                    fresh: vec![mail.clone()],
+                }
+            }
+            Tool::Offlineimap => {
+                let rc = dir.join("offlineimaprc");
+                let meta = dir.join("meta");
+                let t = format!(
+                    "[general]\naccounts = bench\nmetadata = {meta}\nmaxsyncaccounts = 1\n\n\
+                     [Account bench]\nlocalrepository = local\nremoterepository = remote\n\n\
+                     [Repository local]\ntype = Maildir\nlocalfolders = {mail}\n\n\
+                     [Repository remote]\ntype = IMAP\nremotehost = localhost\nremoteport = {port}\n\
+                     ssl = yes\nsslcacertfile = {ca}\nremoteuser = {user}\nremotepass = {pass}\n\
+                     auth_mechanisms = PLAIN\nreadonly = True\ncreatefolders = False\n\
+                     maxconnections = 1\n\
+                     folderfilter = lambda f: f in ['INBOX', 'Archive', 'Deleted Items']\n",
+                    meta = s(&meta),
+                    mail = s(&mail),
+                    port = d.imaps_port(),
+                    ca = s(&d.ca_file()),
+                    user = server.master_login(),
+                    pass = d.admin_password(),
+                );
+                std::fs::write(&rc, t)?;
+                Setup {
+                    tool,
+                    dir: dir.to_path_buf(),
+                    folders: ["INBOX", "Archive", "Deleted Items"].map(|f| mail.join(f)),
+                    argv: vec![
+                        "offlineimap".into(),
+                        "-c".into(),
+                        s(&rc),
+                        "-o".into(),
+                        "-u".into(),
+                        "quiet".into(),
+                    ],
+                    fresh: vec![mail.clone(), meta],
+                }
+            }
+        };
+        Ok(setup)
+    }
+
+    /// Deletes the tool's state and mail: the next run is an initial sync.
+    pub fn make_fresh(&self) -> Result<()> {
+        for p in &self.fresh {
+            remove_tree(p)?;
+        }
+        if self.tool == Tool::Mbsync {
+            // mbsync creates the folders under Path itself, not Path.
+            std::fs::create_dir_all(self.dir.join("Mail"))?;
+        }
+        Ok(())
+    }
+}
