@@ -452,7 +452,7 @@ async fn transient_token_failures_are_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_expiring_during_a_long_sync() {
     let env = connected(Profile::Exchange).await;
-    let batch: Vec<SeedMessage> = (0..3000)
+    let batch: Vec<SeedMessage> = (0..8000)
         .map(|i| {
             SeedMessage::new(
                 format!(
@@ -471,7 +471,17 @@ async fn token_expiring_during_a_long_sync() {
     let child = tokio::task::spawn_blocking(move || cmd.spawn().unwrap())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the download is under way (not before, not after): the token expires and
+    // the server drops the sessions.
+    let archive = env.maildir("Archive");
+    let started = std::time::Instant::now();
+    while crate::support::local_messages(&archive).len() < 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the download never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     env.idp.expire_access_tokens();
     env.dovecot.kick(USER).unwrap();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())

@@ -350,6 +350,25 @@ async fn disconnect(
         writeln_out(out, format_args!("  grant: {line}"));
     }
 
+    // The config goes first: a running daemon drops the account on this change, and it
+    // must have let go of the account before the state is deleted, or a pass in flight
+    // could write the folder rows back and fetch the mail again into the kept Maildir.
+    let mut config_done = false;
+    if target.in_config {
+        let removed = edit::remove_account(path, name)?;
+        if removed {
+            writeln_out(
+                out,
+                format_args!(
+                    "  config: removed [accounts.{name}] from {}",
+                    path.display()
+                ),
+            );
+        }
+        config_done = true;
+        wait_for_release(&config.daemon.state_dir, name).await;
+    }
+
     // (b) The tokens.
     if let Some(s) = &mut state {
         let line = match s.delete_grant(name) {
@@ -393,8 +412,8 @@ async fn disconnect(
     );
     drop(state);
 
-    // (d) The config.
-    if target.in_config {
+    // (d) The config (already done above when the account was in it).
+    if target.in_config && !config_done {
         let removed = edit::remove_account(path, name)?;
         if removed {
             writeln_out(
@@ -512,6 +531,26 @@ fn existing_key(state_dir: &Path) -> Option<Result<TokenKey, String>> {
         .is_some_and(|d| d.join(KEY_FILE).exists())
         || state_dir.join(KEY_FILE).exists();
     exists.then(|| TokenKey::load_or_create(state_dir).map_err(|e| e.to_string()))
+}
+
+/// Waits (up to 10 s) until no process holds the account's lock: the daemon lets go
+/// once it has applied the config change; a `mailsync sync` when its pass ends.
+async fn wait_for_release(state_dir: &Path, account: &str) {
+    let lock_file = state_dir.join(format!("{account}.lock"));
+    if !lock_file.exists() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while crate::state::AccountLock::is_held(state_dir, account) {
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(
+                account,
+                "another mailsync process still holds the account; removing its state anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Revokes the refresh token at Google (it revokes the whole grant).

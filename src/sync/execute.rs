@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -349,88 +350,45 @@ pub async fn sync_account_with(
             fetches.entry(i).or_default().push(*uid);
         }
     }
-    let mut session = Some(session);
-    for (i, t) in targets.iter_mut().enumerate() {
-        if t.failed {
-            continue;
-        }
-        check_stop(options)?;
-        let uids = fetches.remove(&i).unwrap_or_default();
-        options
-            .progress
-            .folder_started(&t.mapping.local, uids.len() as u64);
-        // A dropped session (Exchange ends it when the token expires; a restart; the
-        // network) is reopened, with a fresh token if needed, and the download resumes
-        // with what is not committed yet.
-        let mut pending = uids;
-        let mut reconnects = 0;
-        loop {
-            if session.is_none() {
-                match login(account, timeout, tokens).await {
-                    Ok(s) => session = Some(s),
-                    Err(e) => {
-                        let e = e.to_string();
-                        t.failed = true;
-                        t.report.error = Some(e.clone());
-                        state.set_folder_error(t.row.id, &e)?;
-                        break;
-                    }
-                }
-            }
-            let Some(s) = session.as_mut() else { break };
-            let span = tracing::info_span!("folder", name = %t.mapping.local);
-            let result = download(
-                s,
-                &mut state,
-                t,
-                &pending,
-                config.daemon.batch_size,
-                options,
-            )
-            .instrument(span)
-            .await;
-            match result {
-                Ok(()) => {
-                    if let Some(sel) = &t.selected {
-                        state.set_folder_synced(
-                            t.row.id,
-                            sel.uidvalidity,
-                            sel.uidnext,
-                            sel.highestmodseq,
-                            now(),
-                        )?;
-                    }
-                    break;
-                }
-                Err(DownloadError::Stopped) => return Err(SyncError::Interrupted),
-                Err(DownloadError::Local(e)) => return Err(e),
-                Err(DownloadError::Imap(e)) => {
-                    if e.is_fatal_to_session() {
-                        session = None;
-                    }
-                    if e.is_transient() && reconnects < MAX_RECONNECTS {
-                        reconnects += 1;
-                        tracing::warn!(account = %account.name, folder = %t.mapping.local, "{e}; reconnecting");
-                        let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
-                        let have: HashSet<u32> = state
-                            .known(t.row.id)?
-                            .into_iter()
-                            .filter(|k| k.uidvalidity == uidvalidity)
-                            .map(|k| k.uid)
-                            .collect();
-                        pending.retain(|uid| !have.contains(uid));
-                        continue;
-                    }
-                    fail_folder(&mut state, t, &e)?;
-                    break;
-                }
-            }
-        }
-        options.progress.folder_finished(&t.report);
+    // Folders download in parallel, each on its own IMAP connection and its own SQLite
+    // connection, up to `max_connections` at once: one connection leaves the server
+    // (and our side) idle between responses. The listing session serves the first.
+    drop(state);
+    let lanes = (config.daemon.max_connections as usize).max(1);
+    let shared_tokens = tokio::sync::Mutex::new(&mut *tokens);
+    let spare = std::sync::Mutex::new(Some(session));
+    let jobs: Vec<(&mut Target, Vec<u32>)> = targets
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, t)| !t.failed)
+        .map(|(i, t)| (t, fetches.remove(&i).unwrap_or_default()))
+        .collect();
+    // A loop, not a closure: futures made in a closure trip the compiler's check that
+    // the daemon's task is Send (a known higher-ranked lifetime limitation).
+    let mut downloads = Vec::with_capacity(jobs.len());
+    for (t, uids) in jobs {
+        downloads.push(download_folder(
+            config,
+            account,
+            options,
+            &shared_tokens,
+            &spare,
+            t,
+            uids,
+        ));
     }
-    if let Some(s) = session {
+    let results: Vec<Result<(), SyncError>> = futures::stream::iter(downloads)
+        .buffer_unordered(lanes)
+        .collect()
+        .await;
+    let leftover = spare.lock().ok().and_then(|mut s| s.take());
+    if let Some(s) = leftover {
         s.logout().await;
     }
+    for r in results {
+        r?;
+    }
+    let token_requests = shared_tokens.into_inner().token_requests();
 
     let mut folders: Vec<FolderReport> = targets.into_iter().map(|t| t.report).collect();
     folders.extend(failed_reports);
@@ -438,8 +396,108 @@ pub async fn sync_account_with(
         account: account.name.clone(),
         folders,
         elapsed: started.elapsed(),
-        token_requests: tokens.token_requests(),
+        token_requests,
     })
+}
+
+/// Downloads one folder's new messages and marks it synced. A dropped session
+/// (Exchange ends it when the token expires; a restart; the network) is reopened, with
+/// a fresh token if needed, and the download resumes with what is not committed yet.
+/// Returns an error only when the whole pass must stop; a folder's own failure is
+/// recorded in its report.
+async fn download_folder(
+    config: &Config,
+    account: &Account,
+    options: &SyncOptions,
+    tokens: &tokio::sync::Mutex<&mut TokenSource>,
+    spare: &std::sync::Mutex<Option<Session>>,
+    t: &mut Target,
+    uids: Vec<u32>,
+) -> Result<(), SyncError> {
+    check_stop(options)?;
+    let mut state = State::open(&config.daemon.state_dir)?;
+    let timeout = config.daemon.command_timeout;
+    options
+        .progress
+        .folder_started(&t.mapping.local, uids.len() as u64);
+    let mut session: Option<Session> = None;
+    let mut pending = uids;
+    let mut reconnects = 0;
+    loop {
+        if session.is_none() && !pending.is_empty() {
+            session = spare.lock().ok().and_then(|mut s| s.take());
+        }
+        if session.is_none() && !pending.is_empty() {
+            let mut guard = tokens.lock().await;
+            match login(account, timeout, &mut guard).await {
+                Ok(s) => session = Some(s),
+                Err(e) => {
+                    let e = e.to_string();
+                    t.failed = true;
+                    t.report.error = Some(e.clone());
+                    state.set_folder_error(t.row.id, &e)?;
+                    break;
+                }
+            }
+        }
+        let result = match session.as_mut() {
+            Some(s) => {
+                let span = tracing::info_span!("folder", name = %t.mapping.local);
+                download(
+                    s,
+                    &mut state,
+                    t,
+                    &pending,
+                    config.daemon.batch_size,
+                    options,
+                )
+                .instrument(span)
+                .await
+            }
+            None => Ok(()), // nothing to download
+        };
+        match result {
+            Ok(()) => {
+                if let Some(sel) = &t.selected {
+                    state.set_folder_synced(
+                        t.row.id,
+                        sel.uidvalidity,
+                        sel.uidnext,
+                        sel.highestmodseq,
+                        now(),
+                    )?;
+                }
+                break;
+            }
+            Err(DownloadError::Stopped) => return Err(SyncError::Interrupted),
+            Err(DownloadError::Local(e)) => return Err(e),
+            Err(DownloadError::Imap(e)) => {
+                if e.is_fatal_to_session() {
+                    session = None;
+                }
+                if e.is_transient() && reconnects < MAX_RECONNECTS {
+                    reconnects += 1;
+                    tracing::warn!(account = %account.name, folder = %t.mapping.local, "{e}; reconnecting");
+                    let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
+                    let have: HashSet<u32> = state
+                        .known(t.row.id)?
+                        .into_iter()
+                        .filter(|k| k.uidvalidity == uidvalidity)
+                        .map(|k| k.uid)
+                        .collect();
+                    pending.retain(|uid| !have.contains(uid));
+                    continue;
+                }
+                fail_folder(&mut state, t, &e)?;
+                break;
+            }
+        }
+    }
+    if let Some(s) = session {
+        s.logout().await;
+    }
+    options.progress.folder_finished(&t.report);
+    Ok(())
 }
 
 fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {
