@@ -353,7 +353,6 @@ async fn disconnect(
     // The config goes first: a running daemon drops the account on this change, and it
     // must have let go of the account before the state is deleted, or a pass in flight
     // could write the folder rows back and fetch the mail again into the kept Maildir.
-    let mut config_done = false;
     if target.in_config {
         let removed = edit::remove_account(path, name)?;
         if removed {
@@ -365,7 +364,6 @@ async fn disconnect(
                 ),
             );
         }
-        config_done = true;
         wait_for_release(&config.daemon.state_dir, name).await;
     }
 
@@ -412,19 +410,8 @@ async fn disconnect(
     );
     drop(state);
 
-    // (d) The config (already done above when the account was in it).
-    if target.in_config && !config_done {
-        let removed = edit::remove_account(path, name)?;
-        if removed {
-            writeln_out(
-                out,
-                format_args!(
-                    "  config: removed [accounts.{name}] from {}",
-                    path.display()
-                ),
-            );
-        }
-    } else if !config_removed {
+    // (d) The config: removed above when the account was in it.
+    if !target.in_config && !config_removed {
         writeln_out(
             out,
             format_args!(
