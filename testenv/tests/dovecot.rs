@@ -2,7 +2,7 @@
 //! and the seeding API.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use mailsync_testenv::{Dovecot, DovecotOptions, EXCHANGE_CAPABILITIES, Idp, MoveMode, Profile};
@@ -251,7 +251,12 @@ async fn localized_trash_kick_and_restart() {
     drop(names);
     assert_eq!(dovecot.who(), vec![JANE.to_string()]);
     dovecot.kick(JANE).unwrap();
-    assert!(session.noop().await.is_err(), "kicked session still alive");
+    // The kick is a signal to the imap process: give it a moment to land.
+    let kicked_at = Instant::now();
+    while session.noop().await.is_ok() {
+        assert!(kicked_at.elapsed() < Duration::from_secs(5), "kicked session still alive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let port = dovecot.imaps_port();
     dovecot.restart().await.unwrap();
     assert_eq!(port, dovecot.imaps_port());
