@@ -254,7 +254,10 @@ async fn localized_trash_kick_and_restart() {
     // The kick is a signal to the imap process: give it a moment to land.
     let kicked_at = Instant::now();
     while session.noop().await.is_ok() {
-        assert!(kicked_at.elapsed() < Duration::from_secs(5), "kicked session still alive");
+        assert!(
+            kicked_at.elapsed() < Duration::from_secs(5),
+            "kicked session still alive"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let port = dovecot.imaps_port();
