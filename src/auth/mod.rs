@@ -8,11 +8,11 @@ pub mod diagnose;
 pub mod flows;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::config::{Account, Flow};
 use crate::secret::Secret;
-use crate::state::{GrantStatus, State, StateError};
+use crate::state::{GrantStatus, State, StateError, unix_now};
 
 pub use flows::Grant;
 
@@ -303,13 +303,6 @@ impl TokenSource {
         tracing::debug!(account = %account.name, expires_in = grant.expires_in.as_secs(), rotated = grant.refresh_token.is_some(), "access token refreshed");
         Ok(grant)
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The client secret, from `client_secret_file` (a bare name is a systemd credential

@@ -10,14 +10,14 @@ use clap::{Args, ValueEnum};
 
 use super::{CommandError, Exit};
 use crate::auth::crypto::TokenKey;
-use crate::auth::{AuthError, Grant, diagnose, flows, read_secret};
+use crate::auth::{AuthError, Grant, flows, read_secret};
 use crate::config::edit::{self, AccountSettings};
 use crate::config::roles::{self, RemoteSpec, Role};
 use crate::config::{self, Account, Config, Flow};
 use crate::imap::{self, ImapError};
 use crate::state::{State, StoredGrant};
 use crate::sync::execute::SyncError;
-use crate::sync::login::context;
+use crate::sync::login::refused;
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
@@ -365,12 +365,7 @@ async fn prove(
     {
         Ok(s) => s,
         Err(ImapError::AuthFailed(failure)) => {
-            let diagnosis = diagnose::imap_auth_failure(&failure, &context(account));
-            return Err(ConnectError::Sync(SyncError::Login {
-                account: account.name.clone(),
-                failure: Box::new(failure),
-                diagnosis: Box::new(diagnosis),
-            }));
+            return Err(ConnectError::Sync(refused(account, failure)));
         }
         Err(e) => return Err(imap_err(e)),
     };
@@ -384,11 +379,7 @@ fn store(config: &Config, account: &Account, grant: &Grant) -> Result<(), Connec
     let state_dir = &config.daemon.state_dir;
     let mut state = State::open(state_dir).map_err(|e| err(&e))?;
     let key = TokenKey::load_or_create(state_dir).map_err(|e| err(&e))?;
-    let expires = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-        + grant.expires_in.as_secs() as i64;
+    let expires = crate::state::unix_now() + grant.expires_in.as_secs() as i64;
     state
         .save_grant(
             &key,

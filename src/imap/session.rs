@@ -223,24 +223,13 @@ impl Session {
                     status,
                     outcome,
                 } if *t == tag => {
-                    let text = outcome_text(outcome.code.as_ref(), outcome.information.as_deref());
-                    return match status {
-                        Status::Ok => Ok(()),
-                        Status::No => Err(ImapError::No {
-                            command: name,
-                            text,
-                        }),
-                        _ => Err(ImapError::Bad {
-                            command: name,
-                            text,
-                        }),
-                    };
+                    return tagged(status, &name, outcome);
                 }
                 Response::Data {
                     status: Status::Bye,
                     outcome,
                 } => {
-                    bye = Some(outcome.information.as_deref().unwrap_or("").to_owned());
+                    bye = Some(bye_text(outcome));
                 }
                 Response::Expunge(_) | Response::Vanished { earlier: false, .. } => {
                     self.unsolicited.expunged = true;
@@ -595,26 +584,16 @@ impl Session {
                         tag: t,
                         status,
                         outcome,
-                    } if *t == tag => {
-                        let text =
-                            outcome_text(outcome.code.as_ref(), outcome.information.as_deref());
-                        Some(Err(match status {
-                            Status::No => ImapError::No {
-                                command: "IDLE".into(),
-                                text,
-                            },
-                            _ => ImapError::Bad {
-                                command: "IDLE".into(),
-                                text,
-                            },
-                        }))
-                    }
+                    } if *t == tag => Some(tagged(status, "IDLE", outcome).and(Err(
+                        ImapError::Protocol {
+                            command: "IDLE".into(),
+                            detail: "the server ended IDLE before it began".into(),
+                        },
+                    ))),
                     Response::Data {
                         status: Status::Bye,
                         outcome,
-                    } => Some(Err(ImapError::Bye(
-                        outcome.information.as_deref().unwrap_or("").to_owned(),
-                    ))),
+                    } => Some(Err(ImapError::Bye(bye_text(outcome)))),
                     _ => None,
                 })
                 .await?;
@@ -636,7 +615,7 @@ impl Session {
                     };
                     match r.parsed() {
                         Response::Data { status: Status::Bye, outcome } => {
-                            return Err(ImapError::Bye(outcome.information.as_deref().unwrap_or("").to_owned()));
+                            return Err(ImapError::Bye(bye_text(outcome)));
                         }
                         Response::MailboxData(MailboxDatum::Exists(n)) => {
                             self.unsolicited.exists = Some(*n);
@@ -667,22 +646,11 @@ impl Session {
                         tag: t,
                         status,
                         outcome,
-                    } if *t == tag => Some(match status {
-                        Status::Ok => Ok(end),
-                        _ => Err(ImapError::No {
-                            command: "IDLE".into(),
-                            text: outcome_text(
-                                outcome.code.as_ref(),
-                                outcome.information.as_deref(),
-                            ),
-                        }),
-                    }),
+                    } if *t == tag => Some(tagged(status, "IDLE", outcome).map(|()| end)),
                     Response::Data {
                         status: Status::Bye,
                         outcome,
-                    } => Some(Err(ImapError::Bye(
-                        outcome.information.as_deref().unwrap_or("").to_owned(),
-                    ))),
+                    } => Some(Err(ImapError::Bye(bye_text(outcome)))),
                     _ => None,
                 })
                 .await?;
@@ -747,6 +715,31 @@ fn parse_flags(flags: &[std::borrow::Cow<'_, str>]) -> Flags {
         }
     }
     out
+}
+
+/// A tagged reply as a result: OK, or the NO/BAD naming the command.
+fn tagged(
+    status: &Status,
+    command: &str,
+    outcome: &imap_proto::Outcome<'_>,
+) -> Result<(), ImapError> {
+    let text = || outcome_text(outcome.code.as_ref(), outcome.information.as_deref());
+    match status {
+        Status::Ok => Ok(()),
+        Status::No => Err(ImapError::No {
+            command: command.to_owned(),
+            text: text(),
+        }),
+        _ => Err(ImapError::Bad {
+            command: command.to_owned(),
+            text: text(),
+        }),
+    }
+}
+
+/// What a server said with its BYE.
+fn bye_text(outcome: &imap_proto::Outcome<'_>) -> String {
+    outcome.information.as_deref().unwrap_or("").to_owned()
 }
 
 fn outcome_text(code: Option<&ResponseCode<'_>>, information: Option<&str>) -> String {

@@ -19,6 +19,7 @@ use crate::sync::model::{Fingerprint, Flags, FolderId, Record};
 pub use lock::{AccountLock, LockError};
 pub use runtime::{
     DaemonStatus, FolderStatus, ForgetReport, GrantSummary, HEARTBEAT, RunState, UnknownRunState,
+    unix_now,
 };
 pub use tokens::{GrantStatus, LoadedGrant, StoredGrant};
 

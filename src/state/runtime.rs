@@ -150,7 +150,8 @@ pub struct FolderStatus {
     pub last_error: Option<String>,
 }
 
-pub(super) fn unix_now() -> i64 {
+/// Seconds since the epoch: the clock every stored time uses.
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -49,12 +49,6 @@ fn refresh_token_aad(account: &str) -> Vec<u8> {
     format!("mailsync token store v1\0refresh_token\0{account}").into_bytes()
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 impl State {
     /// Stores the grant of `g.account`, replacing any earlier one; its status is back
     /// to ok.
@@ -79,7 +73,7 @@ impl State {
                     g.scopes.join(" "),
                     g.granted_to,
                     g.access_expires,
-                    now()
+                    super::runtime::unix_now()
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -180,7 +174,7 @@ impl State {
             .execute(
                 "UPDATE tokens SET refresh_token = ?2, access_expires = ?3, status = 'ok',
                  reason = NULL, updated = ?4 WHERE account = ?1",
-                params![account, sealed, access_expires, now()],
+                params![account, sealed, access_expires, super::runtime::unix_now()],
             )
             .map_err(|e| self.err(e))?;
         if changed == 0 {
@@ -199,7 +193,7 @@ impl State {
             .execute(
                 "UPDATE tokens SET status = 'needs_connect', reason = ?2, updated = ?3
                  WHERE account = ?1",
-                params![account, reason, now()],
+                params![account, reason, super::runtime::unix_now()],
             )
             .map_err(|e| self.err(e))?;
         Ok(changed > 0)

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::auth::{AuthError, TokenSource};
@@ -26,7 +26,9 @@ use crate::config::roles::{self, RemoteFolder};
 use crate::config::{Account, Config, Mapping};
 use crate::imap::{self, ImapError, Session};
 use crate::maildir::Maildir;
-use crate::state::{AccountLock, FolderRow, Headers, LockError, Relocation, State, StateError};
+use crate::state::{
+    AccountLock, FolderRow, Headers, LockError, Relocation, State, StateError, unix_now,
+};
 
 use super::login::login;
 use super::model::{Action, Fingerprint, Flags, FolderDiff, FolderId, Record, RemoteNew};
@@ -249,7 +251,7 @@ pub async fn sync_account_with(
         )));
     }
 
-    recover(&mut state, &account.name, state_dir, &account.maildir)?;
+    recover(&mut state, &account.name, &account.maildir)?;
     for t in &targets {
         t.maildir.clean_tmp().map_err(|source| SyncError::Maildir {
             path: t.maildir.tmp(),
@@ -464,7 +466,7 @@ async fn download_folder(
                         sel.uidvalidity,
                         sel.uidnext,
                         sel.highestmodseq,
-                        now(),
+                        unix_now(),
                     )?;
                 }
                 break;
@@ -903,12 +905,7 @@ fn local_failure() -> ImapError {
 /// Finishes what a killed run journalled: deliveries whose rows were never committed
 /// are undone (the file, if it got into place, is removed and the message will be
 /// fetched again), and moves whose file had not been renamed yet are completed.
-fn recover(
-    state: &mut State,
-    account: &str,
-    _state_dir: &std::path::Path,
-    root: &std::path::Path,
-) -> Result<(), SyncError> {
+fn recover(state: &mut State, account: &str, root: &std::path::Path) -> Result<(), SyncError> {
     let folders: HashMap<FolderId, FolderRow> = state
         .folders(account)?
         .into_iter()
@@ -984,13 +981,6 @@ fn recover(
     }
     state.finish_moves(&finished)?;
     Ok(())
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// A local folder name as it appears as a TOML key.

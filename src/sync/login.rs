@@ -61,17 +61,19 @@ async fn login_once(
                 tokens.invalidate();
                 retried = true;
             }
-            Err(ImapError::AuthFailed(failure)) => {
-                let ctx = context(account);
-                let diagnosis = diagnose::imap_auth_failure(&failure, &ctx);
-                return Err(SyncError::Login {
-                    account: account.name.clone(),
-                    failure: Box::new(failure),
-                    diagnosis: Box::new(diagnosis),
-                });
-            }
+            Err(ImapError::AuthFailed(failure)) => return Err(refused(account, failure)),
             Err(e) => return Err(imap_err(e)),
         }
+    }
+}
+
+/// A login the server refused with a valid-looking token, with what it means.
+pub fn refused(account: &Account, failure: crate::imap::AuthFailure) -> SyncError {
+    let diagnosis = diagnose::imap_auth_failure(&failure, &context(account));
+    SyncError::Login {
+        account: account.name.clone(),
+        failure: Box::new(failure),
+        diagnosis: Box::new(diagnosis),
     }
 }
 
