@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_imap::imap_proto::{Response, Status};
 use base64::Engine as _;
+use tokio::io::BufReader;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -68,6 +69,10 @@ pub async fn connect(
             source,
         })?;
     let _ = tcp.set_nodelay(true);
+    // OpenSSL reads a TLS record's 5-byte header, then its body, each with its own
+    // read(); against Dovecot's small records that was ~530,000 recvfrom calls for
+    // 1.1 GB. A buffer under the TLS layer turns them into one call per 64 KiB.
+    let tcp = BufReader::with_capacity(READ_BUFFER, tcp);
 
     let mut tls = None;
     let stream: BoxStream = match endpoint.tls {
@@ -148,11 +153,17 @@ fn certificate_info(stream: &TlsStream) -> Option<TlsInfo> {
     })
 }
 
-type TlsStream = tokio_native_tls::TlsStream<TcpStream>;
+type TlsStream = tokio_native_tls::TlsStream<BufTcp>;
+
+/// The socket with a read buffer under the TLS layer (see [`connect`]).
+type BufTcp = BufReader<TcpStream>;
+
+/// Bytes read from the socket at a time at most.
+const READ_BUFFER: usize = 64 * 1024;
 
 async fn handshake(
     endpoint: &ImapEndpoint,
-    tcp: TcpStream,
+    tcp: BufTcp,
     command_timeout: Duration,
 ) -> Result<TlsStream, ImapError> {
     let connector = tokio_native_tls::TlsConnector::from(

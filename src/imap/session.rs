@@ -189,6 +189,7 @@ impl Session {
     {
         let name = command_name(command);
         tracing::debug!(command = %loggable(command), "imap >");
+        let sent = std::time::Instant::now();
         let tag = timeout(self.timeout, self.inner.run_command(command))
             .await
             .map_err(|_| self.timeout_err(&name))?
@@ -223,6 +224,7 @@ impl Session {
                     status,
                     outcome,
                 } if *t == tag => {
+                    tracing::debug!(command = %name, elapsed = ?sent.elapsed(), "imap <");
                     return tagged(status, &name, outcome);
                 }
                 Response::Data {
