@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use async_imap::imap_proto::{Response, Status};
 use base64::Engine as _;
+use openssl::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslVerifyMode, SslVersion};
+use openssl::x509::verify::X509CheckFlags;
+use openssl::x509::{X509, X509VerifyResult};
 use tokio::io::BufReader;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -55,6 +58,64 @@ pub async fn connect(
     endpoint: &ImapEndpoint,
     command_timeout: Duration,
 ) -> Result<Client, ImapError> {
+    // With a ca_file, try it alone first: loading the system's CA bundle costs tens
+    // of milliseconds of CPU, more than the rest of a no-op sync. Only a certificate
+    // from another issuer makes it worth loading, as ca_file adds to the system store.
+    // Once that failed, this process goes to the system store directly.
+    use std::sync::{Mutex, OnceLock};
+    static NEEDS_SYSTEM: OnceLock<Mutex<Vec<std::path::PathBuf>>> = OnceLock::new();
+    let needs_system = NEEDS_SYSTEM.get_or_init(|| Mutex::new(Vec::new()));
+    let first = match &endpoint.ca_file {
+        Some(path) if !needs_system.lock().is_ok_and(|n| n.contains(path)) => Trust::CaFileOnly,
+        _ => Trust::System,
+    };
+    match connect_trusting(endpoint, command_timeout, first).await {
+        Err(Attempt::OtherIssuer(_)) if first == Trust::CaFileOnly => {
+            let client = connect_trusting(endpoint, command_timeout, Trust::System)
+                .await
+                .map_err(Attempt::into_error)?;
+            if let (Ok(mut n), Some(path)) = (needs_system.lock(), &endpoint.ca_file) {
+                n.push(path.clone());
+            }
+            Ok(client)
+        }
+        other => other.map_err(Attempt::into_error),
+    }
+}
+
+/// Which certificate authorities a connection trusts: `ca_file` alone, or the
+/// system's store (plus `ca_file`, if set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Trust {
+    CaFileOnly,
+    System,
+}
+
+/// A failed connection attempt; `OtherIssuer` may succeed with the system store.
+enum Attempt {
+    Failed(ImapError),
+    OtherIssuer(ImapError),
+}
+
+impl Attempt {
+    fn into_error(self) -> ImapError {
+        match self {
+            Attempt::Failed(e) | Attempt::OtherIssuer(e) => e,
+        }
+    }
+}
+
+impl From<ImapError> for Attempt {
+    fn from(e: ImapError) -> Attempt {
+        Attempt::Failed(e)
+    }
+}
+
+async fn connect_trusting(
+    endpoint: &ImapEndpoint,
+    command_timeout: Duration,
+    trust: Trust,
+) -> Result<Client, Attempt> {
     let host = endpoint.host.clone();
     let port = endpoint.port;
     let tcp = timeout(command_timeout, TcpStream::connect((host.as_str(), port)))
@@ -77,7 +138,7 @@ pub async fn connect(
     let mut tls = None;
     let stream: BoxStream = match endpoint.tls {
         Tls::Implicit => {
-            let stream = handshake(endpoint, tcp, command_timeout).await?;
+            let stream = handshake(endpoint, tcp, command_timeout, trust).await?;
             tls = certificate_info(&stream);
             Box::new(stream)
         }
@@ -87,7 +148,7 @@ pub async fn connect(
             read_greeting(&mut plain, &host, command_timeout).await?;
             let caps = fetch_capabilities_pre(&mut plain, command_timeout).await?;
             if !caps.has("STARTTLS") {
-                return Err(ImapError::NoStartTls { host });
+                return Err(ImapError::NoStartTls { host }.into());
             }
             timeout(
                 command_timeout,
@@ -102,7 +163,7 @@ pub async fn connect(
                 command: "STARTTLS".into(),
                 detail: e.to_string(),
             })?;
-            let stream = handshake(endpoint, plain.into_inner(), command_timeout).await?;
+            let stream = handshake(endpoint, plain.into_inner(), command_timeout, trust).await?;
             tls = certificate_info(&stream);
             Box::new(stream)
         }
@@ -131,8 +192,7 @@ pub async fn connect(
 
 /// Subject, issuer and expiry of the server's certificate (already verified).
 fn certificate_info(stream: &TlsStream) -> Option<TlsInfo> {
-    let der = stream.get_ref().peer_certificate().ok()??.to_der().ok()?;
-    let cert = openssl::x509::X509::from_der(&der).ok()?;
+    let cert = stream.ssl().peer_certificate()?;
     let name = |n: &openssl::x509::X509NameRef| {
         n.entries()
             .map(|e| {
@@ -153,44 +213,131 @@ fn certificate_info(stream: &TlsStream) -> Option<TlsInfo> {
     })
 }
 
-type TlsStream = tokio_native_tls::TlsStream<BufTcp>;
+type TlsStream = tokio_openssl::SslStream<BufTcp>;
 
-/// The socket with a read buffer under the TLS layer (see [`connect`]).
+/// The socket with a read buffer under the TLS layer (see [`connect_trusting`]).
 type BufTcp = BufReader<TcpStream>;
 
 /// Bytes read from the socket at a time at most.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// The TLS handshake, verifying the chain against `trust` and the name against the
+/// configured host (SNI sent for names, not for IP addresses), as OpenSSL's own
+/// `SslConnector` does.
 async fn handshake(
     endpoint: &ImapEndpoint,
     tcp: BufTcp,
     command_timeout: Duration,
-) -> Result<TlsStream, ImapError> {
-    let connector = tokio_native_tls::TlsConnector::from(
-        tls_connector(endpoint.ca_file.as_deref()).map_err(|e| e.for_endpoint(endpoint))?,
-    );
+    trust: Trust,
+) -> Result<TlsStream, Attempt> {
+    let ca_file = endpoint.ca_file.as_deref();
     let tls_err = |detail: String| ImapError::Tls {
         host: endpoint.host.clone(),
         port: endpoint.port,
-        hint: tls_hint(&detail, endpoint.ca_file.as_deref()),
+        hint: tls_hint(&detail, ca_file),
         detail,
     };
-    timeout(command_timeout, connector.connect(&endpoint.host, tcp))
-        .await
-        .map_err(|_| {
-            tls_err(format!(
-                "no TLS handshake within {}s",
-                command_timeout.as_secs()
-            ))
-        })?
-        .map_err(|e| tls_err(e.to_string()))
+    let context = ssl_context(ca_file, trust).map_err(|e| e.for_endpoint(endpoint))?;
+    let setup = |e: openssl::error::ErrorStack| tls_err(format!("cannot set up TLS: {e}"));
+    let mut ssl = Ssl::new(&context).map_err(setup)?;
+    let host = endpoint.host.as_str();
+    let param = ssl.param_mut();
+    param.set_hostflags(X509CheckFlags::NO_PARTIAL_WILDCARDS);
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => param.set_ip(ip).map_err(setup)?,
+        Err(_) => {
+            param.set_host(host).map_err(setup)?;
+            ssl.set_hostname(host).map_err(setup)?;
+        }
+    }
+    let mut stream = tokio_openssl::SslStream::new(ssl, tcp).map_err(setup)?;
+    match timeout(command_timeout, std::pin::Pin::new(&mut stream).connect()).await {
+        Err(_) => Err(tls_err(format!(
+            "no TLS handshake within {}s",
+            command_timeout.as_secs()
+        ))
+        .into()),
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(e)) => {
+            let verify = stream.ssl().verify_result();
+            if verify == X509VerifyResult::OK {
+                return Err(tls_err(e.to_string()).into());
+            }
+            let error = tls_err(format!(
+                "certificate verify failed: {}",
+                verify.error_string()
+            ));
+            // 18, 19, 20: self-signed, or an issuer ca_file does not hold.
+            if trust == Trust::CaFileOnly && matches!(verify.as_raw(), 18..=20) {
+                Err(Attempt::OtherIssuer(error))
+            } else {
+                Err(Attempt::Failed(error))
+            }
+        }
+    }
 }
 
-/// The TLS client configuration trusting the system's CAs and `ca_file`, built once
-/// per CA file content and reused (by IMAP and by the OAuth HTTP client alike):
-/// building one loads the system's CA bundle, tens of milliseconds of CPU with
-/// OpenSSL 3, and the daemon connects again and again. Certificates are always
-/// verified.
+/// The OpenSSL client context for a CA set, built once per process and reused: the
+/// daemon connects again and again, and loading the system store is the costly part.
+/// Certificates are always verified; TLS 1.2 at least.
+fn ssl_context(ca_file: Option<&Path>, trust: Trust) -> Result<SslContext, ImapError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Cache = Mutex<HashMap<(Vec<u8>, Trust), SslContext>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let pem = match ca_file {
+        Some(path) => std::fs::read(path).map_err(|e| ImapError::CaFile {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?,
+        None => Vec::new(),
+    };
+    let key = (pem, trust);
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(context) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(context);
+    }
+    let setup = |e: openssl::error::ErrorStack| ImapError::Tls {
+        host: String::new(),
+        port: 0,
+        detail: format!("cannot set up TLS: {e}"),
+        hint: String::new(),
+    };
+    let mut builder = SslContext::builder(SslMethod::tls_client()).map_err(setup)?;
+    builder
+        .set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(setup)?;
+    builder.set_options(SslOptions::NO_COMPRESSION);
+    builder.set_verify(SslVerifyMode::PEER);
+    if trust == Trust::System {
+        builder.set_default_verify_paths().map_err(setup)?;
+    }
+    if let Some(path) = ca_file {
+        let certs = X509::stack_from_pem(&key.0).map_err(|e| ImapError::CaFile {
+            path: path.to_owned(),
+            detail: format!("not a PEM certificate ({e})"),
+        })?;
+        if certs.is_empty() {
+            return Err(ImapError::CaFile {
+                path: path.to_owned(),
+                detail: "no PEM certificate in the file".into(),
+            });
+        }
+        for cert in certs {
+            builder.cert_store_mut().add_cert(cert).map_err(setup)?;
+        }
+    }
+    let context = builder.build();
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, context.clone());
+    }
+    Ok(context)
+}
+
+/// The native-tls configuration for the OAuth HTTP client (reqwest takes no other),
+/// trusting the system's CAs and `ca_file`, built once per CA file content and
+/// reused: building one loads the system's CA bundle (twice, in native-tls), tens of
+/// milliseconds of CPU with OpenSSL 3. Certificates are always verified.
 pub fn tls_connector(ca_file: Option<&Path>) -> Result<native_tls::TlsConnector, ImapError> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
