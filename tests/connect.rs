@@ -309,10 +309,13 @@ pub(crate) async fn connected(profile: Profile) -> Env {
 }
 
 /// Microsoft rotates refresh tokens: ten refreshes in a row (one per process) each
-/// spend the previous token, and the store always holds the working one.
+/// spend the previous token, and the store always holds the working one. The access
+/// tokens live shorter than the refresh margin, so no run can reuse the previous run's
+/// kept token and each one refreshes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_token_rotation_ten_times() {
     let env = connected(Profile::Full).await;
+    env.idp.set_access_token_lifetime(Duration::from_secs(60));
     let first = env.run(&["sync", "work"]).await;
     assert_eq!(first.code, 0, "{first}");
     let before = env.idp.token_calls();
@@ -336,10 +339,12 @@ async fn refresh_token_rotation_ten_times() {
 }
 
 /// A crash right after a refresh loses nothing: the rotated token was stored before
-/// the access token was used.
+/// the access token was used. (Short-lived access tokens: every run refreshes rather
+/// than reuse the kept one.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_right_after_a_refresh() {
     let env = connected(Profile::Full).await;
+    env.idp.set_access_token_lifetime(Duration::from_secs(60));
     for _ in 0..3 {
         let mut cmd = env.command(&["-vv", "sync", "work"]);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
@@ -593,7 +598,7 @@ async fn imap_authenticate_failed_is_diagnosed() {
 }
 
 /// Tokens and the client secret appear nowhere: not in trace logs, not in the SQLite
-/// file or its WAL (only the sealed refresh token is there).
+/// file or its WAL (only the sealed refresh and access tokens are there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_out_of_logs_and_database() {
     let env = connected(Profile::Full).await;

@@ -12,6 +12,7 @@ mod pull;
 mod secrets;
 mod session;
 mod stop;
+mod token_cache;
 
 /// Defines `NAME::full` and `NAME::exchange` tests running `async fn NAME(Profile)`.
 #[macro_export]

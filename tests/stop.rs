@@ -62,15 +62,24 @@ async fn stop_disconnects_and_a_second_stop_has_nothing_to_do() {
     assert_eq!(work["token"]["status"], "ok", "{work:#}");
     assert_eq!(work["token"]["granted_to"], USER, "{work:#}");
 
-    // The sealed refresh token as stored, to look for afterwards.
-    let sealed: Vec<u8> = {
+    // The sealed refresh and access tokens as stored, to look for afterwards.
+    let (sealed, sealed_access): (Vec<u8>, Vec<u8>) = {
         let db = rusqlite::Connection::open(env.state_dir().join("state.sqlite")).unwrap();
-        db.query_row(
-            "SELECT refresh_token FROM tokens WHERE account = 'work'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+        let sealed = db
+            .query_row(
+                "SELECT refresh_token FROM tokens WHERE account = 'work'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let access = db
+            .query_row(
+                "SELECT sealed FROM access_tokens WHERE account = 'work'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the sync kept its access token");
+        (sealed, access)
     };
 
     // Two accounts: the name is required.
@@ -114,6 +123,12 @@ async fn stop_disconnects_and_a_second_stop_has_nothing_to_do() {
             assert!(
                 !contains(&bytes, w),
                 "part of the sealed token is in {name}"
+            );
+        }
+        for w in sealed_access.windows(16) {
+            assert!(
+                !contains(&bytes, w),
+                "part of the sealed access token is in {name}"
             );
         }
     }

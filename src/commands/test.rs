@@ -261,7 +261,9 @@ async fn check_account(config: &Config, account: &Account, r: &mut Report<'_>) {
             return skip_rest(r, "no token");
         }
     };
-    let token = match tokens.access_token().await {
+    // Always a new one, never the stored one: this step checks that the identity
+    // provider issues a token now (a stored token would hide e.g. an expired secret).
+    let token = match tokens.request_access_token().await {
         Ok(t) => t,
         Err(e) => {
             token_failure(r, account, &e);

@@ -21,7 +21,7 @@ pub use runtime::{
     DaemonStatus, FolderStatus, ForgetReport, GrantSummary, HEARTBEAT, RunState, UnknownRunState,
     unix_now,
 };
-pub use tokens::{GrantStatus, LoadedGrant, StoredGrant};
+pub use tokens::{GrantStatus, LoadedGrant, StoredAccessToken, StoredGrant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

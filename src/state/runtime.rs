@@ -323,12 +323,14 @@ impl State {
         Ok(report)
     }
 
-    /// Every account the state knows of: with folder rows, a grant or a daemon status.
+    /// Every account the state knows of: with folder rows, a grant, an access token or
+    /// a daemon status.
     pub fn accounts_in_state(&self) -> Result<Vec<String>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT account FROM folders UNION SELECT account FROM tokens
+                 UNION SELECT account FROM access_tokens
                  UNION SELECT account FROM daemon_status ORDER BY 1",
             )
             .map_err(|e| self.err(e))?;

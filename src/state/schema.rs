@@ -65,6 +65,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         updated INTEGER NOT NULL
     );
     ALTER TABLE folders ADD COLUMN remote_exists INTEGER;",
+    // 4: the access token cached between processes, sealed with the token key like the
+    // refresh token but under its own associated data (see state/tokens.rs).
+    "CREATE TABLE access_tokens (
+        account TEXT PRIMARY KEY,
+        sealed BLOB NOT NULL,
+        expires INTEGER NOT NULL,
+        scopes TEXT NOT NULL DEFAULT '',
+        updated INTEGER NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
