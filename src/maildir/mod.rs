@@ -163,6 +163,28 @@ impl Maildir {
         Ok(map)
     }
 
+    /// Gives the message `base`, last known with flags `known`, the flags `flags`:
+    /// one rename when the file is where mailsync left it (no stat first), else found
+    /// wherever a mail reader moved it. A message that is gone is not an error (the
+    /// next listing removes its record). Returns the new path, if the file exists.
+    pub fn retag(&self, base: &str, known: Flags, flags: Flags) -> io::Result<Option<PathBuf>> {
+        check_base(base)?;
+        let expected = self.cur().join(file_name(base, known, None));
+        let target = self.cur().join(file_name(base, flags, None));
+        if expected == target {
+            return Ok(fs::symlink_metadata(&target).is_ok().then_some(target));
+        }
+        match fs::rename(&expected, &target) {
+            Ok(()) => return Ok(Some(target)),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(with_path(e, &expected)),
+            Err(_) => {}
+        }
+        match self.locate(base, known)? {
+            Some(path) => self.set_flags(&path, base, flags).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Renames the file at `current` to `cur/<base>:2,<flags>`, keeping letters that
     /// other programs set and mailsync does not manage. Returns the new path.
     pub fn set_flags(&self, current: &Path, base: &str, flags: Flags) -> io::Result<PathBuf> {

@@ -335,16 +335,17 @@ pub async fn sync_account_with(
         );
     }
 
-    // Phase 3: apply. Local-only actions first, for every folder, so relocations are
-    // committed before any removal; then downloads folder by folder.
+    // Phase 3: apply. Local-only actions (relocations, then flags and removals) run
+    // on a blocking thread while the new messages download: the one touches only
+    // files that exist, the other only files it creates, and the two overlap disk
+    // work with waiting for the server.
+    let mut fetches: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
     let index: HashMap<FolderId, usize> = targets
         .iter()
         .enumerate()
+        .filter(|(_, t)| !t.failed)
         .map(|(i, t)| (t.row.id, i))
         .collect();
-    apply_local(&mut state, &mut targets, &index, &actions)?;
-
-    let mut fetches: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
     for a in &actions {
         if let Action::Fetch { folder, uid } = a
             && let Some(&i) = index.get(folder)
@@ -352,11 +353,31 @@ pub async fn sync_account_with(
             fetches.entry(i).or_default().push(*uid);
         }
     }
+    let local_folders: HashMap<FolderId, LocalFolder> = targets
+        .iter()
+        .filter(|t| !t.failed)
+        .map(|t| {
+            let folder = LocalFolder {
+                maildir: t.maildir.clone(),
+                uidvalidity: t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0),
+            };
+            (t.row.id, folder)
+        })
+        .collect();
+    let local = tokio::task::spawn_blocking(move || {
+        let mut state = state;
+        apply_local(&mut state, &local_folders, &actions)
+    });
+
     // Folders download in parallel, each on its own IMAP connection and its own SQLite
     // connection, up to `max_connections` at once: one connection leaves the server
     // (and our side) idle between responses. The listing session serves the first.
-    drop(state);
-    let lanes = (config.daemon.max_connections as usize).max(1);
+    // Another connection costs a TLS handshake and a login (tens of milliseconds on
+    // loopback, more over the Internet); it pays only for a large download.
+    let to_fetch: usize = fetches.values().map(Vec::len).sum();
+    let lanes = (1 + to_fetch / MESSAGES_PER_EXTRA_CONNECTION)
+        .min(config.daemon.max_connections as usize)
+        .max(1);
     let shared_tokens = tokio::sync::Mutex::new(&mut *tokens);
     let spare = std::sync::Mutex::new(Some(session));
     let jobs: Vec<(&mut Target, Vec<u32>)> = targets
@@ -387,8 +408,19 @@ pub async fn sync_account_with(
     if let Some(s) = leftover {
         s.logout().await;
     }
+    let local = local.await.map_err(|e| SyncError::Maildir {
+        path: account.maildir.clone(),
+        source: std::io::Error::other(format!("local changes stopped: {e}")),
+    })?;
     for r in results {
         r?;
+    }
+    for (id, counts) in local? {
+        if let Some(t) = targets.iter_mut().find(|t| t.row.id == id) {
+            t.report.moved_in += counts.moved_in;
+            t.report.flag_updates += counts.flag_updates;
+            t.report.removed += counts.removed;
+        }
     }
     let token_requests = shared_tokens.into_inner().token_requests();
 
@@ -495,12 +527,21 @@ async fn download_folder(
             }
         }
     }
-    if let Some(s) = session {
+    // A working session goes back for the next folder; the pass logs out the last.
+    let unused = session.and_then(|s| match spare.lock() {
+        Ok(mut slot) if slot.is_none() && !t.failed => slot.replace(s),
+        _ => Some(s),
+    });
+    if let Some(s) = unused {
         s.logout().await;
     }
     options.progress.folder_finished(&t.report);
     Ok(())
 }
+
+/// Messages to download per connection beyond the first, when folders download in
+/// parallel (up to `max_connections`).
+const MESSAGES_PER_EXTRA_CONNECTION: usize = 1000;
 
 fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {
     if options.stop.load(Ordering::Relaxed) {
@@ -599,14 +640,30 @@ async fn list_folder(
     Ok(())
 }
 
-/// Applies relocations, flag changes and removals: no network needed.
+/// What [`apply_local`] needs of a folder.
+struct LocalFolder {
+    maildir: Maildir,
+    /// The UIDVALIDITY listed in this pass.
+    uidvalidity: u32,
+}
+
+/// What [`apply_local`] did in a folder, for its report.
+#[derive(Clone, Copy, Debug, Default)]
+struct LocalCounts {
+    moved_in: u64,
+    flag_updates: u64,
+    removed: u64,
+}
+
+/// Applies relocations, flag changes and removals: no network needed. Actions for
+/// folders not in `folders` (failed ones) are skipped.
 fn apply_local(
     state: &mut State,
-    targets: &mut [Target],
-    index: &HashMap<FolderId, usize>,
+    folders: &HashMap<FolderId, LocalFolder>,
     actions: &[Action],
-) -> Result<(), SyncError> {
+) -> Result<HashMap<FolderId, LocalCounts>, SyncError> {
     let maildir_err = |path: PathBuf| move |source| SyncError::Maildir { path, source };
+    let mut counts: HashMap<FolderId, LocalCounts> = HashMap::new();
     // Relocations: journal them all (rebind + moved_from), rename, clear the journal.
     let relocations: Vec<Relocation<'_>> = actions
         .iter()
@@ -617,7 +674,7 @@ fn apply_local(
                 uidvalidity,
                 uid,
                 flags,
-            } if index.contains_key(&record.folder) && index.contains_key(folder) => {
+            } if folders.contains_key(&record.folder) && folders.contains_key(folder) => {
                 Some(Relocation {
                     record,
                     folder: *folder,
@@ -634,54 +691,53 @@ fn apply_local(
         let mut done_moves = Vec::with_capacity(relocations.len());
         for m in &relocations {
             let r = m.record;
-            let from = targets[index[&r.folder]].maildir.clone();
-            let to_i = index[&m.folder];
-            let to = targets[to_i].maildir.clone();
+            let from = &folders[&r.folder].maildir;
+            let to = &folders[&m.folder].maildir;
             if let Some(path) = from
                 .locate(&r.base, r.flags)
                 .map_err(maildir_err(from.root().to_owned()))?
             {
-                from.move_to(&path, &to, &r.base, m.flags)
+                from.move_to(&path, to, &r.base, m.flags)
                     .map_err(maildir_err(path.clone()))?;
             }
             done_moves.push((m.folder, m.uidvalidity, m.uid));
             if r.folder != m.folder {
-                targets[to_i].report.moved_in += 1;
+                counts.entry(m.folder).or_default().moved_in += 1;
             }
         }
-        for t in targets.iter() {
-            t.maildir
+        for f in folders.values() {
+            f.maildir
                 .sync_dirs()
-                .map_err(maildir_err(t.maildir.root().to_owned()))?;
+                .map_err(maildir_err(f.maildir.root().to_owned()))?;
         }
         state.finish_moves(&done_moves)?;
     }
 
     // Flags: rename, then record. A crash in between is healed by `locate`.
-    let mut flag_rows = Vec::new();
+    let mut wanted: BTreeMap<FolderId, Vec<(u32, u32)>> = BTreeMap::new();
+    let mut new_flags: HashMap<(FolderId, u32), Flags> = HashMap::new();
     for a in actions {
-        let Action::SetFlags { folder, uid, flags } = a else {
-            continue;
-        };
-        let Some(&i) = index.get(folder) else {
-            continue;
-        };
-        let t = &mut targets[i];
-        let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
-        let Some(record) = state.record(*folder, uidvalidity, *uid)? else {
-            continue;
-        };
-        if let Some(path) = t
-            .maildir
-            .locate(&record.base, record.flags)
-            .map_err(maildir_err(t.maildir.root().to_owned()))?
+        if let Action::SetFlags { folder, uid, flags } = a
+            && let Some(f) = folders.get(folder)
         {
-            t.maildir
-                .set_flags(&path, &record.base, *flags)
-                .map_err(maildir_err(path.clone()))?;
+            wanted
+                .entry(*folder)
+                .or_default()
+                .push((f.uidvalidity, *uid));
+            new_flags.insert((*folder, *uid), *flags);
         }
-        flag_rows.push((*folder, uidvalidity, *uid, *flags));
-        t.report.flag_updates += 1;
+    }
+    let mut flag_rows = Vec::new();
+    for (folder, keys) in wanted {
+        let maildir = &folders[&folder].maildir;
+        for record in state.records_for(folder, &keys)? {
+            let flags = new_flags[&(folder, record.uid)];
+            maildir
+                .retag(&record.base, record.flags, flags)
+                .map_err(maildir_err(maildir.root().to_owned()))?;
+            flag_rows.push((folder, record.uidvalidity, record.uid, flags));
+            counts.entry(folder).or_default().flag_updates += 1;
+        }
     }
     state.set_flags(&flag_rows)?;
 
@@ -691,29 +747,28 @@ fn apply_local(
         let Action::Remove { record } = a else {
             continue;
         };
-        let Some(&i) = index.get(&record.folder) else {
+        let Some(f) = folders.get(&record.folder) else {
             continue;
         };
-        let t = &mut targets[i];
-        if let Some(path) = t
+        if let Some(path) = f
             .maildir
             .locate(&record.base, record.flags)
-            .map_err(maildir_err(t.maildir.root().to_owned()))?
+            .map_err(maildir_err(f.maildir.root().to_owned()))?
         {
-            t.maildir.remove(&path).map_err(maildir_err(path.clone()))?;
+            f.maildir.remove(&path).map_err(maildir_err(path.clone()))?;
         }
-        t.report.removed += 1;
+        counts.entry(record.folder).or_default().removed += 1;
         removed.push(record.clone());
     }
     if !removed.is_empty() {
-        for t in targets.iter() {
-            t.maildir
+        for f in folders.values() {
+            f.maildir
                 .sync_dirs()
-                .map_err(maildir_err(t.maildir.root().to_owned()))?;
+                .map_err(maildir_err(f.maildir.root().to_owned()))?;
         }
         state.remove(&removed)?;
     }
-    Ok(())
+    Ok(counts)
 }
 
 enum DownloadError {
