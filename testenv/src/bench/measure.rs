@@ -1,7 +1,9 @@
 //! Runs one tool once and measures it: wall time (`Instant`), CPU user+sys and peak RSS
 //! of the child (GNU `time -f '%e %U %S %M'`, i.e. its `wait4` rusage), and what the
 //! server sent to the sessions that logged in during the run (the `out=` of their
-//! disconnect lines in Dovecot's log, picked by `session=<…>` id).
+//! disconnect lines in Dovecot's log, picked by `session=<…>` id). The CPU the rest
+//! of the machine used meanwhile (busy time in /proc/stat minus the tool's own) is
+//! the server's: on this loopback set-up Dovecot and its TLS proxy are all that runs.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,6 +22,8 @@ pub struct Run {
     pub rss_mb: f64,
     pub server_mb: f64,
     pub sessions: usize,
+    /// Busy CPU seconds of the whole machine during the run, minus `cpu`.
+    pub others_cpu: f64,
 }
 
 /// Runs `setup`'s command once; fails if it exits non-zero.
@@ -34,6 +38,7 @@ pub fn run(setup: &Setup, server: &Server, log_dir: &Path, label: &str) -> Resul
     let time_file = log_dir.join(format!("{label}.time"));
     let out_file = log_dir.join(format!("{label}.log"));
     let out = std::fs::File::create(&out_file)?;
+    let busy_before = machine_busy_seconds()?;
     let started = Instant::now();
     let status = Command::new("/usr/bin/time")
         .arg("-f")
@@ -48,6 +53,7 @@ pub fn run(setup: &Setup, server: &Server, log_dir: &Path, label: &str) -> Resul
         .status()
         .context("run /usr/bin/time (apt-get install time)")?;
     let wall = started.elapsed().as_secs_f64();
+    let busy = machine_busy_seconds()? - busy_before;
     if !status.success() {
         let log = std::fs::read_to_string(&out_file).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -73,13 +79,36 @@ pub fn run(setup: &Setup, server: &Server, log_dir: &Path, label: &str) -> Resul
     }
     server.wait_idle()?;
     let (sessions, bytes) = server_bytes(server, since)?;
+    let cpu = f[1] + f[2];
     Ok(Run {
         wall,
-        cpu: f[1] + f[2],
+        cpu,
         rss_mb: f[3] / 1024.0,
         server_mb: bytes as f64 / 1e6,
         sessions,
+        others_cpu: (busy - cpu).max(0.0),
     })
+}
+
+/// CPU seconds all cores spent busy since boot (user, nice, system, irq, softirq and
+/// steal of the `cpu` line of /proc/stat, in USER_HZ = 100 ticks a second).
+fn machine_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    Ok(busy as f64 / 100.0)
 }
 
 /// Sessions that logged in after log line `since`, and the sum of their `out=` bytes
@@ -130,5 +159,6 @@ pub fn median(runs: &[Run]) -> Run {
         rss_mb: m(|r| r.rss_mb),
         server_mb: m(|r| r.server_mb),
         sessions: m(|r| r.sessions as f64) as usize,
+        others_cpu: m(|r| r.others_cpu),
     }
 }

@@ -103,7 +103,7 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
     let mut tsv = std::fs::File::create(out.join("runs.tsv"))?;
     writeln!(
         tsv,
-        "profile\ttool\tscenario\trun\twall_s\tcpu_s\tpeak_rss_mb\tserver_mb\tsessions"
+        "profile\ttool\tscenario\trun\twall_s\tcpu_s\tpeak_rss_mb\tserver_mb\tsessions\tserver_cpu_s"
     )?;
     let started = Instant::now();
     let corpus = Corpus::generate(&CorpusOptions {
@@ -154,20 +154,21 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
             let setup = Setup::new(tool, &server, &dir, &args.mailsync)?;
             let mut record = |scenario: usize, i: usize, r: &Run| -> Result<()> {
                 println!(
-                    "[{}] {:<11} {:<40} run {}: wall {:>7.2}s cpu {:>7.2}s rss {:>6.0} MB server {:>8.1} MB sessions {}",
+                    "[{}] {:<11} {:<40} run {}: wall {:>7.2}s cpu {:>7.2}s server cpu {:>7.2}s rss {:>6.0} MB server {:>8.1} MB sessions {}",
                     profile.name(),
                     tool.name(),
                     SCENARIOS[scenario],
                     i + 1,
                     r.wall,
                     r.cpu,
+                    r.others_cpu,
                     r.rss_mb,
                     r.server_mb,
                     r.sessions
                 );
                 writeln!(
                     tsv,
-                    "{}\t{}\t{}\t{}\t{:.3}\t{:.3}\t{:.1}\t{:.3}\t{}",
+                    "{}\t{}\t{}\t{}\t{:.3}\t{:.3}\t{:.1}\t{:.3}\t{}\t{:.3}",
                     profile.name(),
                     tool.name(),
                     &SCENARIOS[scenario][..1],
@@ -176,7 +177,8 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
                     r.cpu,
                     r.rss_mb,
                     r.server_mb,
-                    r.sessions
+                    r.sessions,
+                    r.others_cpu
                 )?;
                 Ok(())
             };

@@ -23,19 +23,20 @@ pub struct Row {
 /// The table in Markdown.
 pub fn table(rows: &[Row], runs: usize) -> String {
     let mut t = String::from(
-        "| scenario | profile | tool | wall s | CPU s | peak RSS MB | server MB | sessions | wall ÷ mbsync | same as mbsync |\n\
-         |---|---|---|--:|--:|--:|--:|--:|--:|:-:|\n",
+        "| scenario | profile | tool | wall s | CPU s | server CPU s | peak RSS MB | server MB | sessions | wall ÷ mbsync | same as mbsync |\n\
+         |---|---|---|--:|--:|--:|--:|--:|--:|--:|:-:|\n",
     );
     for r in rows {
         let m = &r.median;
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {} | {} | {} |",
             r.scenario,
             r.profile,
             r.tool,
             m.wall,
             m.cpu,
+            m.others_cpu,
             m.rss_mb,
             m.server_mb,
             m.sessions,
@@ -43,7 +44,12 @@ pub fn table(rows: &[Row], runs: usize) -> String {
             r.same,
         );
     }
-    let _ = writeln!(t, "\nMedians of {runs} run(s) per row.");
+    let _ = writeln!(
+        t,
+        "\nMedians of {runs} run(s) per row. CPU s: the tool's user + system time. Server CPU s: \
+         the rest of the machine's busy time during the run (Dovecot, its TLS proxy, the kernel's \
+         loopback work on their behalf), which shares the same cores."
+    );
     t
 }
 
