@@ -183,9 +183,27 @@ impl Session {
     /// the tagged reply arrives: `Ok` for OK, an error naming the command otherwise.
     /// The timeout applies to each wait for data, so a long FETCH that keeps
     /// streaming is not cut off, while a silent server is.
-    pub async fn exec<F>(&mut self, command: &str, mut on_data: F) -> Result<(), ImapError>
+    pub async fn exec<F>(&mut self, command: &str, on_data: F) -> Result<(), ImapError>
     where
         F: FnMut(&Response<'_>) -> Result<(), ImapError>,
+    {
+        self.exec_paced(command, on_data, || std::future::ready(()))
+            .await
+    }
+
+    /// [`Session::exec`], awaiting `pace()` before each read: how a caller that hands
+    /// responses to slower work (the Maildir writer) holds the server back without
+    /// blocking the thread, which other connections of the pass share.
+    pub async fn exec_paced<F, P, Fut>(
+        &mut self,
+        command: &str,
+        mut on_data: F,
+        mut pace: P,
+    ) -> Result<(), ImapError>
+    where
+        F: FnMut(&Response<'_>) -> Result<(), ImapError>,
+        P: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
     {
         let name = command_name(command);
         tracing::debug!(command = %loggable(command), "imap >");
@@ -196,6 +214,7 @@ impl Session {
             .map_err(|e| map_async_imap(e, &name))?;
         let mut bye: Option<String> = None;
         loop {
+            pace().await;
             let response = match timeout(self.timeout, self.inner.read_response()).await {
                 Err(_) => return Err(self.timeout_err(&name)),
                 Ok(Err(e)) => {
@@ -517,50 +536,62 @@ impl Session {
 
     /// Downloads the given messages whole, handing each to `deliver` as it arrives, so
     /// at most one message is held in memory at a time. `deliver` may stop the fetch by
-    /// returning an error.
-    pub async fn fetch_bodies<F>(&mut self, uids: &[u32], mut deliver: F) -> Result<(), ImapError>
+    /// returning an error; `pace` is awaited before each read (see
+    /// [`Session::exec_paced`]).
+    pub async fn fetch_bodies<F, P, Fut>(
+        &mut self,
+        uids: &[u32],
+        mut deliver: F,
+        pace: P,
+    ) -> Result<(), ImapError>
     where
         F: FnMut(FetchedMessage) -> Result<(), ImapError>,
+        P: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
     {
         let command = format!(
             "UID FETCH {} (UID FLAGS INTERNALDATE BODY.PEEK[])",
             uid_set(uids)
         );
-        self.exec(&command, |r| {
-            if let Response::Fetch(_, attrs) = r {
-                let mut uid = None;
-                let mut flags = Flags::empty();
-                let mut internaldate = 0;
-                let mut body = None;
-                for a in attrs {
-                    match a {
-                        AttributeValue::Uid(u) => uid = Some(*u),
-                        AttributeValue::Flags(f) => flags = parse_flags(f),
-                        AttributeValue::InternalDate(d) => {
-                            internaldate = parse_internaldate(d).unwrap_or(0)
+        self.exec_paced(
+            &command,
+            |r| {
+                if let Response::Fetch(_, attrs) = r {
+                    let mut uid = None;
+                    let mut flags = Flags::empty();
+                    let mut internaldate = 0;
+                    let mut body = None;
+                    for a in attrs {
+                        match a {
+                            AttributeValue::Uid(u) => uid = Some(*u),
+                            AttributeValue::Flags(f) => flags = parse_flags(f),
+                            AttributeValue::InternalDate(d) => {
+                                internaldate = parse_internaldate(d).unwrap_or(0)
+                            }
+                            AttributeValue::BodySection {
+                                section: None,
+                                data,
+                                ..
+                            } => body = Some(data.as_deref().unwrap_or_default().to_vec()),
+                            AttributeValue::Rfc822(data) => {
+                                body = Some(data.as_deref().unwrap_or_default().to_vec())
+                            }
+                            _ => {}
                         }
-                        AttributeValue::BodySection {
-                            section: None,
-                            data,
-                            ..
-                        } => body = Some(data.as_deref().unwrap_or_default().to_vec()),
-                        AttributeValue::Rfc822(data) => {
-                            body = Some(data.as_deref().unwrap_or_default().to_vec())
-                        }
-                        _ => {}
+                    }
+                    if let (Some(uid), Some(body)) = (uid, body) {
+                        deliver(FetchedMessage {
+                            uid,
+                            flags,
+                            internaldate,
+                            body,
+                        })?;
                     }
                 }
-                if let (Some(uid), Some(body)) = (uid, body) {
-                    deliver(FetchedMessage {
-                        uid,
-                        flags,
-                        internaldate,
-                        body,
-                    })?;
-                }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+            pace,
+        )
         .await
     }
 

@@ -33,7 +33,7 @@ use crate::state::{
 use super::login::login;
 use super::model::{Action, Fingerprint, Flags, FolderDiff, FolderId, Record, RemoteNew};
 use super::plan::{self, Listing};
-use super::writer::{Job, Writer};
+use super::writer::{Job, Queued, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -855,42 +855,75 @@ async fn download(
             }
             local_error.is_none()
         };
+        // A message the writer had no room for waits here, and the next read waits for
+        // the writer (asynchronously: other folders' connections go on meanwhile).
+        let parked: std::sync::Mutex<Option<Job>> = std::sync::Mutex::new(None);
+        let writer_stopped = AtomicBool::new(false);
+        let take_parked = || parked.lock().ok().and_then(|mut p| p.take());
+        let pace = || async {
+            if let Some(job) = take_parked()
+                && !writer.send(job).await
+            {
+                writer_stopped.store(true, Ordering::Relaxed);
+            }
+        };
         let result = session
-            .fetch_bodies(batch, |m| {
-                let Some(base) = bases.get(&m.uid) else {
-                    return Ok(());
-                };
-                if !seen.insert(m.uid) {
-                    return Ok(()); // a server repeating a message must not make a duplicate
-                }
-                let size = m.body.len() as u64;
-                progress.fetched(&local, 1, size);
-                let queued = writer.send(Job {
-                    uid: m.uid,
-                    base: base.clone(),
-                    flags: m.flags,
-                    internaldate: m.internaldate,
-                    body: m.body,
-                });
-                if !collect(writer.ready(), &mut delivered, &mut local_error) || !queued {
-                    return Err(local_failure());
-                }
-                // Group commit: a crash costs at most this much re-downloading, and one
-                // directory fsync and one transaction cover many messages.
-                if delivered.len() >= COMMIT_EVERY || last_commit.elapsed() >= COMMIT_INTERVAL {
-                    if let Err(e) = commit(state_ref, maildir, folder, &mut delivered, &[]) {
-                        local_error = Some(e);
+            .fetch_bodies(
+                batch,
+                |m| {
+                    let Some(base) = bases.get(&m.uid) else {
+                        return Ok(());
+                    };
+                    if !seen.insert(m.uid) {
+                        return Ok(()); // a server repeating a message must not make a duplicate
+                    }
+                    let size = m.body.len() as u64;
+                    progress.fetched(&local, 1, size);
+                    let job = Job {
+                        uid: m.uid,
+                        base: base.clone(),
+                        flags: m.flags,
+                        internaldate: m.internaldate,
+                        body: m.body,
+                    };
+                    let queued = match writer.try_send(job) {
+                        Queued::Yes => true,
+                        Queued::Full(job) => {
+                            if let Ok(mut p) = parked.lock() {
+                                *p = Some(job);
+                            }
+                            true
+                        }
+                        Queued::Stopped => false,
+                    };
+                    if !collect(writer.ready(), &mut delivered, &mut local_error)
+                        || !queued
+                        || writer_stopped.load(Ordering::Relaxed)
+                    {
                         return Err(local_failure());
                     }
-                    last_commit = Instant::now();
-                }
-                if stop.load(Ordering::Relaxed) {
-                    stopped = true;
-                    return Err(local_failure());
-                }
-                Ok(())
-            })
+                    // Group commit: a crash costs at most this much re-downloading, and one
+                    // directory fsync and one transaction cover many messages.
+                    if delivered.len() >= COMMIT_EVERY || last_commit.elapsed() >= COMMIT_INTERVAL {
+                        if let Err(e) = commit(state_ref, maildir, folder, &mut delivered, &[]) {
+                            local_error = Some(e);
+                            return Err(local_failure());
+                        }
+                        last_commit = Instant::now();
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        stopped = true;
+                        return Err(local_failure());
+                    }
+                    Ok(())
+                },
+                pace,
+            )
             .await;
+        // The last message may still be parked (or the fetch stopped right after it).
+        if let Some(job) = take_parked() {
+            writer.send(job).await;
+        }
         // Let the writer finish what it has (the message in flight included).
         collect(writer.finish(), &mut delivered, &mut local_error);
 
