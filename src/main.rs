@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Folders(args) => commands::folders::run(&config, args).await,
-            Command::Sync(args) => commands::sync::run(&config, args).await,
+            Command::Sync(args) => commands::sync::run(&config, args, cli.quiet).await,
             Command::ConsentUrl(args) => commands::consent_url::run(&config, args).await,
             Command::Status(args) => commands::status::run(&config, args).await,
             Command::Test(_) | Command::Connect(_) | Command::Stop(_) | Command::Run => {

@@ -164,6 +164,23 @@ async fn mapping_to_missing_folder_names_it() {
         "{line}"
     );
     assert_eq!(run.summary().folder("Inbox").fetched, 1, "{run}");
+
+    // -q (for cron): nothing but the failure, on stderr.
+    env.dovecot
+        .append(USER, "INBOX", b"Subject: b\r\n\r\ny\r\n", &[], None)
+        .await
+        .unwrap();
+    let quiet = env.run(&["-q", "sync"]).await;
+    assert_eq!(quiet.code, 1, "{quiet}");
+    assert_eq!(quiet.stdout, "", "{quiet}");
+    let lines: Vec<&str> = quiet.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{quiet}");
+    assert!(lines[0].contains("Projects/2026"), "{quiet}");
+    assert_eq!(
+        crate::support::local_messages(&env.maildir("Inbox")).len(),
+        2,
+        "{quiet}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! `mailsync sync`: one pass now, with a progress bar per folder on a terminal (plain
-//! lines otherwise) and a summary per account.
+//! lines otherwise) and a summary per account; with `-q`, only what failed (stderr).
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -10,14 +10,16 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use super::{CommandError, Exit, human_bytes, select_accounts};
 use crate::cli::SyncArgs;
 use crate::config::Config;
-use crate::sync::execute::{FolderReport, Progress, SyncOptions, sync_account};
+use crate::sync::execute::{FolderReport, Progress, Quiet, SyncOptions, sync_account};
 
-pub async fn run(config: &Config, args: &SyncArgs) -> Result<Exit, CommandError> {
+pub async fn run(config: &Config, args: &SyncArgs, quiet: bool) -> Result<Exit, CommandError> {
     let accounts = select_accounts(config, args.account.as_deref())?;
     let mut out = std::io::stdout().lock();
     let (mut ok, mut partial, mut fatal) = (0, 0, 0);
     for account in accounts {
-        let progress: Arc<dyn Progress> = if std::io::stderr().is_terminal() {
+        let progress: Arc<dyn Progress> = if quiet {
+            Arc::new(Quiet)
+        } else if std::io::stderr().is_terminal() {
             Arc::new(Bars::new(&account.name))
         } else {
             Arc::new(Lines {
@@ -34,6 +36,10 @@ pub async fn run(config: &Config, args: &SyncArgs) -> Result<Exit, CommandError>
                 let (mut fetched, mut flags, mut removed, mut moved, mut bytes) = (0, 0, 0, 0, 0);
                 for f in &report.folders {
                     match &f.error {
+                        None if quiet => {}
+                        Some(e) if quiet => {
+                            eprintln!("mailsync: {}/{}: {e}", account.name, f.local)
+                        }
                         None => writeln!(
                             out,
                             "{}/{}: fetched {}, flag updates {}, removed {}, moved in {}, {}",
@@ -53,13 +59,15 @@ pub async fn run(config: &Config, args: &SyncArgs) -> Result<Exit, CommandError>
                     moved += f.moved_in;
                     bytes += f.bytes;
                 }
-                writeln!(
-                    out,
-                    "{}: fetched {fetched}, flag updates {flags}, removed {removed}, moved {moved}, {} in {:.1} s",
-                    account.name,
-                    human_bytes(bytes),
-                    report.elapsed.as_secs_f64()
-                )?;
+                if !quiet {
+                    writeln!(
+                        out,
+                        "{}: fetched {fetched}, flag updates {flags}, removed {removed}, moved {moved}, {} in {:.1} s",
+                        account.name,
+                        human_bytes(bytes),
+                        report.elapsed.as_secs_f64()
+                    )?;
+                }
                 if report.failed_folders() > 0 {
                     partial += 1;
                 } else {
