@@ -200,4 +200,14 @@ async fn wrong_ca_file_is_a_tls_error() {
         !env.mail_root().join("Inbox").join("cur").exists()
             || crate::support::local_messages(&env.maildir("Inbox")).is_empty()
     );
+
+    // Not a certificate at all: the config's fault, said once, not retried.
+    std::fs::write(env.dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let run = env.run(&["sync"]).await;
+    assert_eq!(run.code, 2, "{run}");
+    assert!(
+        run.stderr.contains("ca_file") && run.stderr.contains("not a PEM certificate"),
+        "{run}"
+    );
+    assert!(!run.stderr.contains("retry"), "{run}");
 }

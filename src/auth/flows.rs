@@ -105,7 +105,15 @@ fn http_client_with(
         account: account.to_owned(),
         detail,
     };
-    let tls = crate::imap::tls_connector(key.as_deref()).map_err(|e| transient(e.to_string()))?;
+    // A ca_file that cannot be read or parsed is the config's fault: retrying will
+    // not help, so it is no transient failure.
+    let tls = crate::imap::tls_connector(key.as_deref()).map_err(|e| match e {
+        crate::imap::ImapError::CaFile { .. } => AuthError::Io {
+            account: account.to_owned(),
+            detail: e.to_string(),
+        },
+        e => transient(e.to_string()),
+    })?;
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::none())

@@ -320,7 +320,7 @@ fn ssl_context(ca_file: Option<&Path>, trust: Trust) -> Result<SslContext, ImapE
         if certs.is_empty() {
             return Err(ImapError::CaFile {
                 path: path.to_owned(),
-                detail: "no PEM certificate in the file".into(),
+                detail: "not a PEM certificate (no -----BEGIN CERTIFICATE----- block)".into(),
             });
         }
         for cert in certs {
