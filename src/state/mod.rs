@@ -120,7 +120,12 @@ impl State {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, StateError> {
         let result = (|| {
-            let tx = self.conn.transaction()?;
+            // IMMEDIATE: take the write lock at BEGIN, waiting (busy_timeout) for the
+            // pass's other connections; a deferred transaction that read first could
+            // fail with SQLITE_BUSY_SNAPSHOT when it goes on to write.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let value = f(&tx)?;
             tx.commit()?;
             Ok(value)
