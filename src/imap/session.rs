@@ -119,7 +119,8 @@ pub struct Session {
     capabilities: Capabilities,
     host: String,
     timeout: Duration,
-    selected: Option<String>,
+    /// The folder selected now, and its UIDVALIDITY.
+    selected: Option<(String, u32)>,
     qresync_enabled: bool,
     pub unsolicited: Unsolicited,
 }
@@ -443,8 +444,22 @@ impl Session {
             });
         }
         self.unsolicited = Unsolicited::default();
-        self.selected = Some(folder.to_owned());
+        self.selected = Some((folder.to_owned(), out.selected.uidvalidity));
         Ok(out)
+    }
+
+    /// Makes `folder` the selected one, without a round trip if it already is; returns
+    /// its UIDVALIDITY (which cannot change while it stays selected).
+    pub async fn ensure_selected(&mut self, folder: &str) -> Result<u32, ImapError> {
+        match &self.selected {
+            Some((name, uidvalidity)) if name == folder => Ok(*uidvalidity),
+            _ => Ok(self.select(folder).await?.uidvalidity),
+        }
+    }
+
+    /// The folder selected now, if any.
+    pub fn selected_folder(&self) -> Option<&str> {
+        self.selected.as_ref().map(|(name, _)| name.as_str())
     }
 
     /// UID and flags of messages: all of them, or those changed since `modseq`.

@@ -282,14 +282,23 @@ pub async fn sync_account_with(
     if any_vanished {
         let mut new = Vec::new();
         let mut vanished = Vec::new();
-        for t in targets.iter_mut().filter(|t| !t.failed) {
+        // The folder still selected from phase 1 first: one SELECT fewer.
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        order.sort_by_key(|&i| session.selected_folder() != Some(targets[i].remote.name.as_str()));
+        for i in order {
+            let t = &mut targets[i];
+            if t.failed {
+                continue;
+            }
             vanished.extend(state.records_for(t.row.id, &t.diff.vanished)?);
             if t.diff.new_uids.is_empty() {
                 continue;
             }
             let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
             let result = async {
-                session.select(&t.remote.name).await?;
+                if session.ensure_selected(&t.remote.name).await? != uidvalidity {
+                    return Err(uidvalidity_changed());
+                }
                 session.fetch_fingerprints(&t.diff.new_uids).await
             }
             .await;
@@ -379,13 +388,16 @@ pub async fn sync_account_with(
         .min(config.daemon.max_connections as usize)
         .max(1);
     let shared_tokens = tokio::sync::Mutex::new(&mut *tokens);
+    let selected = session.selected_folder().map(str::to_owned);
     let spare = std::sync::Mutex::new(Some(session));
-    let jobs: Vec<(&mut Target, Vec<u32>)> = targets
+    let mut jobs: Vec<(&mut Target, Vec<u32>)> = targets
         .iter_mut()
         .enumerate()
         .filter(|(_, t)| !t.failed)
         .map(|(i, t)| (t, fetches.remove(&i).unwrap_or_default()))
         .collect();
+    // The folder the listing session has selected first: one SELECT fewer.
+    jobs.sort_by_key(|(t, _)| selected.as_deref() != Some(t.remote.name.as_str()));
     // A loop, not a closure: futures made in a closure trip the compiler's check that
     // the daemon's task is Send (a known higher-ranked lifetime limitation).
     let mut downloads = Vec::with_capacity(jobs.len());
@@ -794,16 +806,13 @@ async fn download(
         return Ok(());
     };
     let current = session
-        .select(&t.remote.name)
+        .ensure_selected(&t.remote.name)
         .await
         .map_err(DownloadError::Imap)?;
-    if current.uidvalidity != sel.uidvalidity {
+    if current != sel.uidvalidity {
         // Changed again since listing: the next pass re-pairs; fetching now would file
         // messages under a UIDVALIDITY we did not list.
-        return Err(DownloadError::Imap(ImapError::Protocol {
-            command: "SELECT".into(),
-            detail: "UIDVALIDITY changed during the sync; the next pass will re-pair".into(),
-        }));
+        return Err(DownloadError::Imap(uidvalidity_changed()));
     }
     let local = t.mapping.local.clone();
     for batch in uids.chunks(batch_size.max(1) as usize) {
@@ -980,6 +989,14 @@ fn commit(
     state.commit_deliveries(folder, delivered, abandoned)?;
     delivered.clear();
     Ok(())
+}
+
+/// The folder's UIDVALIDITY is not the one listed in this pass.
+fn uidvalidity_changed() -> ImapError {
+    ImapError::Protocol {
+        command: "SELECT".into(),
+        detail: "UIDVALIDITY changed during the sync; the next pass will re-pair".into(),
+    }
 }
 
 /// Stops a FETCH from inside its callback; the real cause is kept beside it.
