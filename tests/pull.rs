@@ -100,6 +100,60 @@ async fn expunge(profile: Profile) {
 }
 on_both_profiles!(expunge);
 
+/// New mail beside expunges is no move: only a new message of the same size as an
+/// expunged one is looked at closer (its Message-ID), and none is taken for a move.
+async fn new_mail_beside_expunges_is_fetched(profile: Profile) {
+    let env = Env::start(profile).await;
+    let uids = seed(&env, "INBOX", 0..12, &["\\Seen"]).await;
+    env.sync().await;
+    env.dovecot
+        .expunge(USER, "INBOX", &[uids[2], uids[5], uids[11]])
+        .await
+        .unwrap();
+    // Same size as message 2, another Message-ID; and one of a size nobody has.
+    let twin = String::from_utf8(message(2, 2000 + 2 * 37))
+        .unwrap()
+        .replace("<msg-2@", "<msg-Z@");
+    let new = [twin.into_bytes(), message(50, 9000)];
+    let mut new_uids = Vec::new();
+    for m in &new {
+        new_uids.push(
+            env.dovecot
+                .append(USER, "INBOX", m, &[], None)
+                .await
+                .unwrap(),
+        );
+    }
+    let run = env.run(&["-vv", "sync"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let inbox = run.summary().folder("Inbox");
+    assert_eq!(
+        (inbox.fetched, inbox.removed, inbox.moved_in),
+        (2, 3, 0),
+        "{run}"
+    );
+    let commands: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("imap >"))
+        .collect();
+    assert!(
+        commands.iter().any(|l| l.contains("(UID RFC822.SIZE)")),
+        "{commands:#?}"
+    );
+    let headers: Vec<&&str> = commands
+        .iter()
+        .filter(|l| l.contains("HEADER.FIELDS"))
+        .collect();
+    assert_eq!(headers.len(), 1, "{commands:#?}");
+    assert!(
+        headers[0].contains(&format!("UID FETCH {} (", new_uids[0])),
+        "{headers:?}"
+    );
+    env.assert_in_sync().await;
+}
+on_both_profiles!(new_mail_beside_expunges_is_fetched);
+
 /// Exchange moves are COPY + EXPUNGE: the message must be moved locally, not fetched.
 async fn move_to_trash_is_local(profile: Profile) {
     let env = Env::start(profile).await;

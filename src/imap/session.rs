@@ -500,6 +500,33 @@ impl Session {
         Ok(uids)
     }
 
+    /// RFC822.SIZE of the given messages, by UID (what servers keep in their index).
+    pub async fn fetch_sizes(&mut self, uids: &[u32]) -> Result<Vec<(u32, u64)>, ImapError> {
+        let mut out = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(5000) {
+            let command = format!("UID FETCH {} (UID RFC822.SIZE)", uid_set(chunk));
+            self.exec(&command, |r| {
+                if let Response::Fetch(_, attrs) = r {
+                    let mut uid = None;
+                    let mut size = None;
+                    for a in attrs {
+                        match a {
+                            AttributeValue::Uid(u) => uid = Some(*u),
+                            AttributeValue::Rfc822Size(s) => size = Some(u64::from(*s)),
+                            _ => {}
+                        }
+                    }
+                    if let (Some(uid), Some(size)) = (uid, size) {
+                        out.push((uid, size));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(out)
+    }
+
     /// Size, INTERNALDATE, flags and Message-ID of the given messages (no bodies).
     pub async fn fetch_fingerprints(
         &mut self,

@@ -282,16 +282,20 @@ pub async fn sync_account_with(
     if any_vanished {
         let mut new = Vec::new();
         let mut vanished = Vec::new();
+        for t in targets.iter().filter(|t| !t.failed) {
+            vanished.extend(state.records_for(t.row.id, &t.diff.vanished)?);
+        }
+        // Every pairing key holds the size: a new message whose size no vanished
+        // record has is no move and needs no fingerprint. Sizes come from the index
+        // on every server; Message-IDs may mean reading each new message's header.
+        let sizes: HashSet<u64> = vanished.iter().map(|r| r.fingerprint.size).collect();
+        let mut unpaired: Vec<Action> = Vec::new();
         // The folder still selected from phase 1 first: one SELECT fewer.
         let mut order: Vec<usize> = (0..targets.len()).collect();
         order.sort_by_key(|&i| session.selected_folder() != Some(targets[i].remote.name.as_str()));
         for i in order {
             let t = &mut targets[i];
-            if t.failed {
-                continue;
-            }
-            vanished.extend(state.records_for(t.row.id, &t.diff.vanished)?);
-            if t.diff.new_uids.is_empty() {
+            if t.failed || t.diff.new_uids.is_empty() {
                 continue;
             }
             let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
@@ -299,21 +303,51 @@ pub async fn sync_account_with(
                 if session.ensure_selected(&t.remote.name).await? != uidvalidity {
                     return Err(uidvalidity_changed());
                 }
-                session.fetch_fingerprints(&t.diff.new_uids).await
+                let candidates: HashSet<u32> = session
+                    .fetch_sizes(&t.diff.new_uids)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, size)| sizes.contains(size))
+                    .map(|(uid, _)| uid)
+                    .collect();
+                let mut wanted: Vec<u32> = candidates.iter().copied().collect();
+                wanted.sort_unstable();
+                let prints = if wanted.is_empty() {
+                    Vec::new()
+                } else {
+                    session.fetch_fingerprints(&wanted).await?
+                };
+                // Whatever is not a fingerprinted candidate is fetched (a message the
+                // server did not describe included: if it is gone, the fetch says so).
+                let printed: HashSet<u32> = prints.iter().map(|p| p.uid).collect();
+                let others: Vec<u32> = t
+                    .diff
+                    .new_uids
+                    .iter()
+                    .copied()
+                    .filter(|uid| !printed.contains(uid))
+                    .collect();
+                Ok((prints, others))
             }
             .await;
             match result {
-                Ok(prints) => new.extend(prints.into_iter().map(|p| RemoteNew {
-                    folder: t.row.id,
-                    uidvalidity,
-                    uid: p.uid,
-                    flags: p.flags,
-                    fingerprint: Fingerprint {
-                        message_id: p.message_id,
-                        size: p.size,
-                        internaldate: p.internaldate,
-                    },
-                })),
+                Ok((prints, others)) => {
+                    new.extend(prints.into_iter().map(|p| RemoteNew {
+                        folder: t.row.id,
+                        uidvalidity,
+                        uid: p.uid,
+                        flags: p.flags,
+                        fingerprint: Fingerprint {
+                            message_id: p.message_id,
+                            size: p.size,
+                            internaldate: p.internaldate,
+                        },
+                    }));
+                    unpaired.extend(others.into_iter().map(|uid| Action::Fetch {
+                        folder: t.row.id,
+                        uid,
+                    }));
+                }
                 Err(e) => fail_folder(&mut state, t, &e)?,
             }
         }
@@ -326,6 +360,7 @@ pub async fn sync_account_with(
         vanished.retain(|r| !failed.contains(&r.folder));
         new.retain(|n| !failed.contains(&n.folder));
         actions = plan::pair(new, vanished);
+        actions.extend(unpaired);
     } else {
         for t in targets.iter().filter(|t| !t.failed) {
             actions.extend(t.diff.new_uids.iter().map(|&uid| Action::Fetch {
@@ -361,6 +396,9 @@ pub async fn sync_account_with(
         {
             fetches.entry(i).or_default().push(*uid);
         }
+    }
+    for uids in fetches.values_mut() {
+        uids.sort_unstable();
     }
     let local_folders: HashMap<FolderId, LocalFolder> = targets
         .iter()
