@@ -78,11 +78,14 @@ impl Dovecot {
             // Dovecot gives new files UIDs in the order of the time in their names, so
             // every file gets its own microsecond: UIDs follow the seeding order.
             let t = now.as_micros() as u64 + seq;
+            // S= and W= (the size with CRLF line ends, as IMAP counts it), as Dovecot's
+            // own delivery (LDA, LMTP) names files: RFC822.SIZE then costs no read.
             let base = format!(
-                "{}.M{:06}P{pid}Q{seq}.mailsync-testenv,S={}",
+                "{}.M{:06}P{pid}Q{seq}.mailsync-testenv,S={},W={}",
                 t / 1_000_000,
                 t % 1_000_000,
-                m.bytes.len()
+                m.bytes.len(),
+                virtual_size(&m.bytes)
             );
             let tmp = dir.join("tmp").join(&base);
             let mut f = fs::File::create(&tmp)?;
@@ -120,5 +123,27 @@ impl Dovecot {
                     .with_context(|| format!("no UID for seeded file {b}"))
             })
             .collect()
+    }
+}
+
+/// The size of a message with every bare LF counted as CRLF (Dovecot's "virtual size",
+/// the `W=` of a Maildir file name).
+fn virtual_size(bytes: &[u8]) -> usize {
+    let bare_lf = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+        .count();
+    bytes.len() + bare_lf
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn virtual_size_counts_bare_line_feeds_twice() {
+        assert_eq!(super::virtual_size(b""), 0);
+        assert_eq!(super::virtual_size(b"\n"), 2);
+        assert_eq!(super::virtual_size(b"a\nb\r\nc\n"), 9);
+        assert_eq!(super::virtual_size(b"a\r\n\r\n"), 5);
     }
 }
