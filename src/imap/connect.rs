@@ -277,6 +277,17 @@ async fn handshake(
     }
 }
 
+/// The bytes of `ca_file` (none without one): what the TLS configurations are cached by.
+fn read_ca_file(ca_file: Option<&Path>) -> Result<Vec<u8>, ImapError> {
+    match ca_file {
+        Some(path) => std::fs::read(path).map_err(|e| ImapError::CaFile {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        }),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The OpenSSL client context for a CA set, built once per process and reused: the
 /// daemon connects again and again, and loading the system store is the costly part.
 /// Certificates are always verified; TLS 1.2 at least.
@@ -285,14 +296,7 @@ fn ssl_context(ca_file: Option<&Path>, trust: Trust) -> Result<SslContext, ImapE
     use std::sync::{Mutex, OnceLock};
     type Cache = Mutex<HashMap<(Vec<u8>, Trust), SslContext>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
-    let pem = match ca_file {
-        Some(path) => std::fs::read(path).map_err(|e| ImapError::CaFile {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?,
-        None => Vec::new(),
-    };
-    let key = (pem, trust);
+    let key = (read_ca_file(ca_file)?, trust);
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     if let Some(context) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
         return Ok(context);
@@ -342,13 +346,7 @@ pub fn tls_connector(ca_file: Option<&Path>) -> Result<native_tls::TlsConnector,
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, native_tls::TlsConnector>>> = OnceLock::new();
-    let pem = match ca_file {
-        Some(path) => std::fs::read(path).map_err(|e| ImapError::CaFile {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?,
-        None => Vec::new(),
-    };
+    let pem = read_ca_file(ca_file)?;
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     if let Ok(c) = cache.lock()
         && let Some(connector) = c.get(&pem)
