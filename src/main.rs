@@ -102,7 +102,22 @@ fn init_logging(cli: &Cli) {
     } else {
         layer.boxed()
     };
+    let hint = filter.max_level_hint();
     tracing_subscriber::registry()
         .with(layer.with_filter(filter).with_filter(no_imap_trace))
         .init();
+    // async-imap logs through the `log` crate, whose records are only built when
+    // log's global maximum lets them through. The filter_fn above hides the level from
+    // tracing-log, which then allows everything: async-imap formatted every response
+    // buffer as UTF-8 for a trace line nobody would see (~2 % of an initial sync's
+    // CPU). Cap it at what the filter can show, and at debug (trace of `log` users is
+    // async-imap's, never shown).
+    let cap = match hint {
+        Some(l) if l == tracing::level_filters::LevelFilter::OFF => log::LevelFilter::Off,
+        Some(l) if l == tracing::level_filters::LevelFilter::ERROR => log::LevelFilter::Error,
+        Some(l) if l == tracing::level_filters::LevelFilter::WARN => log::LevelFilter::Warn,
+        Some(l) if l == tracing::level_filters::LevelFilter::INFO => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    log::set_max_level(cap);
 }
