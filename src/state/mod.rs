@@ -534,6 +534,15 @@ fn restrict_file(path: &Path) {
 
 impl State {
     /// The small per-record view the listing diff needs, for every record of a folder.
+    /// How many records the folder has, of every UIDVALIDITY.
+    pub fn count_records(&self, folder: FolderId) -> Result<u64, StateError> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM messages WHERE folder = ?1")
+            .and_then(|mut stmt| stmt.query_row(params![folder.0], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
     pub fn known(&self, folder: FolderId) -> Result<Vec<crate::sync::model::Known>, StateError> {
         let mut stmt = self
             .conn

@@ -74,6 +74,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         scopes TEXT NOT NULL DEFAULT '',
         updated INTEGER NOT NULL
     );",
+    // 5: what a listing reads of every record (State::known, State::count_records),
+    // without the rows' names and headers: ~16 bytes a message instead of ~250.
+    "CREATE INDEX messages_known ON messages (folder, uidvalidity, uid, flags);",
 ];
 
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {

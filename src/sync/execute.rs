@@ -262,9 +262,23 @@ pub async fn sync_account_with(
     // Phase 1: what changed on the server.
     for t in targets.iter_mut() {
         check_stop(options)?;
-        let known = state.known(t.row.id)?;
         let span = tracing::info_span!("folder", name = %t.mapping.local);
-        match list_folder(&mut session, known, t).instrument(span).await {
+        // The records are read only when the folder changed: a no-op pass over a
+        // large folder then reads none (one indexed count instead).
+        let records = state.count_records(t.row.id)?;
+        let listed = match select_for_listing(&mut session, records, t)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(Some(changes)) => {
+                let known = state.known(t.row.id)?;
+                list_folder(&mut session, known, t, changes)
+                    .instrument(span)
+                    .await
+            }
+            other => other.map(|_| ()),
+        };
+        match listed {
             Ok(()) => {
                 if let Some(sel) = &t.selected {
                     state.set_remote_exists(t.row.id, sel.exists)?;
@@ -611,13 +625,39 @@ fn fail_folder(state: &mut State, t: &mut Target, e: &ImapError) -> Result<(), S
 }
 
 /// SELECT and list one folder, and diff the listing with its records.
+/// Selects the folder for listing. `None` when it provably did not change since the
+/// last pass (same UIDVALIDITY, HIGHESTMODSEQ and UIDNEXT, and as many messages as
+/// `records`, the folder's records of every UIDVALIDITY): then nothing is to be done
+/// and `t` says so; otherwise what the SELECT reported, for [`list_folder`].
+async fn select_for_listing(
+    session: &mut Session,
+    records: u64,
+    t: &mut Target,
+) -> Result<Option<imap::SelectChanges>, ImapError> {
+    let since = t.row.uidvalidity.zip(t.row.highestmodseq);
+    let changes = session.select_since(&t.remote.name, since).await?;
+    let sel = &changes.selected;
+    let unchanged = session.has_condstore()
+        && t.row.uidvalidity == Some(sel.uidvalidity)
+        && t.row.highestmodseq.is_some()
+        && t.row.highestmodseq == sel.highestmodseq
+        && t.row.uidnext == sel.uidnext
+        && u64::from(sel.exists) == records;
+    if !unchanged {
+        return Ok(Some(changes));
+    }
+    t.diff = FolderDiff::default();
+    tracing::debug!(folder = %t.mapping.local, "unchanged");
+    t.selected = Some(changes.selected);
+    Ok(None)
+}
+
 async fn list_folder(
     session: &mut Session,
     known: Vec<crate::sync::model::Known>,
     t: &mut Target,
+    changes: imap::SelectChanges,
 ) -> Result<(), ImapError> {
-    let since = t.row.uidvalidity.zip(t.row.highestmodseq);
-    let changes = session.select_since(&t.remote.name, since).await?;
     let sel = changes.selected.clone();
     let same_validity = t.row.uidvalidity == Some(sel.uidvalidity);
     let known_uids: HashSet<u32> = known
