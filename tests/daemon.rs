@@ -174,6 +174,66 @@ async fn idle_delivers_within_two_seconds(profile: Profile) {
 }
 on_both_profiles!(idle_delivers_within_two_seconds);
 
+/// With `max_connections = 1` the passes IDLE triggers run on the IDLE connection
+/// itself: new mail arrives with no second login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_syncs_on_its_idle_connection() {
+    let env = Env::start(Profile::Full).await;
+    env.dovecot
+        .append(USER, "INBOX", &message("first", 0), &[], None)
+        .await
+        .unwrap();
+    write_config(&env, "1h");
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace("poll_interval = ", "max_connections = 1\npoll_interval = ");
+    std::fs::write(env.config_path(), text).unwrap();
+    let daemon = Daemon::start(&env, &[]);
+    let inbox = env.maildir("Inbox");
+    until(Duration::from_secs(15), "initial pass", &daemon, || {
+        count(&inbox) == 1
+    })
+    .await;
+    until(Duration::from_secs(5), "IDLE", &daemon, || {
+        daemon.log().contains("state=idle") || daemon.log().contains("IDLE")
+    })
+    .await;
+    // mailsync's logins (the test's own appends log in with the master user).
+    let logins = || {
+        env.dovecot
+            .log()
+            .lines()
+            .filter(|l| l.contains("Login: ") && l.contains("method=XOAUTH2"))
+            .count()
+    };
+    // The initial pass's login and the IDLE connection's (Dovecot's log lags a little).
+    until(
+        Duration::from_secs(5),
+        "two logins in the log",
+        &daemon,
+        || logins() >= 2,
+    )
+    .await;
+    let before = logins();
+    for i in 1..=5 {
+        env.dovecot
+            .append(USER, "INBOX", &message("one", i), &[], None)
+            .await
+            .unwrap();
+        until(
+            Duration::from_secs(3),
+            &format!("message {i} on the IDLE connection"),
+            &daemon,
+            || count(&inbox) == i + 1,
+        )
+        .await;
+    }
+    assert_eq!(logins(), before, "a pass logged in again\n{}", daemon.log());
+    let (_, code) = daemon.terminate().await;
+    assert_eq!(code, Some(0));
+    env.assert_in_sync().await;
+}
+
 /// A flag changed in a polled folder (Archive) shows within one poll interval.
 async fn polled_folder_flags(profile: Profile) {
     let env = Env::start(profile).await;

@@ -13,7 +13,7 @@ use super::backoff::{Backoff, throttle_hint};
 use crate::auth::TokenSource;
 use crate::config::roles::{self, RemoteSpec, Role};
 use crate::config::{Account, Config, Mapping};
-use crate::imap::IdleEnd;
+use crate::imap::{IdleEnd, Session};
 use crate::state::{AccountLock, RunState, State};
 use crate::sync::execute::{FolderReport, Progress, SyncError, SyncOptions, sync_account_with};
 use crate::sync::login::login;
@@ -156,6 +156,16 @@ impl Task {
 
     /// One sync pass (all folders, or one); on failure, how long to wait.
     async fn pass(&mut self, only: Option<&str>) -> Result<(), Duration> {
+        self.pass_on(only, None).await.map(|_| ())
+    }
+
+    /// [`Task::pass`] on `lent`, a logged-in session, if given; returns it if it
+    /// still works afterwards.
+    async fn pass_on(
+        &mut self,
+        only: Option<&str>,
+        lent: Option<Session>,
+    ) -> Result<Option<Session>, Duration> {
         self.set(RunState::Syncing, only);
         let progress: Arc<dyn Progress> = Arc::new(BoardProgress {
             account: self.account.name.clone(),
@@ -167,6 +177,7 @@ impl Task {
             progress,
             stop: self.stop.flag.clone(),
             lock: false,
+            connection: Mutex::new(lent),
         };
         if self.tokens.is_none() {
             match TokenSource::new(&self.account, &self.config.daemon.state_dir) {
@@ -177,7 +188,9 @@ impl Task {
         let Some(tokens) = self.tokens.as_mut() else {
             return Err(Duration::from_secs(1));
         };
-        match sync_account_with(&self.config, &self.account, &options, tokens).await {
+        let result = sync_account_with(&self.config, &self.account, &options, tokens).await;
+        let back = options.connection.lock().ok().and_then(|mut c| c.take());
+        match result {
             Ok(report) => {
                 self.backoff.reset();
                 let fetched: u64 = report.folders.iter().map(|f| f.fetched).sum();
@@ -197,7 +210,7 @@ impl Task {
                         "sync pass done"
                     );
                 }
-                Ok(())
+                Ok(back)
             }
             Err(SyncError::Interrupted) => Err(Duration::ZERO),
             Err(e) => Err(self.failed(&e)),
@@ -288,8 +301,20 @@ impl Task {
         };
         // Mail that arrived between the last pass and this SELECT is not announced by
         // IDLE: compare with what the state knows.
+        // With max_connections = 1 a pass runs on the IDLE connection itself.
+        let one_connection = self.config.daemon.max_connections <= 1;
         if self.changed_since_last_pass(&mapping.local, &selected) {
-            self.pass(Some(&mapping.local)).await?;
+            if one_connection {
+                session = match self.pass_on(Some(&mapping.local), Some(session)).await? {
+                    Some(s) => s,
+                    None => return Ok(()), // log in again from the top
+                };
+                if let Err(e) = session.ensure_selected(&remote).await {
+                    return Err(self.failed(&imap_error(&self.account, e)));
+                }
+            } else {
+                self.pass(Some(&mapping.local)).await?;
+            }
         }
         let idle_timeout = self.config.daemon.idle_timeout;
         loop {
@@ -307,7 +332,17 @@ impl Task {
             {
                 Ok(IdleEnd::Changed) => {
                     tracing::debug!(folder = %mapping.local, "IDLE reported a change");
-                    self.pass(Some(&mapping.local)).await?;
+                    if one_connection {
+                        session = match self.pass_on(Some(&mapping.local), Some(session)).await? {
+                            Some(s) => s,
+                            None => return Ok(()), // log in again from the top
+                        };
+                        if let Err(e) = session.ensure_selected(&remote).await {
+                            return Err(self.failed(&imap_error(&self.account, e)));
+                        }
+                    } else {
+                        self.pass(Some(&mapping.local)).await?;
+                    }
                 }
                 Ok(IdleEnd::Timeout) => {}
                 Ok(IdleEnd::Cancelled) => {

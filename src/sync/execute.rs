@@ -99,6 +99,9 @@ pub struct SyncOptions {
     pub stop: Arc<AtomicBool>,
     /// Take the account lock for the pass; false when the caller (the daemon) holds it.
     pub lock: bool,
+    /// A logged-in session the pass uses instead of logging in, and gets back at the
+    /// end if it still works (the daemon's IDLE connection, with `max_connections = 1`).
+    pub connection: std::sync::Mutex<Option<Session>>,
 }
 
 impl Default for SyncOptions {
@@ -108,6 +111,7 @@ impl Default for SyncOptions {
             progress: Arc::new(Quiet),
             stop: Arc::new(AtomicBool::new(false)),
             lock: true,
+            connection: std::sync::Mutex::new(None),
         }
     }
 }
@@ -178,7 +182,12 @@ pub async fn sync_account_with(
         None
     };
     let timeout = config.daemon.command_timeout;
-    let mut session = login(account, timeout, tokens).await?;
+    let lent = options.connection.lock().ok().and_then(|mut c| c.take());
+    let give_back = lent.is_some();
+    let mut session = match lent {
+        Some(s) => s,
+        None => login(account, timeout, tokens).await?,
+    };
 
     let imap_err = |source| SyncError::Imap {
         account: account.name.clone(),
@@ -469,6 +478,14 @@ pub async fn sync_account_with(
         .collect()
         .await;
     let leftover = spare.lock().ok().and_then(|mut s| s.take());
+    let leftover = match (leftover, give_back) {
+        (Some(s), true) => options
+            .connection
+            .lock()
+            .ok()
+            .and_then(|mut c| c.replace(s)),
+        (leftover, _) => leftover,
+    };
     if let Some(s) = leftover {
         s.logout().await;
     }
