@@ -301,20 +301,11 @@ impl Task {
         };
         // Mail that arrived between the last pass and this SELECT is not announced by
         // IDLE: compare with what the state knows.
-        // With max_connections = 1 a pass runs on the IDLE connection itself.
-        let one_connection = self.config.daemon.max_connections <= 1;
         if self.changed_since_last_pass(&mapping.local, &selected) {
-            if one_connection {
-                session = match self.pass_on(Some(&mapping.local), Some(session)).await? {
-                    Some(s) => s,
-                    None => return Ok(()), // log in again from the top
-                };
-                if let Err(e) = session.ensure_selected(&remote).await {
-                    return Err(self.failed(&imap_error(&self.account, e)));
-                }
-            } else {
-                self.pass(Some(&mapping.local)).await?;
-            }
+            session = match self.idle_pass(&mapping.local, &remote, session).await? {
+                Some(s) => s,
+                None => return Ok(()), // log in again from the top
+            };
         }
         let idle_timeout = self.config.daemon.idle_timeout;
         loop {
@@ -332,17 +323,10 @@ impl Task {
             {
                 Ok(IdleEnd::Changed) => {
                     tracing::debug!(folder = %mapping.local, "IDLE reported a change");
-                    if one_connection {
-                        session = match self.pass_on(Some(&mapping.local), Some(session)).await? {
-                            Some(s) => s,
-                            None => return Ok(()), // log in again from the top
-                        };
-                        if let Err(e) = session.ensure_selected(&remote).await {
-                            return Err(self.failed(&imap_error(&self.account, e)));
-                        }
-                    } else {
-                        self.pass(Some(&mapping.local)).await?;
-                    }
+                    session = match self.idle_pass(&mapping.local, &remote, session).await? {
+                        Some(s) => s,
+                        None => return Ok(()), // log in again from the top
+                    };
                 }
                 Ok(IdleEnd::Timeout) => {}
                 Ok(IdleEnd::Cancelled) => {
@@ -351,6 +335,29 @@ impl Task {
                 }
                 Err(e) => return Err(self.failed(&imap_error(&self.account, e))),
             }
+        }
+    }
+
+    /// A pass over the IDLE folder; returns the IDLE session with `remote` selected
+    /// again, or `None` if it must be opened anew. With `max_connections = 1` the pass
+    /// runs on that session itself; otherwise on one of its own.
+    async fn idle_pass(
+        &mut self,
+        local: &str,
+        remote: &str,
+        mut session: Session,
+    ) -> Result<Option<Session>, Duration> {
+        if self.config.daemon.max_connections > 1 {
+            self.pass(Some(local)).await?;
+            return Ok(Some(session));
+        }
+        session = match self.pass_on(Some(local), Some(session)).await? {
+            Some(s) => s,
+            None => return Ok(None),
+        };
+        match session.ensure_selected(remote).await {
+            Ok(_) => Ok(Some(session)),
+            Err(e) => Err(self.failed(&imap_error(&self.account, e))),
         }
     }
 
