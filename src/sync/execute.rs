@@ -3,14 +3,17 @@
 //! before each file operation and committing after it, so that a crash at any instant
 //! leaves a state the next pass converges from.
 //!
-//! A pass, for the mapped folders of one account, on one connection:
+//! A pass, for the mapped folders of one account:
 //! 0. recovery: finish or undo what a killed run journalled; clean our `tmp/` files;
-//! 1. per folder: SELECT, list UIDs and flags (only the changes with CONDSTORE, or
-//!    nothing at all when the folder provably did not change), diff with the records;
-//! 2. if any record vanished: fetch the fingerprints of new messages and pair them
-//!    (moves between folders and UIDVALIDITY changes become local renames);
-//! 3. per folder: relocate, apply flags, remove, then download what is left in bounded
-//!    batches.
+//! 1. per folder, on one connection: SELECT, list UIDs and flags (only the changes
+//!    with CONDSTORE/QRESYNC, or nothing at all when the folder provably did not
+//!    change; the records are read only then), diff with the records;
+//! 2. if any record vanished: fetch the sizes of new messages, the fingerprints of
+//!    those whose size a vanished record has, and pair them (moves between folders
+//!    and UIDVALIDITY changes become local renames);
+//! 3. relocate, apply flags and remove on a blocking thread, while the rest downloads
+//!    in bounded batches, folder by folder, on up to `max_connections` connections
+//!    (more than one only for large downloads).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -326,15 +329,15 @@ pub async fn sync_account_with(
                 if session.ensure_selected(&t.remote.name).await? != uidvalidity {
                     return Err(uidvalidity_changed());
                 }
-                let candidates: HashSet<u32> = session
+                let mut wanted: Vec<u32> = session
                     .fetch_sizes(&t.diff.new_uids)
                     .await?
                     .into_iter()
                     .filter(|(_, size)| sizes.contains(size))
                     .map(|(uid, _)| uid)
                     .collect();
-                let mut wanted: Vec<u32> = candidates.iter().copied().collect();
                 wanted.sort_unstable();
+                wanted.dedup();
                 let prints = if wanted.is_empty() {
                     Vec::new()
                 } else {
@@ -641,7 +644,6 @@ fn fail_folder(state: &mut State, t: &mut Target, e: &ImapError) -> Result<(), S
     Ok(())
 }
 
-/// SELECT and list one folder, and diff the listing with its records.
 /// Selects the folder for listing. `None` when it provably did not change since the
 /// last pass (same UIDVALIDITY, HIGHESTMODSEQ and UIDNEXT, and as many messages as
 /// `records`, the folder's records of every UIDVALIDITY): then nothing is to be done
@@ -669,6 +671,8 @@ async fn select_for_listing(
     Ok(None)
 }
 
+/// Lists the folder [`select_for_listing`] selected and found changed, and diffs the
+/// listing with its records.
 async fn list_folder(
     session: &mut Session,
     known: Vec<crate::sync::model::Known>,
