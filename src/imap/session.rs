@@ -107,13 +107,6 @@ pub enum IdleEnd {
     Cancelled,
 }
 
-/// Changes the server reported while we were busy; the folder is re-checked next pass.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Unsolicited {
-    pub exists: Option<u32>,
-    pub expunged: bool,
-}
-
 pub struct Session {
     inner: async_imap::Session<BoxStream>,
     capabilities: Capabilities,
@@ -122,7 +115,6 @@ pub struct Session {
     /// The folder selected now, and its UIDVALIDITY.
     selected: Option<(String, u32)>,
     qresync_enabled: bool,
-    pub unsolicited: Unsolicited,
 }
 
 impl fmt::Debug for Session {
@@ -147,7 +139,6 @@ impl Session {
             timeout,
             selected: None,
             qresync_enabled: false,
-            unsolicited: Unsolicited::default(),
         }
     }
 
@@ -252,14 +243,6 @@ impl Session {
                     outcome,
                 } => {
                     bye = Some(bye_text(outcome));
-                }
-                Response::Expunge(_) | Response::Vanished { earlier: false, .. } => {
-                    self.unsolicited.expunged = true;
-                    on_data(response.parsed())?;
-                }
-                Response::MailboxData(MailboxDatum::Exists(n)) => {
-                    self.unsolicited.exists = Some(*n);
-                    on_data(response.parsed())?;
                 }
                 other => on_data(other)?,
             }
@@ -390,7 +373,6 @@ impl Session {
             _ => format!("SELECT {}", quote(folder)),
         };
         self.selected = None;
-        self.unsolicited = Unsolicited::default();
         let mut out = SelectChanges::default();
         let mut have_uidvalidity = false;
         self.exec(&command, |r| {
@@ -443,7 +425,6 @@ impl Session {
                 detail: format!("no UIDVALIDITY for {folder}; cannot sync it safely"),
             });
         }
-        self.unsolicited = Unsolicited::default();
         self.selected = Some((folder.to_owned(), out.selected.uidvalidity));
         Ok(out)
     }
@@ -692,15 +673,10 @@ impl Session {
                         Response::Data { status: Status::Bye, outcome } => {
                             return Err(ImapError::Bye(bye_text(outcome)));
                         }
-                        Response::MailboxData(MailboxDatum::Exists(n)) => {
-                            self.unsolicited.exists = Some(*n);
-                            break IdleEnd::Changed;
-                        }
-                        Response::Expunge(_) | Response::Vanished { .. } => {
-                            self.unsolicited.expunged = true;
-                            break IdleEnd::Changed;
-                        }
-                        Response::Fetch(..) => break IdleEnd::Changed,
+                        Response::MailboxData(MailboxDatum::Exists(_))
+                        | Response::Expunge(_)
+                        | Response::Vanished { .. }
+                        | Response::Fetch(..) => break IdleEnd::Changed,
                         // RECENT, keep-alive OKs ("* OK Still here"): keep waiting.
                         _ => {}
                     }
