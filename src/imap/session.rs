@@ -235,7 +235,14 @@ impl Session {
                     status,
                     outcome,
                 } if *t == tag => {
-                    tracing::debug!(command = %name, elapsed = ?sent.elapsed(), "imap <");
+                    // The server's text: Dovecot puts its own timing there, which
+                    // tells server time from transfer and client time in a slow pass.
+                    tracing::debug!(
+                        command = %name,
+                        elapsed = ?sent.elapsed(),
+                        said = outcome.information.as_deref().unwrap_or(""),
+                        "imap <"
+                    );
                     return tagged(status, &name, outcome);
                 }
                 Response::Data {
