@@ -174,7 +174,10 @@ impl Server {
 
     /// Scenario c's change set, deterministic: in every folder in proportion to its
     /// size, `FLAG_CHANGES` messages get `\Flagged` toggled and `EXPUNGES` others are
-    /// expunged; then `NEW_MESSAGES` new corpus messages (seed 4242) are delivered.
+    /// expunged; then `NEW_MESSAGES` new corpus messages (seed 4242) are delivered with
+    /// MULTIAPPEND: Dovecot's own save path, as LMTP delivery takes, which caches at
+    /// delivery the fields clients have been fetching (files written behind Dovecot's
+    /// back would be cached by the first client that fetches them, inside its sync).
     /// `uids[i]` lists (UID, flagged) of folder i as seeded.
     async fn apply_changes(&self, uids: &[Vec<(u32, bool)>]) -> Result<(usize, usize, usize)> {
         let total: usize = uids.iter().map(Vec::len).sum::<usize>().max(1);
@@ -245,7 +248,7 @@ impl Server {
                 .collect();
             applied.2 += msgs.len();
             if !msgs.is_empty() {
-                self.dovecot.seed_fast(EMAIL, folder, msgs).await?;
+                self.dovecot.append_many(EMAIL, folder, msgs).await?;
             }
         }
         self.wait_idle()?;
