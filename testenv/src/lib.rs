@@ -15,6 +15,7 @@
 //! ```
 
 pub mod corpus;
+pub mod delay;
 pub mod dovecot;
 pub mod idp;
 pub mod mailsync_config;
@@ -24,6 +25,7 @@ pub mod xoauth2;
 
 pub use chrono;
 pub use corpus::{Corpus, CorpusMessage, CorpusOptions, MalformedMessage, Role};
+pub use delay::DelayProxy;
 pub use dovecot::{
     Dovecot, DovecotOptions, EXCHANGE_CAPABILITIES, MailboxSpec, MoveMode, Profile, SeedMessage,
     ServerMessage,

@@ -9,7 +9,7 @@ use super::tools::Tool;
 
 pub const USAGE: &str = "usage: mailsync-testenv bench [--messages N] [--runs R] \
 [--profiles full,exchange] [--tools mailsync,mbsync,offlineimap] [--offlineimap-initial-runs K] \
-[--mailsync PATH] [--out DIR]";
+[--mailsync PATH] [--rtt MS] [--out DIR]";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -28,6 +28,9 @@ pub struct BenchArgs {
     pub mailsync: PathBuf,
     /// Where the report (`report.md`) and the raw runs (`runs.tsv`) go.
     pub out: PathBuf,
+    /// Round trip added between the tools and the server, in milliseconds (default 0:
+    /// straight to Dovecot on loopback). Half of it each way, by a delay proxy.
+    pub rtt_ms: u64,
     /// The command line as given, for the report.
     pub command_line: String,
 }
@@ -50,6 +53,7 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<BenchArgs> {
         offlineimap_initial_runs: 1,
         mailsync: default_mailsync(),
         out: PathBuf::from("target/bench"),
+        rtt_ms: 0,
         command_line: format!("mailsync-testenv bench {}", argv.join(" ")),
     };
     let mut it = argv.into_iter();
@@ -69,6 +73,7 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<BenchArgs> {
             }
             "--mailsync" => args.mailsync = PathBuf::from(value("--mailsync")?),
             "--out" => args.out = PathBuf::from(value("--out")?),
+            "--rtt" => args.rtt_ms = value("--rtt")?.parse()?,
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }

@@ -64,7 +64,7 @@ pub async fn measure(server: &Server, corpus: &[CorpusMessage], scratch: &Path) 
 /// raw stream: returns (literal bytes, literals).
 async fn fetch_all(server: &Server) -> Result<(u64, usize)> {
     let d = &server.dovecot;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", d.imaps_port())).await?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.imap_port())).await?;
     let mut tls = async_native_tls::TlsConnector::new()
         .add_root_certificate(async_native_tls::Certificate::from_pem(&d.ca_pem())?)
         .connect("localhost", tcp)

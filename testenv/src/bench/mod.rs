@@ -122,15 +122,22 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
     let mut limit = None;
     let mut notes = Vec::new();
     for &profile in &args.profiles {
-        let mut server = Server::start(profile, &corpus, work).await?;
+        let rtt = std::time::Duration::from_millis(args.rtt_ms);
+        let mut server = Server::start(profile, &corpus, work, rtt).await?;
         server.restore(Snapshot::Pristine)?;
-        let line = format!(
+        let mut line = format!(
             "{} profile: seeded {:.1} MB in {:.1?}; a server restore (copy + force-resync) takes {:.2?}",
             profile.name(),
             server.seed_bytes as f64 / 1e6,
             server.seed_time,
             server.last_restore
         );
+        if args.rtt_ms > 0 {
+            line.push_str(&format!(
+                "; the tools reach it through a proxy adding a {} ms round trip",
+                args.rtt_ms
+            ));
+        }
         println!("{line}");
         notes.push(line);
         if limit.is_none() {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use mailsync_testenv::dovecot::{MASTER_USER, TlsStream, connect_imaps, quote_mailbox};
 use mailsync_testenv::{
-    Corpus, CorpusMessage, CorpusOptions, Dovecot, DovecotOptions, Idp, Profile, Role, SeedMessage,
+    Corpus, CorpusMessage, CorpusOptions, DelayProxy, Dovecot, DovecotOptions, Idp, Profile, Role,
+    SeedMessage,
 };
 
 use super::fsutil::copy_tree;
@@ -51,6 +52,8 @@ pub struct Server {
     pub changes: (usize, usize, usize),
     /// (UID, flagged) of every seeded message, per folder: what scenario c changes.
     seeded: Vec<Vec<(u32, bool)>>,
+    /// Between the tools and Dovecot when `--rtt` is given.
+    proxy: Option<DelayProxy>,
 }
 
 /// Which server state to restore.
@@ -62,7 +65,13 @@ pub enum Snapshot {
 
 impl Server {
     /// Starts the IdP and Dovecot for `profile`, seeds `corpus`, takes both snapshots.
-    pub async fn start(profile: Profile, corpus: &[CorpusMessage], work: &Path) -> Result<Server> {
+    /// With `rtt` non-zero, tools reach it through a [`DelayProxy`] adding that round trip.
+    pub async fn start(
+        profile: Profile,
+        corpus: &[CorpusMessage],
+        work: &Path,
+        rtt: Duration,
+    ) -> Result<Server> {
         let idp = Idp::start().await;
         idp.add_user(EMAIL);
         let client_id = mailsync_testenv::random::guid();
@@ -82,6 +91,7 @@ impl Server {
             seed_bytes: 0,
             changes: (0, 0, 0),
             seeded: Vec::new(),
+            proxy: None,
         };
         let started = Instant::now();
         let mut uids = Vec::new();
@@ -107,6 +117,10 @@ impl Server {
         server.seed_time = started.elapsed();
         copy_tree(&server.maildir(), &server.snapshot_path(Snapshot::Pristine))?;
         server.seeded = uids;
+        if !rtt.is_zero() {
+            let target = ([127, 0, 0, 1], server.dovecot.imaps_port()).into();
+            server.proxy = Some(DelayProxy::start(target, rtt / 2).await?);
+        }
         Ok(server)
     }
 
@@ -118,6 +132,14 @@ impl Server {
         super::fsutil::remove_tree(&changed)?;
         self.changes = self.apply_changes(&self.seeded).await?;
         copy_tree(&self.maildir(), &changed)
+    }
+
+    /// The IMAPS port the tools use: the delay proxy's, or Dovecot's own.
+    pub fn imap_port(&self) -> u16 {
+        match &self.proxy {
+            Some(p) => p.port(),
+            None => self.dovecot.imaps_port(),
+        }
     }
 
     /// The user's Maildir root (folders and Dovecot's index files).

@@ -64,7 +64,7 @@ impl Setup {
         let s = |p: &Path| p.display().to_string();
         let setup = match tool {
             Tool::Mailsync => {
-                let config = MailsyncConfig::client_credentials(
+                let mut config = MailsyncConfig::client_credentials(
                     dir,
                     &server.idp,
                     d,
@@ -72,6 +72,7 @@ impl Setup {
                     &server.client_id,
                     &server.secret,
                 );
+                config.imap_port = server.imap_port();
                 let path = write_mailsync_config(&config)?;
                 Setup {
                     tool,
@@ -93,7 +94,7 @@ impl Setup {
                      Channel bench\nFar :bench-remote:\nNear :bench-local:\n\
                      Patterns INBOX Archive \"Deleted Items\"\nSync Pull\nCreate Near\n\
                      Expunge Near\nSyncState *\n",
-                    port = d.imaps_port(),
+                    port = server.imap_port(),
                     user = server.master_login(),
                     pass = d.admin_password(),
                     ca = s(&d.ca_file()),
@@ -128,7 +129,7 @@ impl Setup {
                      folderfilter = lambda f: f in ['INBOX', 'Archive', 'Deleted Items']\n",
                     meta = s(&meta),
                     mail = s(&mail),
-                    port = d.imaps_port(),
+                    port = server.imap_port(),
                     ca = s(&d.ca_file()),
                     user = server.master_login(),
                     pass = d.admin_password(),
