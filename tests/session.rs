@@ -198,3 +198,77 @@ async fn commands_follow_capabilities(profile: Profile) {
     }
 }
 on_both_profiles!(commands_follow_capabilities);
+
+/// Round trips are not waited for where the protocol allows (RFC 3501 section 5.5):
+/// the listing's FETCH goes out with its SELECT, a folder's download SELECT rides with
+/// its first FETCH, and each batch's FETCH is sent while the one before streams. On a
+/// server 20-50 ms away each of these is a round trip per folder or per batch.
+async fn commands_are_pipelined(profile: Profile) {
+    let env = Env::start(profile).await;
+    let messages: Vec<_> = (0..50)
+        .map(|i| {
+            mailsync_testenv::dovecot::SeedMessage::new(
+                format!("Subject: p{i}\r\nMessage-ID: <p{i}@x>\r\n\r\nbody {i}\r\n").into_bytes(),
+                &["\\Seen"],
+            )
+        })
+        .collect();
+    env.dovecot
+        .append_many(USER, "INBOX", messages)
+        .await
+        .unwrap();
+    let text = env.config_text("").replace(
+        "command_timeout = \"20s\"\n",
+        "command_timeout = \"20s\"\nbatch_size = 20\n",
+    );
+    std::fs::write(env.config_path(), text).unwrap();
+    let run = env.run(&["-vv", "sync"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.summary().folder("Inbox").fetched, 50, "{run}");
+    env.assert_in_sync().await;
+
+    // The protocol as sent and answered, in order: `> X` sent, `< X` completed.
+    let wire: Vec<String> = run
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            let (dir, rest) = if let Some(i) = l.find("imap > command=") {
+                (">", &l[i + 15..])
+            } else if let Some(i) = l.find("imap < command=") {
+                ("<", &l[i + 15..])
+            } else {
+                return None;
+            };
+            let rest = rest.split(" elapsed=").next().unwrap_or(rest);
+            Some(format!("{dir} {rest}"))
+        })
+        .collect();
+    let pos = |from: usize, pred: &dyn Fn(&str) -> bool| {
+        wire.iter()
+            .skip(from)
+            .position(|l| pred(l))
+            .map(|p| p + from)
+            .unwrap_or_else(|| panic!("not found after line {from}:\n{}", wire.join("\n")))
+    };
+    // The listing of INBOX: its flags are asked for before the SELECT completes.
+    let select = pos(0, &|l| l.starts_with("> SELECT \"INBOX\""));
+    let selected = pos(select, &|l| l.starts_with("< SELECT"));
+    let listing = pos(select, &|l| l.starts_with("> UID FETCH 1:* (UID FLAGS)"));
+    assert!(
+        listing < selected,
+        "listing waited for the SELECT:\n{}",
+        wire.join("\n")
+    );
+    // The download of INBOX (Deleted Items was listed last): SELECT, then the first
+    // two batches, all before the first answer.
+    let select = pos(selected + 1, &|l| l.starts_with("> SELECT \"INBOX\""));
+    let first = pos(select, &|l| l.contains("BODY.PEEK[]"));
+    let second = pos(first + 1, &|l| l.contains("BODY.PEEK[]"));
+    let answered = pos(select, &|l| l.starts_with('<'));
+    assert!(
+        second < answered,
+        "the download waited for answers:\n{}",
+        wire.join("\n")
+    );
+}
+on_both_profiles!(commands_are_pipelined);

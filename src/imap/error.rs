@@ -68,6 +68,14 @@ fn challenge_note(f: &AuthFailure) -> String {
 }
 
 impl ImapError {
+    /// A folder's UIDVALIDITY is not the one its listing saw.
+    pub fn uidvalidity_changed() -> ImapError {
+        ImapError::Protocol {
+            command: "SELECT".into(),
+            detail: "UIDVALIDITY changed during the sync; the next pass will re-pair".into(),
+        }
+    }
+
     /// Worth retrying later on a new connection (after backoff), as opposed to an error
     /// a user must fix.
     pub fn is_transient(&self) -> bool {

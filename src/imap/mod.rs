@@ -17,7 +17,8 @@ pub use connect::{Client, TlsInfo, connect, tls_connector};
 pub use date::parse_internaldate;
 pub use error::{AuthFailure, ImapError};
 pub use session::{
-    Capabilities, FetchedMessage, Fingerprinted, IdleEnd, SelectChanges, Selected, Session,
+    BodyStep, Capabilities, FetchedMessage, Fingerprinted, FollowUp, IdleEnd, SelectChanges,
+    Selected, Session,
 };
 
 /// Quotes a mailbox name (already in its wire form) as an IMAP quoted string.

@@ -2,12 +2,12 @@
 //! [`Session::exec`], which applies the timeout, hands untagged data to the caller,
 //! and turns the tagged reply (and any BYE) into a typed result.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
 use async_imap::imap_proto::{
-    self, AttributeValue, MailboxDatum, NameAttribute, Response, ResponseCode, Status,
+    self, AttributeValue, MailboxDatum, NameAttribute, RequestId, Response, ResponseCode, Status,
     StatusAttribute,
 };
 use tokio::time::timeout;
@@ -78,6 +78,40 @@ pub struct Fingerprinted {
     pub message_id: Option<String>,
 }
 
+/// FETCH commands in flight at once during a download (besides a SELECT riding along):
+/// one streaming, the next queued at the server behind it. More would only hold more
+/// batches journaled at a time.
+pub const FETCH_PIPELINE: usize = 2;
+
+/// What [`Session::fetch_bodies`] shows its caller.
+pub enum BodyStep {
+    /// The FETCH of batch `i` is about to be sent.
+    Sending(usize),
+    /// A downloaded message.
+    Message(FetchedMessage),
+}
+
+/// What [`Session::exec_pipelined`] shows its caller.
+pub enum Step<'a, 'r> {
+    /// Command `i` of the list is about to be sent.
+    Sending(usize),
+    /// An untagged response, while command `i` is the oldest in flight (the one a
+    /// server answering in order is answering).
+    Data(usize, &'a Response<'r>),
+    /// Command `i` completed with OK.
+    Done(usize),
+}
+
+/// What [`Session::exec_pipelined`] does after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Go on (for `Sending`: send that command).
+    Go,
+    /// Send no more commands (for `Sending`: not that one either); the ones in flight
+    /// are read to their end, so the session stays usable.
+    StopSending,
+}
+
 /// A downloaded message.
 #[derive(Debug)]
 pub struct FetchedMessage {
@@ -94,6 +128,21 @@ pub struct SelectChanges {
     pub selected: Selected,
     pub changed: Vec<RemoteEntry>,
     pub vanished: Vec<u32>,
+    /// What a [`FollowUp::Flags`] sent with the SELECT returned, with its argument.
+    pub flags: Option<(Option<u64>, Vec<RemoteEntry>)>,
+    /// What a [`FollowUp::SizesFrom`] sent with the SELECT returned, with its argument.
+    pub sizes: Option<(u32, Vec<(u32, u64)>)>,
+}
+
+/// A command sent right behind a SELECT, in the same round trip (RFC 3501 section
+/// 5.5 lets a client send it before the SELECT completes; if the SELECT fails, the
+/// server refuses it, as no folder is selected then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollowUp {
+    /// `UID FETCH 1:* (UID FLAGS)`, with `CHANGEDSINCE` the given mod-sequence.
+    Flags(Option<u64>),
+    /// `UID FETCH n:* (UID RFC822.SIZE)`: the sizes of the messages from UID `n` on.
+    SizesFrom(u32),
 }
 
 /// Why an IDLE ended.
@@ -190,22 +239,80 @@ impl Session {
         &mut self,
         command: &str,
         mut on_data: F,
-        mut pace: P,
+        pace: P,
     ) -> Result<(), ImapError>
     where
         F: FnMut(&Response<'_>) -> Result<(), ImapError>,
         P: FnMut() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let name = command_name(command);
-        tracing::debug!(command = %loggable(command), "imap >");
-        let sent = std::time::Instant::now();
-        let tag = timeout(self.timeout, self.inner.run_command(command))
-            .await
-            .map_err(|_| self.timeout_err(&name))?
-            .map_err(|e| map_async_imap(e, &name))?;
+        let commands = [command.to_owned()];
+        self.exec_pipelined(
+            &commands,
+            1,
+            |step| match step {
+                Step::Sending(_) | Step::Done(_) => Ok(Next::Go),
+                Step::Data(_, r) => on_data(r).map(|()| Next::Go),
+            },
+            pace,
+        )
+        .await
+    }
+
+    /// Sends `commands` in order with up to `depth` of them in flight at once (RFC 3501
+    /// section 5.5: a client may send the next command before the previous completes),
+    /// so the server never waits a round trip for the next one. `on` sees
+    /// `Step::Sending(i)` just before command `i` goes out, every untagged response,
+    /// and `Step::Done(i)` when command `i` succeeds; it may answer
+    /// [`Next::StopSending`]. If a command fails, no further command is sent, the ones
+    /// in flight are read to their end (the session stays usable), and the first
+    /// failure is returned. An error from `on` returns at once, mid-response: the
+    /// session is then not to be reused. `pace` is awaited before each read, as in
+    /// [`Session::exec_paced`].
+    pub async fn exec_pipelined<F, P, Fut>(
+        &mut self,
+        commands: &[String],
+        depth: usize,
+        mut on: F,
+        mut pace: P,
+    ) -> Result<(), ImapError>
+    where
+        F: FnMut(Step<'_, '_>) -> Result<Next, ImapError>,
+        P: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        // (index, tag, name, when sent) of the commands in flight, oldest first.
+        let mut in_flight: VecDeque<(usize, RequestId, String, std::time::Instant)> =
+            VecDeque::new();
+        let mut next = 0;
+        let mut sending = true;
+        let mut failed: Option<ImapError> = None;
         let mut bye: Option<String> = None;
         loop {
+            while sending
+                && failed.is_none()
+                && next < commands.len()
+                && in_flight.len() < depth.max(1)
+            {
+                let command = &commands[next];
+                if on(Step::Sending(next))? == Next::StopSending {
+                    sending = false;
+                    break;
+                }
+                let name = command_name(command);
+                tracing::debug!(command = %loggable(command), "imap >");
+                let sent = std::time::Instant::now();
+                let tag = timeout(self.timeout, self.inner.run_command(command))
+                    .await
+                    .map_err(|_| self.timeout_err(&name))?
+                    .map_err(|e| map_async_imap(e, &name))?;
+                in_flight.push_back((next, tag, name, sent));
+                next += 1;
+            }
+            let Some((oldest, _, name, _)) = in_flight.front() else {
+                return failed.map_or(Ok(()), Err);
+            };
+            let (oldest, name) = (*oldest, name.clone());
             pace().await;
             let response = match timeout(self.timeout, self.inner.read_response()).await {
                 Err(_) => return Err(self.timeout_err(&name)),
@@ -234,7 +341,15 @@ impl Session {
                     tag: t,
                     status,
                     outcome,
-                } if *t == tag => {
+                } if in_flight.iter().any(|(_, tag, ..)| tag == t) => {
+                    // Servers may complete pipelined commands out of order.
+                    let at = in_flight
+                        .iter()
+                        .position(|(_, tag, ..)| tag == t)
+                        .unwrap_or(0);
+                    let Some((index, _, name, sent)) = in_flight.remove(at) else {
+                        continue;
+                    };
                     // The server's text: Dovecot puts its own timing there, which
                     // tells server time from transfer and client time in a slow pass.
                     tracing::debug!(
@@ -243,7 +358,16 @@ impl Session {
                         said = outcome.information.as_deref().unwrap_or(""),
                         "imap <"
                     );
-                    return tagged(status, &name, outcome);
+                    match tagged(status, &name, outcome) {
+                        Ok(()) => {
+                            if on(Step::Done(index))? == Next::StopSending {
+                                sending = false;
+                            }
+                        }
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
                 }
                 Response::Data {
                     status: Status::Bye,
@@ -251,7 +375,11 @@ impl Session {
                 } => {
                     bye = Some(bye_text(outcome));
                 }
-                other => on_data(other)?,
+                other => {
+                    if on(Step::Data(oldest, other))? == Next::StopSending {
+                        sending = false;
+                    }
+                }
             }
         }
     }
@@ -369,7 +497,142 @@ impl Session {
         folder: &str,
         since: Option<(u32, u64)>,
     ) -> Result<SelectChanges, ImapError> {
-        let command = match since {
+        self.select_with(folder, since, &[]).await
+    }
+
+    /// [`Session::select_since`], with `follow` sent right behind the SELECT: what a
+    /// listing asks next anyway costs no round trip of its own. Their results are in
+    /// [`SelectChanges::flags`] and [`SelectChanges::sizes`].
+    pub async fn select_with(
+        &mut self,
+        folder: &str,
+        since: Option<(u32, u64)>,
+        follow: &[FollowUp],
+    ) -> Result<SelectChanges, ImapError> {
+        let mut commands = vec![self.select_command(folder, since)];
+        commands.extend(follow.iter().map(|f| match *f {
+            FollowUp::Flags(changed_since) => self.flags_command(changed_since),
+            FollowUp::SizesFrom(n) => format!("UID FETCH {n}:* (UID RFC822.SIZE)"),
+        }));
+        self.selected = None;
+        let mut out = SelectChanges::default();
+        let mut have_uidvalidity = false;
+        let mut flags: Vec<RemoteEntry> = Vec::new();
+        let mut sizes: Vec<(u32, u64)> = Vec::new();
+        let mut done = vec![false; commands.len()];
+        let flags_wanted = follow.iter().any(|f| matches!(f, FollowUp::Flags(_)));
+        let sizes_from = follow.iter().find_map(|f| match f {
+            FollowUp::SizesFrom(n) => Some(*n),
+            FollowUp::Flags(_) => None,
+        });
+        let result = self
+            .exec_pipelined(
+                &commands,
+                commands.len(),
+                |step| {
+                    let (i, r) = match step {
+                        Step::Data(i, r) => (i, r),
+                        Step::Done(i) => {
+                            done[i] = true;
+                            return Ok(Next::Go);
+                        }
+                        Step::Sending(_) => return Ok(Next::Go),
+                    };
+                    // FETCH responses are told apart by what they carry, not by which
+                    // command is oldest in flight: a server may run pipelined FETCHes
+                    // side by side (Dovecot does), so their responses come in any order.
+                    if let Response::Fetch(_, attrs) = r {
+                        if let Some(n) = sizes_from
+                            && let Some((uid, size)) = size_of(attrs)
+                            && uid >= n
+                        {
+                            // (`n:*` names the last message even when it is below `n`.)
+                            sizes.push((uid, size));
+                        }
+                        if let Some(e) = entry_of(attrs) {
+                            if flags_wanted {
+                                flags.push(e);
+                            } else {
+                                out.changed.push(e);
+                            }
+                        }
+                        return Ok(Next::Go);
+                    }
+                    match (i.checked_sub(1), r) {
+                        (Some(_), _) => {}
+                        (None, Response::MailboxData(MailboxDatum::Exists(n))) => {
+                            out.selected.exists = *n
+                        }
+                        (None, Response::Data { outcome, .. }) => match outcome.code {
+                            Some(ResponseCode::UidValidity(v)) => {
+                                out.selected.uidvalidity = v;
+                                have_uidvalidity = true;
+                            }
+                            Some(ResponseCode::UidNext(n)) => out.selected.uidnext = Some(n),
+                            Some(ResponseCode::HighestModSeq(m)) => {
+                                out.selected.highestmodseq = Some(m)
+                            }
+                            _ => {
+                                // NOMODSEQ: the folder has no mod-sequences; stay without.
+                            }
+                        },
+                        (
+                            None,
+                            Response::Vanished {
+                                earlier: true,
+                                uids,
+                            },
+                        ) => {
+                            for range in uids {
+                                // A hostile range must not make us allocate billions of UIDs.
+                                if range.end().saturating_sub(*range.start()) > 10_000_000 {
+                                    return Err(ImapError::Protocol {
+                                        command: "SELECT".into(),
+                                        detail: format!(
+                                            "implausible VANISHED range {}:{}",
+                                            range.start(),
+                                            range.end()
+                                        ),
+                                    });
+                                }
+                                out.vanished.extend(range.clone());
+                            }
+                        }
+                        (None, _) => {}
+                    }
+                    Ok(Next::Go)
+                },
+                || std::future::ready(()),
+            )
+            .await;
+        match result {
+            // A follow-up the server refused is only a round trip not saved: the
+            // caller asks again on its own.
+            Err(ImapError::No { .. } | ImapError::Bad { .. }) if done[0] => {}
+            other => other.map_err(|e| no_mailbox(e, folder))?,
+        }
+        if !have_uidvalidity {
+            return Err(ImapError::Protocol {
+                command: "SELECT".into(),
+                detail: format!("no UIDVALIDITY for {folder}; cannot sync it safely"),
+            });
+        }
+        for (f, _) in follow.iter().zip(&done[1..]).filter(|(_, ok)| **ok) {
+            match *f {
+                FollowUp::Flags(changed_since) => {
+                    out.flags = Some((changed_since, std::mem::take(&mut flags)))
+                }
+                FollowUp::SizesFrom(n) => out.sizes = Some((n, std::mem::take(&mut sizes))),
+            }
+        }
+        self.selected = Some((folder.to_owned(), out.selected.uidvalidity));
+        Ok(out)
+    }
+
+    /// The SELECT for `folder`: QRESYNC with `since` when enabled, else CONDSTORE when
+    /// offered (read-write: EXAMINE would not let flags be pushed later).
+    fn select_command(&self, folder: &str, since: Option<(u32, u64)>) -> String {
+        match since {
             Some((uidvalidity, modseq)) if self.qresync_enabled => {
                 format!(
                     "SELECT {} (QRESYNC ({uidvalidity} {modseq}))",
@@ -378,62 +641,7 @@ impl Session {
             }
             _ if self.has_condstore() => format!("SELECT {} (CONDSTORE)", quote(folder)),
             _ => format!("SELECT {}", quote(folder)),
-        };
-        self.selected = None;
-        let mut out = SelectChanges::default();
-        let mut have_uidvalidity = false;
-        self.exec(&command, |r| {
-            match r {
-                Response::MailboxData(MailboxDatum::Exists(n)) => out.selected.exists = *n,
-                Response::Data { outcome, .. } => match outcome.code {
-                    Some(ResponseCode::UidValidity(v)) => {
-                        out.selected.uidvalidity = v;
-                        have_uidvalidity = true;
-                    }
-                    Some(ResponseCode::UidNext(n)) => out.selected.uidnext = Some(n),
-                    Some(ResponseCode::HighestModSeq(m)) => out.selected.highestmodseq = Some(m),
-                    _ => {
-                        // NOMODSEQ: the folder has no mod-sequences; stay without.
-                    }
-                },
-                Response::Vanished {
-                    earlier: true,
-                    uids,
-                } => {
-                    for range in uids {
-                        // A hostile range must not make us allocate billions of UIDs.
-                        if range.end().saturating_sub(*range.start()) > 10_000_000 {
-                            return Err(ImapError::Protocol {
-                                command: "SELECT".into(),
-                                detail: format!(
-                                    "implausible VANISHED range {}:{}",
-                                    range.start(),
-                                    range.end()
-                                ),
-                            });
-                        }
-                        out.vanished.extend(range.clone());
-                    }
-                }
-                Response::Fetch(_, attrs) => {
-                    if let Some(e) = entry_of(attrs) {
-                        out.changed.push(e);
-                    }
-                }
-                _ => {}
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| no_mailbox(e, folder))?;
-        if !have_uidvalidity {
-            return Err(ImapError::Protocol {
-                command: "SELECT".into(),
-                detail: format!("no UIDVALIDITY for {folder}; cannot sync it safely"),
-            });
         }
-        self.selected = Some((folder.to_owned(), out.selected.uidvalidity));
-        Ok(out)
     }
 
     /// Makes `folder` the selected one, without a round trip if it already is; returns
@@ -450,17 +658,21 @@ impl Session {
         self.selected.as_ref().map(|(name, _)| name.as_str())
     }
 
+    fn flags_command(&self, changed_since: Option<u64>) -> String {
+        match changed_since {
+            Some(m) if self.has_condstore() => {
+                format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})")
+            }
+            _ => "UID FETCH 1:* (UID FLAGS)".to_owned(),
+        }
+    }
+
     /// UID and flags of messages: all of them, or those changed since `modseq`.
     pub async fn fetch_flags(
         &mut self,
         changed_since: Option<u64>,
     ) -> Result<Vec<RemoteEntry>, ImapError> {
-        let command = match changed_since {
-            Some(m) if self.has_condstore() => {
-                format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})")
-            }
-            _ => "UID FETCH 1:* (UID FLAGS)".to_owned(),
-        };
+        let command = self.flags_command(changed_since);
         let mut entries = Vec::new();
         self.exec(&command, |r| {
             if let Response::Fetch(_, attrs) = r
@@ -494,19 +706,10 @@ impl Session {
         for chunk in uids.chunks(5000) {
             let command = format!("UID FETCH {} (UID RFC822.SIZE)", uid_set(chunk));
             self.exec(&command, |r| {
-                if let Response::Fetch(_, attrs) = r {
-                    let mut uid = None;
-                    let mut size = None;
-                    for a in attrs {
-                        match a {
-                            AttributeValue::Uid(u) => uid = Some(*u),
-                            AttributeValue::Rfc822Size(s) => size = Some(u64::from(*s)),
-                            _ => {}
-                        }
-                    }
-                    if let (Some(uid), Some(size)) = (uid, size) {
-                        out.push((uid, size));
-                    }
+                if let Response::Fetch(_, attrs) = r
+                    && let Some(found) = size_of(attrs)
+                {
+                    out.push(found);
                 }
                 Ok(())
             })
@@ -564,65 +767,141 @@ impl Session {
         Ok(out)
     }
 
-    /// Downloads the given messages whole, handing each to `deliver` as it arrives, so
-    /// at most one message is held in memory at a time. `deliver` may stop the fetch by
-    /// returning an error; `pace` is awaited before each read (see
-    /// [`Session::exec_paced`]).
+    /// Downloads the given messages of `folder` whole, one UID FETCH per batch, handing
+    /// each message to `on` as it arrives, so at most one message is held in memory at
+    /// a time. The FETCH of the next batch is sent while the current one streams
+    /// ([`FETCH_PIPELINE`]): at 20 ms from the server, waiting for each batch's end
+    /// before asking for the next cost a round trip per batch. If `folder` is not
+    /// selected, its SELECT goes out with the first FETCH; if the SELECT reports
+    /// another UIDVALIDITY than `uidvalidity`, no message is handed over and the
+    /// error says so. `on` sees `BodyStep::Sending(i)` before batch `i` is asked for,
+    /// and may stop the download by returning an error; `pace` is awaited before each
+    /// read (see [`Session::exec_paced`]).
     pub async fn fetch_bodies<F, P, Fut>(
         &mut self,
-        uids: &[u32],
-        mut deliver: F,
+        folder: &str,
+        uidvalidity: u32,
+        batches: &[&[u32]],
+        mut on: F,
         pace: P,
     ) -> Result<(), ImapError>
     where
-        F: FnMut(FetchedMessage) -> Result<(), ImapError>,
+        F: FnMut(BodyStep) -> Result<(), ImapError>,
         P: FnMut() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let command = format!(
-            "UID FETCH {} (UID FLAGS INTERNALDATE BODY.PEEK[])",
-            uid_set(uids)
-        );
-        self.exec_paced(
-            &command,
-            |r| {
-                if let Response::Fetch(_, attrs) = r {
-                    let mut uid = None;
-                    let mut flags = Flags::empty();
-                    let mut internaldate = 0;
-                    let mut body = None;
-                    for a in attrs {
-                        match a {
-                            AttributeValue::Uid(u) => uid = Some(*u),
-                            AttributeValue::Flags(f) => flags = parse_flags(f),
-                            AttributeValue::InternalDate(d) => {
-                                internaldate = parse_internaldate(d).unwrap_or(0)
+        let mut commands = Vec::with_capacity(batches.len() + 1);
+        let select = match &self.selected {
+            Some((name, v)) if name == folder => {
+                if *v != uidvalidity {
+                    return Err(ImapError::uidvalidity_changed());
+                }
+                false
+            }
+            _ => {
+                commands.push(self.select_command(folder, None));
+                self.selected = None;
+                true
+            }
+        };
+        let first = usize::from(select);
+        commands.extend(batches.iter().map(|uids| {
+            format!(
+                "UID FETCH {} (UID FLAGS INTERNALDATE BODY.PEEK[])",
+                uid_set(uids)
+            )
+        }));
+        // What the SELECT said: its UIDVALIDITY, and whether it completed.
+        let mut seen_uidvalidity: Option<u32> = None;
+        let mut selected = !select;
+        let mismatch = |seen: Option<u32>| seen.is_some_and(|v| v != uidvalidity);
+        let result = self
+            .exec_pipelined(
+                &commands,
+                FETCH_PIPELINE + first,
+                |step| {
+                    let r = match step {
+                        Step::Sending(i) if i >= first => {
+                            if mismatch(seen_uidvalidity) {
+                                return Ok(Next::StopSending);
                             }
-                            AttributeValue::BodySection {
-                                section: None,
-                                data,
-                                ..
-                            } => body = Some(data.as_deref().unwrap_or_default().to_vec()),
-                            AttributeValue::Rfc822(data) => {
-                                body = Some(data.as_deref().unwrap_or_default().to_vec())
+                            on(BodyStep::Sending(i - first))?;
+                            return Ok(Next::Go);
+                        }
+                        Step::Sending(_) => return Ok(Next::Go),
+                        Step::Done(i) => {
+                            if i + 1 == first {
+                                selected = true;
                             }
-                            _ => {}
+                            return Ok(Next::Go);
+                        }
+                        Step::Data(i, r) if i + 1 == first => {
+                            if let Response::Data { outcome, .. } = r
+                                && let Some(ResponseCode::UidValidity(v)) = outcome.code
+                            {
+                                seen_uidvalidity = Some(v);
+                            }
+                            return Ok(Next::Go);
+                        }
+                        Step::Data(_, r) => r,
+                    };
+                    // A FETCH only counts from a folder known to be the listed one (the
+                    // SELECT's UIDVALIDITY comes before any FETCH it lets run).
+                    if select && seen_uidvalidity != Some(uidvalidity) {
+                        return Ok(Next::StopSending);
+                    }
+                    if let Response::Fetch(_, attrs) = r {
+                        let mut uid = None;
+                        let mut flags = Flags::empty();
+                        let mut internaldate = 0;
+                        let mut body = None;
+                        for a in attrs {
+                            match a {
+                                AttributeValue::Uid(u) => uid = Some(*u),
+                                AttributeValue::Flags(f) => flags = parse_flags(f),
+                                AttributeValue::InternalDate(d) => {
+                                    internaldate = parse_internaldate(d).unwrap_or(0)
+                                }
+                                AttributeValue::BodySection {
+                                    section: None,
+                                    data,
+                                    ..
+                                } => body = Some(data.as_deref().unwrap_or_default().to_vec()),
+                                AttributeValue::Rfc822(data) => {
+                                    body = Some(data.as_deref().unwrap_or_default().to_vec())
+                                }
+                                _ => {}
+                            }
+                        }
+                        if let (Some(uid), Some(body)) = (uid, body) {
+                            on(BodyStep::Message(FetchedMessage {
+                                uid,
+                                flags,
+                                internaldate,
+                                body,
+                            }))?;
                         }
                     }
-                    if let (Some(uid), Some(body)) = (uid, body) {
-                        deliver(FetchedMessage {
-                            uid,
-                            flags,
-                            internaldate,
-                            body,
-                        })?;
-                    }
-                }
-                Ok(())
-            },
-            pace,
-        )
-        .await
+                    Ok(Next::Go)
+                },
+                pace,
+            )
+            .await;
+        if select
+            && selected
+            && let Some(v) = seen_uidvalidity
+        {
+            self.selected = Some((folder.to_owned(), v));
+        }
+        result?;
+        match seen_uidvalidity {
+            Some(v) if v != uidvalidity => Err(ImapError::uidvalidity_changed()),
+            None if select => Err(ImapError::Protocol {
+                command: "SELECT".into(),
+                detail: format!("no UIDVALIDITY for {folder}; cannot sync it safely"),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Waits in IDLE (RFC 2177) on the selected folder until the server reports a
@@ -745,6 +1024,20 @@ impl Session {
     pub fn qresync_enabled(&self) -> bool {
         self.qresync_enabled
     }
+}
+
+/// UID and RFC822.SIZE from a FETCH response.
+fn size_of(attrs: &[AttributeValue<'_>]) -> Option<(u32, u64)> {
+    let mut uid = None;
+    let mut size = None;
+    for a in attrs {
+        match a {
+            AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::Rfc822Size(s) => size = Some(u64::from(*s)),
+            _ => {}
+        }
+    }
+    Some((uid?, size?))
 }
 
 /// UID and flags from a FETCH response. A FETCH without UID is an unsolicited flag

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::auth::{AuthError, TokenSource};
 use crate::config::roles::{self, RemoteFolder};
 use crate::config::{Account, Config, Mapping};
-use crate::imap::{self, ImapError, Session};
+use crate::imap::{self, BodyStep, ImapError, Session};
 use crate::maildir::Maildir;
 use crate::state::{
     AccountLock, FolderRow, Headers, LockError, Relocation, State, StateError, unix_now,
@@ -154,6 +154,9 @@ struct Target {
     report: FolderReport,
     selected: Option<imap::Selected>,
     diff: FolderDiff,
+    /// Sizes of the messages from UID `.0` on, asked for with the listing's SELECT:
+    /// pairing then needs no round trip of its own for them.
+    new_sizes: Option<(u32, HashMap<u32, u64>)>,
     /// Set when the folder failed; later phases skip it.
     failed: bool,
 }
@@ -227,6 +230,7 @@ pub async fn sync_account_with(
                     maildir,
                     selected: None,
                     diff: FolderDiff::default(),
+                    new_sizes: None,
                     failed: false,
                 });
             }
@@ -325,13 +329,28 @@ pub async fn sync_account_with(
                 continue;
             }
             let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
+            // The sizes came with the listing if every new message is past the UID
+            // they were asked from (a message left behind by an earlier pass is not).
+            let known_sizes = t
+                .new_sizes
+                .as_ref()
+                .filter(|(from, _)| t.diff.new_uids.iter().all(|uid| uid >= from));
             let result = async {
-                if session.ensure_selected(&t.remote.name).await? != uidvalidity {
-                    return Err(uidvalidity_changed());
-                }
-                let mut wanted: Vec<u32> = session
-                    .fetch_sizes(&t.diff.new_uids)
-                    .await?
+                let listed: Vec<(u32, u64)> = match known_sizes {
+                    Some((_, by_uid)) => t
+                        .diff
+                        .new_uids
+                        .iter()
+                        .filter_map(|uid| by_uid.get(uid).map(|&size| (*uid, size)))
+                        .collect(),
+                    None => {
+                        if session.ensure_selected(&t.remote.name).await? != uidvalidity {
+                            return Err(ImapError::uidvalidity_changed());
+                        }
+                        session.fetch_sizes(&t.diff.new_uids).await?
+                    }
+                };
+                let mut wanted: Vec<u32> = listed
                     .into_iter()
                     .filter(|(_, size)| sizes.contains(size))
                     .map(|(uid, _)| uid)
@@ -341,6 +360,9 @@ pub async fn sync_account_with(
                 let prints = if wanted.is_empty() {
                     Vec::new()
                 } else {
+                    if session.ensure_selected(&t.remote.name).await? != uidvalidity {
+                        return Err(ImapError::uidvalidity_changed());
+                    }
                     session.fetch_fingerprints(&wanted).await?
                 };
                 // Whatever is not a fingerprinted candidate is fetched (a message the
@@ -654,7 +676,29 @@ async fn select_for_listing(
     t: &mut Target,
 ) -> Result<Option<imap::SelectChanges>, ImapError> {
     let since = t.row.uidvalidity.zip(t.row.highestmodseq);
-    let changes = session.select_since(&t.remote.name, since).await?;
+    // What the listing asks next anyway goes out with the SELECT: without QRESYNC the
+    // flags (all, or what changed since the last mod-sequence); in a folder already
+    // synced, the sizes of messages new since, which pairing needs if anything
+    // vanished (a few bytes a message; none at all in an initial sync).
+    let mut follow = Vec::new();
+    if !(session.qresync_enabled() && since.is_some()) {
+        let changed_since = match since {
+            Some((_, modseq)) if session.has_condstore() => Some(modseq),
+            _ => None,
+        };
+        follow.push(imap::FollowUp::Flags(changed_since));
+    }
+    if records > 0
+        && let Some(uidnext) = t.row.uidnext
+    {
+        follow.push(imap::FollowUp::SizesFrom(uidnext.max(1)));
+    }
+    let mut changes = session.select_with(&t.remote.name, since, &follow).await?;
+    t.new_sizes = changes
+        .sizes
+        .take()
+        .filter(|_| t.row.uidvalidity == Some(changes.selected.uidvalidity))
+        .map(|(from, sizes)| (from, sizes.into_iter().collect()));
     let sel = &changes.selected;
     let unchanged = session.has_condstore()
         && t.row.uidvalidity == Some(sel.uidvalidity)
@@ -696,6 +740,10 @@ async fn list_folder(
                 // QRESYNC told us in the SELECT itself; CONDSTORE needs a FETCH.
                 let (entries, vanished) = if session.qresync_enabled() {
                     (changes.changed, changes.vanished)
+                } else if let Some((Some(m), entries)) = changes.flags
+                    && m == old
+                {
+                    (entries, Vec::new())
                 } else {
                     (session.fetch_flags(Some(old)).await?, Vec::new())
                 };
@@ -726,7 +774,10 @@ async fn list_folder(
             }
         }
         _ => Listing {
-            entries: session.fetch_flags(None).await?,
+            entries: match changes.flags {
+                Some((None, entries)) => entries,
+                _ => session.fetch_flags(None).await?,
+            },
             complete: true,
             ..Listing::default()
         },
@@ -904,156 +955,168 @@ async fn download(
     let Some(sel) = t.selected.clone() else {
         return Ok(());
     };
-    let current = session
-        .ensure_selected(&t.remote.name)
-        .await
-        .map_err(DownloadError::Imap)?;
-    if current != sel.uidvalidity {
-        // Changed again since listing: the next pass re-pairs; fetching now would file
-        // messages under a UIDVALIDITY we did not list.
-        return Err(DownloadError::Imap(uidvalidity_changed()));
-    }
     let local = t.mapping.local.clone();
-    for batch in uids.chunks(batch_size.max(1) as usize) {
-        if options.stop.load(Ordering::Relaxed) {
-            return Err(DownloadError::Stopped);
-        }
-        let bases: HashMap<u32, String> = batch
-            .iter()
-            .map(|&uid| (uid, t.maildir.new_base(uid)))
-            .collect();
-        let mut names: Vec<String> = bases.values().cloned().collect();
-        names.sort_unstable();
-        state
-            .journal_deliveries(t.row.id, &names)
-            .map_err(|e| DownloadError::Local(e.into()))?;
-
-        let mut delivered: Vec<(Record, Headers)> = Vec::with_capacity(COMMIT_EVERY);
-        let mut seen: HashSet<u32> = HashSet::with_capacity(batch.len());
-        let mut written: HashSet<u32> = HashSet::with_capacity(batch.len());
-        let mut last_commit = Instant::now();
-        let mut local_error: Option<SyncError> = None;
-        let mut stopped = false;
-        let maildir = &t.maildir;
-        let folder = t.row.id;
-        let stop = &options.stop;
-        let progress = &options.progress;
-        let report = &mut t.report;
-        let state_ref = &mut *state;
-        let writer = Writer::start(maildir.clone(), folder, sel.uidvalidity, WRITE_QUEUE);
-        // Takes what the writer finished into `delivered`; false on a write error.
-        let mut collect = |results: Vec<std::io::Result<(Record, Headers)>>,
-                           delivered: &mut Vec<(Record, Headers)>,
-                           local_error: &mut Option<SyncError>| {
-            for r in results {
-                match r {
-                    Ok(d) => {
-                        report.fetched += 1;
-                        report.bytes += d.0.fingerprint.size;
-                        written.insert(d.0.uid);
-                        delivered.push(d);
-                    }
-                    Err(source) => {
-                        *local_error = Some(SyncError::Maildir {
-                            path: maildir.root().to_owned(),
-                            source,
-                        });
-                    }
+    // One UID FETCH per batch, the next sent while the current one streams. A batch's
+    // names are journaled just before its FETCH goes out, so every file the writer
+    // creates has its journal entry first (recovery relies on that).
+    let batches: Vec<&[u32]> = uids.chunks(batch_size.max(1) as usize).collect();
+    // Journaled, not yet handed to the writer; handed to the writer, not yet written.
+    // Whatever is left in either when the download ends is dropped from the journal.
+    let mut pending: HashMap<u32, String> = HashMap::new();
+    let mut queued: HashMap<u32, String> = HashMap::new();
+    let mut delivered: Vec<(Record, Headers)> = Vec::with_capacity(COMMIT_EVERY);
+    let mut last_commit = Instant::now();
+    let mut local_error: Option<SyncError> = None;
+    let mut stopped = false;
+    let maildir = &t.maildir;
+    let folder = t.row.id;
+    let stop = &options.stop;
+    let progress = &options.progress;
+    let report = &mut t.report;
+    let state_ref = &mut *state;
+    let writer = Writer::start(maildir.clone(), folder, sel.uidvalidity, WRITE_QUEUE);
+    // Takes what the writer finished into `delivered`; false on a write error.
+    let mut collect = |results: Vec<std::io::Result<(Record, Headers)>>,
+                       delivered: &mut Vec<(Record, Headers)>,
+                       queued: &mut HashMap<u32, String>,
+                       local_error: &mut Option<SyncError>| {
+        for r in results {
+            match r {
+                Ok(d) => {
+                    report.fetched += 1;
+                    report.bytes += d.0.fingerprint.size;
+                    queued.remove(&d.0.uid);
+                    delivered.push(d);
+                }
+                Err(source) => {
+                    *local_error = Some(SyncError::Maildir {
+                        path: maildir.root().to_owned(),
+                        source,
+                    });
                 }
             }
-            local_error.is_none()
-        };
-        // A message the writer had no room for waits here, and the next read waits for
-        // the writer (asynchronously: other folders' connections go on meanwhile).
-        let parked: std::sync::Mutex<Option<Job>> = std::sync::Mutex::new(None);
-        let writer_stopped = AtomicBool::new(false);
-        let take_parked = || parked.lock().ok().and_then(|mut p| p.take());
-        let pace = || async {
-            if let Some(job) = take_parked()
-                && !writer.send(job).await
-            {
-                writer_stopped.store(true, Ordering::Relaxed);
-            }
-        };
-        let result = session
-            .fetch_bodies(
-                batch,
-                |m| {
-                    let Some(base) = bases.get(&m.uid) else {
-                        return Ok(());
-                    };
-                    if !seen.insert(m.uid) {
-                        return Ok(()); // a server repeating a message must not make a duplicate
-                    }
-                    let size = m.body.len() as u64;
-                    progress.fetched(&local, 1, size);
-                    let job = Job {
-                        uid: m.uid,
-                        base: base.clone(),
-                        flags: m.flags,
-                        internaldate: m.internaldate,
-                        body: m.body,
-                    };
-                    let queued = match writer.try_send(job) {
-                        Queued::Yes => true,
-                        Queued::Full(job) => {
-                            if let Ok(mut p) = parked.lock() {
-                                *p = Some(job);
-                            }
-                            true
-                        }
-                        Queued::Stopped => false,
-                    };
-                    if !collect(writer.ready(), &mut delivered, &mut local_error)
-                        || !queued
-                        || writer_stopped.load(Ordering::Relaxed)
-                    {
-                        return Err(local_failure());
-                    }
-                    // Group commit: a crash costs at most this much re-downloading, and one
-                    // directory fsync and one transaction cover many messages.
-                    if delivered.len() >= COMMIT_EVERY || last_commit.elapsed() >= COMMIT_INTERVAL {
-                        if let Err(e) = commit(state_ref, maildir, folder, &mut delivered, &[]) {
-                            local_error = Some(e);
+        }
+        local_error.is_none()
+    };
+    // A message the writer had no room for waits here, and the next read waits for
+    // the writer (asynchronously: other folders' connections go on meanwhile).
+    let parked: std::sync::Mutex<Option<Job>> = std::sync::Mutex::new(None);
+    let writer_stopped = AtomicBool::new(false);
+    let take_parked = || parked.lock().ok().and_then(|mut p| p.take());
+    let pace = || async {
+        if let Some(job) = take_parked()
+            && !writer.send(job).await
+        {
+            writer_stopped.store(true, Ordering::Relaxed);
+        }
+    };
+    // Selecting the folder rides along with the first FETCH; if its UIDVALIDITY is
+    // not the listed one (changed since), nothing is filed under it: the next pass
+    // re-pairs.
+    let result = session
+        .fetch_bodies(
+            &t.remote.name,
+            sel.uidvalidity,
+            &batches,
+            |step| {
+                let m = match step {
+                    BodyStep::Sending(i) => {
+                        if stop.load(Ordering::Relaxed) {
+                            stopped = true;
                             return Err(local_failure());
                         }
-                        last_commit = Instant::now();
+                        let mut names = Vec::with_capacity(batches[i].len());
+                        for &uid in batches[i] {
+                            let base = maildir.new_base(uid);
+                            names.push(base.clone());
+                            pending.insert(uid, base);
+                        }
+                        names.sort_unstable();
+                        if let Err(e) = state_ref.journal_deliveries(folder, &names) {
+                            local_error = Some(e.into());
+                            return Err(local_failure());
+                        }
+                        return Ok(());
                     }
-                    if stop.load(Ordering::Relaxed) {
-                        stopped = true;
+                    BodyStep::Message(m) => m,
+                };
+                // Only what was asked for, once: a server repeating a message must not
+                // make a duplicate.
+                let Some(base) = pending.remove(&m.uid) else {
+                    return Ok(());
+                };
+                queued.insert(m.uid, base.clone());
+                let size = m.body.len() as u64;
+                progress.fetched(&local, 1, size);
+                let job = Job {
+                    uid: m.uid,
+                    base,
+                    flags: m.flags,
+                    internaldate: m.internaldate,
+                    body: m.body,
+                };
+                let accepted = match writer.try_send(job) {
+                    Queued::Yes => true,
+                    Queued::Full(job) => {
+                        if let Ok(mut p) = parked.lock() {
+                            *p = Some(job);
+                        }
+                        true
+                    }
+                    Queued::Stopped => false,
+                };
+                if !collect(
+                    writer.ready(),
+                    &mut delivered,
+                    &mut queued,
+                    &mut local_error,
+                ) || !accepted
+                    || writer_stopped.load(Ordering::Relaxed)
+                {
+                    return Err(local_failure());
+                }
+                // Group commit: a crash costs at most this much re-downloading, and one
+                // directory fsync and one transaction cover many messages.
+                if delivered.len() >= COMMIT_EVERY || last_commit.elapsed() >= COMMIT_INTERVAL {
+                    if let Err(e) = commit(state_ref, maildir, folder, &mut delivered, &[]) {
+                        local_error = Some(e);
                         return Err(local_failure());
                     }
-                    Ok(())
-                },
-                pace,
-            )
-            .await;
-        // The last message may still be parked (or the fetch stopped right after it).
-        if let Some(job) = take_parked() {
-            writer.send(job).await;
-        }
-        // Let the writer finish what it has (the message in flight included).
-        collect(writer.finish(), &mut delivered, &mut local_error);
-
-        // Whatever happened, commit what is on disk, and drop the journal entries of
-        // messages not written (expunged meanwhile, the fetch broke, a write failed).
-        let abandoned: Vec<String> = bases
-            .iter()
-            .filter(|(uid, _)| !written.contains(uid))
-            .map(|(_, base)| base.clone())
-            .collect();
-        commit(state, &t.maildir, folder, &mut delivered, &abandoned)
-            .map_err(DownloadError::Local)?;
-
-        if let Some(e) = local_error {
-            return Err(DownloadError::Local(e));
-        }
-        if stopped {
-            return Err(DownloadError::Stopped);
-        }
-        result.map_err(DownloadError::Imap)?;
+                    last_commit = Instant::now();
+                }
+                if stop.load(Ordering::Relaxed) {
+                    stopped = true;
+                    return Err(local_failure());
+                }
+                Ok(())
+            },
+            pace,
+        )
+        .await;
+    // The last message may still be parked (or the fetch stopped right after it).
+    if let Some(job) = take_parked() {
+        writer.send(job).await;
     }
-    Ok(())
+    // Let the writer finish what it has (the message in flight included).
+    collect(
+        writer.finish(),
+        &mut delivered,
+        &mut queued,
+        &mut local_error,
+    );
+
+    // Whatever happened, commit what is on disk, and drop the journal entries of
+    // messages not written (expunged meanwhile, the fetch broke, a write failed).
+    let abandoned: Vec<String> = pending.into_values().chain(queued.into_values()).collect();
+    commit(state, &t.maildir, folder, &mut delivered, &abandoned).map_err(DownloadError::Local)?;
+
+    if let Some(e) = local_error {
+        return Err(DownloadError::Local(e));
+    }
+    if stopped {
+        return Err(DownloadError::Stopped);
+    }
+    result.map_err(DownloadError::Imap)
 }
 
 /// Messages waiting for the writer thread at most: enough to overlap one fsync with
@@ -1091,13 +1154,6 @@ fn commit(
 }
 
 /// The folder's UIDVALIDITY is not the one listed in this pass.
-fn uidvalidity_changed() -> ImapError {
-    ImapError::Protocol {
-        command: "SELECT".into(),
-        detail: "UIDVALIDITY changed during the sync; the next pass will re-pair".into(),
-    }
-}
-
 /// Stops a FETCH from inside its callback; the real cause is kept beside it.
 fn local_failure() -> ImapError {
     ImapError::Protocol {
