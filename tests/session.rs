@@ -200,9 +200,10 @@ async fn commands_follow_capabilities(profile: Profile) {
 on_both_profiles!(commands_follow_capabilities);
 
 /// Round trips are not waited for where the protocol allows (RFC 3501 section 5.5):
-/// the listing's FETCH goes out with its SELECT, a folder's download SELECT rides with
-/// its first FETCH, and each batch's FETCH is sent while the one before streams. On a
-/// server 20-50 ms away each of these is a round trip per folder or per batch.
+/// ENABLE goes out with the CAPABILITY after the login, the listing's FETCH with its
+/// SELECT, a folder's download SELECT with its first FETCH, and each batch's FETCH
+/// while the one before streams. On a server 20-50 ms away each of these is a round
+/// trip per login, per folder or per batch.
 async fn commands_are_pipelined(profile: Profile) {
     let env = Env::start(profile).await;
     let messages: Vec<_> = (0..50)
@@ -250,6 +251,17 @@ async fn commands_are_pipelined(profile: Profile) {
             .map(|p| p + from)
             .unwrap_or_else(|| panic!("not found after line {from}:\n{}", wire.join("\n")))
     };
+    // After the login, where the server lists ENABLE before it (Dovecot; not
+    // Exchange), ENABLE QRESYNC goes out with the CAPABILITY.
+    if matches!(profile, Profile::Full) {
+        let caps = pos(0, &|l| l.starts_with("< CAPABILITY"));
+        let enable = pos(0, &|l| l.starts_with("> ENABLE QRESYNC"));
+        assert!(
+            enable < caps,
+            "ENABLE waited for CAPABILITY:\n{}",
+            wire.join("\n")
+        );
+    }
     // The listing of INBOX: its flags are asked for before the SELECT completes.
     let select = pos(0, &|l| l.starts_with("> SELECT \"INBOX\""));
     let selected = pos(select, &|l| l.starts_with("< SELECT"));

@@ -525,6 +525,34 @@ impl Client {
     /// offered. Never logs the token: async-imap's trace output is capped at debug by
     /// the binary's log filter, since it prints commands verbatim.
     pub async fn authenticate(self, user: &str, token: &Secret) -> Result<Session, ImapError> {
+        let mut session = self.authenticate_only(user, token).await?;
+        session.refresh_capabilities().await?;
+        Ok(session)
+    }
+
+    /// [`Client::authenticate`] for a sync, which wants QRESYNC on (RFC 7162 wants
+    /// ENABLE before the first SELECT): where the server lists ENABLE before login,
+    /// `ENABLE QRESYNC` goes out with the CAPABILITY that follows the login, in one
+    /// round trip (a server without QRESYNC enables nothing, RFC 5161). Elsewhere
+    /// CAPABILITY, then ENABLE if QRESYNC is offered.
+    pub async fn authenticate_for_sync(
+        self,
+        user: &str,
+        token: &Secret,
+    ) -> Result<Session, ImapError> {
+        let enable_early = self.capabilities.has("ENABLE");
+        let mut session = self.authenticate_only(user, token).await?;
+        if enable_early {
+            session.capabilities_and_qresync().await?;
+        } else {
+            session.refresh_capabilities().await?;
+            session.enable_qresync().await?;
+        }
+        Ok(session)
+    }
+
+    /// The SASL exchange alone; the session's capabilities are the pre-login ones.
+    async fn authenticate_only(self, user: &str, token: &Secret) -> Result<Session, ImapError> {
         let caps = &self.capabilities;
         let (mechanism, payload) = if caps.has("AUTH=XOAUTH2") {
             ("XOAUTH2", xoauth2_payload(user, token))
@@ -594,9 +622,7 @@ impl Client {
                 }));
             }
         };
-        let mut session = Session::new(inner, host, after);
-        session.refresh_capabilities().await?;
-        Ok(session)
+        Ok(Session::new(inner, host, after))
     }
 }
 

@@ -465,6 +465,50 @@ impl Session {
         Ok(self.select_since(folder, None).await?.selected)
     }
 
+    /// CAPABILITY and `ENABLE QRESYNC` in one round trip (see
+    /// [`crate::imap::Client::authenticate_for_sync`]); QRESYNC counts as on only if
+    /// the capabilities offer it and the ENABLE succeeded.
+    pub(super) async fn capabilities_and_qresync(&mut self) -> Result<(), ImapError> {
+        let commands = ["CAPABILITY".to_owned(), "ENABLE QRESYNC".to_owned()];
+        let mut caps = None;
+        let mut enabled = false;
+        let result = self
+            .exec_pipelined(
+                &commands,
+                2,
+                |step| {
+                    match step {
+                        // A real CAPABILITY reply lists IMAP4rev1 (RFC 3501), which
+                        // tells it from `* ENABLED QRESYNC` if a parser takes that for
+                        // capabilities.
+                        Step::Data(_, Response::Capabilities(c))
+                            if c.iter()
+                                .any(|c| matches!(c, imap_proto::Capability::Imap4rev1)) =>
+                        {
+                            caps = Some(Capabilities::from_proto(c));
+                        }
+                        Step::Done(1) => enabled = true,
+                        _ => {}
+                    }
+                    Ok(Next::Go)
+                },
+                || std::future::ready(()),
+            )
+            .await;
+        match result {
+            // A server that lists ENABLE but refuses it: no QRESYNC, nothing worse.
+            Err(ImapError::No { .. } | ImapError::Bad { .. }) if caps.is_some() => {}
+            other => other?,
+        }
+        self.capabilities = caps.ok_or_else(|| ImapError::Protocol {
+            command: "CAPABILITY".into(),
+            detail: "no CAPABILITY data in the reply".into(),
+        })?;
+        tracing::debug!(capabilities = %self.capabilities, "logged in");
+        self.qresync_enabled = enabled && self.capabilities.has("QRESYNC");
+        Ok(())
+    }
+
     /// Turns QRESYNC on for this session if the server offers it (RFC 7162 requires
     /// ENABLE before the first SELECT that uses it).
     pub async fn enable_qresync(&mut self) -> Result<bool, ImapError> {

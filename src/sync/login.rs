@@ -50,11 +50,11 @@ async fn login_once(
         let client = imap::connect(&account.imap, command_timeout)
             .await
             .map_err(imap_err)?;
-        match client.authenticate(&account.login_user, &token).await {
-            Ok(mut session) => {
-                session.enable_qresync().await.map_err(imap_err)?;
-                return Ok(session);
-            }
+        match client
+            .authenticate_for_sync(&account.login_user, &token)
+            .await
+        {
+            Ok(session) => return Ok(session),
             Err(ImapError::AuthFailed(f)) if !retried => {
                 // The token may have been revoked or expired early: get a new one once.
                 tracing::info!(account = %account.name, "token refused ({}); requesting a new one", f.server_text);
