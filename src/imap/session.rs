@@ -1200,3 +1200,157 @@ fn map_async_imap(error: async_imap::error::Error, command: &str) -> ImapError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pipelining machinery against a scripted server on an in-memory stream: what
+    //! a real Dovecot cannot be made to do on demand (answer out of order, refuse one
+    //! command of several in flight).
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// A server that greets, accepts any LOGIN, and answers each command line with
+    /// `answer(command)` (the tag is prepended). With `hold`, it reads that many
+    /// commands before answering them, in reverse order.
+    fn server(
+        stream: tokio::io::DuplexStream,
+        hold: usize,
+        answer: fn(&str) -> Vec<String>,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        tokio::spawn(async move {
+            let (r, mut w) = tokio::io::split(stream);
+            let mut lines = BufReader::new(r).lines();
+            let mut seen = Vec::new();
+            w.write_all(b"* OK ready\r\n").await.unwrap();
+            let mut held: Vec<(String, String)> = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let (tag, command) = line.split_once(' ').unwrap_or((&line, ""));
+                seen.push(command.to_owned());
+                if command.starts_with("LOGIN") {
+                    w.write_all(format!("{tag} OK logged in\r\n").as_bytes())
+                        .await
+                        .unwrap();
+                    continue;
+                }
+                held.push((tag.to_owned(), command.to_owned()));
+                if held.len() < hold.max(1) {
+                    continue;
+                }
+                for (tag, command) in held.drain(..).rev() {
+                    for l in answer(&command) {
+                        let l = l.replace("{tag}", &tag);
+                        w.write_all(format!("{l}\r\n").as_bytes()).await.unwrap();
+                    }
+                }
+                if command.starts_with("LOGOUT") {
+                    break;
+                }
+            }
+            seen
+        })
+    }
+
+    async fn session(stream: tokio::io::DuplexStream) -> Session {
+        let boxed: BoxStream = Box::new(stream);
+        let mut client = async_imap::Client::new(boxed);
+        client.read_response().await.unwrap().unwrap();
+        let inner = client.login("u", "p").await.map_err(|(e, _)| e).unwrap();
+        Session::new(inner, "fake".into(), Duration::from_secs(5))
+    }
+
+    fn answer(command: &str) -> Vec<String> {
+        if command.starts_with("BOGUS") {
+            vec!["{tag} BAD no such command".into()]
+        } else if let Some(uid) = command.strip_prefix("UID FETCH ") {
+            let uid = uid.split(' ').next().unwrap_or("0");
+            vec![
+                format!("* {uid} FETCH (UID {uid} FLAGS (\\Seen))"),
+                "{tag} OK done".into(),
+            ]
+        } else {
+            vec!["{tag} OK done".into()]
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_command_is_reported_and_the_rest_is_read() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let seen = server(theirs, 1, answer);
+        let mut s = session(ours).await;
+        let commands = ["NOOP", "BOGUS", "NOOP", "NOOP", "NOOP"].map(String::from);
+        let mut sent = Vec::new();
+        let mut done = Vec::new();
+        let result = s
+            .exec_pipelined(
+                &commands,
+                3,
+                |step| {
+                    match step {
+                        Step::Sending(i) => sent.push(i),
+                        Step::Done(i) => done.push(i),
+                        Step::Data(..) => {}
+                    }
+                    Ok(Next::Go)
+                },
+                || std::future::ready(()),
+            )
+            .await;
+        assert!(
+            matches!(&result, Err(ImapError::Bad { command, .. }) if command == "BOGUS"),
+            "{result:?}"
+        );
+        // 0-2 went out at once, 3 when 0 completed; after BOGUS failed, nothing more.
+        assert_eq!(sent, vec![0, 1, 2, 3]);
+        // The ones in flight behind it were read to their end before it returned.
+        assert_eq!(done, vec![0, 2, 3]);
+        // Every answer was read: the session goes on in step.
+        s.exec("NOOP", |_| Ok(())).await.unwrap();
+        s.logout().await;
+        let seen = seen.await.unwrap();
+        assert_eq!(
+            seen,
+            [
+                "LOGIN \"u\" \"p\"",
+                "NOOP",
+                "BOGUS",
+                "NOOP",
+                "NOOP",
+                "NOOP",
+                "LOGOUT"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_out_of_order_complete_their_own_commands() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        // The server takes both FETCHes, then answers the second first.
+        let seen = server(theirs, 2, answer);
+        let mut s = session(ours).await;
+        let commands = ["UID FETCH 7 (UID FLAGS)", "UID FETCH 9 (UID FLAGS)"].map(String::from);
+        let mut uids = Vec::new();
+        let mut done = Vec::new();
+        s.exec_pipelined(
+            &commands,
+            2,
+            |step| {
+                match step {
+                    Step::Data(_, Response::Fetch(_, attrs)) => {
+                        uids.extend(entry_of(attrs).map(|e| e.uid));
+                    }
+                    Step::Done(i) => done.push(i),
+                    _ => {}
+                }
+                Ok(Next::Go)
+            },
+            || std::future::ready(()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(uids, vec![9, 7]);
+        assert_eq!(done, vec![1, 0]);
+        drop(s);
+        let seen = seen.await.unwrap();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+}
