@@ -212,6 +212,11 @@ impl Session {
             Ok(())
         })
         .await?;
+        self.set_capabilities(caps)
+    }
+
+    /// Takes the capabilities a CAPABILITY command returned; none is a protocol error.
+    fn set_capabilities(&mut self, caps: Option<Capabilities>) -> Result<(), ImapError> {
         self.capabilities = caps.ok_or_else(|| ImapError::Protocol {
             command: "CAPABILITY".into(),
             detail: "no CAPABILITY data in the reply".into(),
@@ -500,11 +505,7 @@ impl Session {
             Err(ImapError::No { .. } | ImapError::Bad { .. }) if caps.is_some() => {}
             other => other?,
         }
-        self.capabilities = caps.ok_or_else(|| ImapError::Protocol {
-            command: "CAPABILITY".into(),
-            detail: "no CAPABILITY data in the reply".into(),
-        })?;
-        tracing::debug!(capabilities = %self.capabilities, "logged in");
+        self.set_capabilities(caps)?;
         self.qresync_enabled = enabled && self.capabilities.has("QRESYNC");
         Ok(())
     }
@@ -602,12 +603,12 @@ impl Session {
                         }
                         return Ok(Next::Go);
                     }
-                    match (i.checked_sub(1), r) {
-                        (Some(_), _) => {}
-                        (None, Response::MailboxData(MailboxDatum::Exists(n))) => {
-                            out.selected.exists = *n
-                        }
-                        (None, Response::Data { outcome, .. }) => match outcome.code {
+                    if i > 0 {
+                        return Ok(Next::Go); // a follow-up's other data
+                    }
+                    match r {
+                        Response::MailboxData(MailboxDatum::Exists(n)) => out.selected.exists = *n,
+                        Response::Data { outcome, .. } => match outcome.code {
                             Some(ResponseCode::UidValidity(v)) => {
                                 out.selected.uidvalidity = v;
                                 have_uidvalidity = true;
@@ -620,13 +621,10 @@ impl Session {
                                 // NOMODSEQ: the folder has no mod-sequences; stay without.
                             }
                         },
-                        (
-                            None,
-                            Response::Vanished {
-                                earlier: true,
-                                uids,
-                            },
-                        ) => {
+                        Response::Vanished {
+                            earlier: true,
+                            uids,
+                        } => {
                             for range in uids {
                                 // A hostile range must not make us allocate billions of UIDs.
                                 if range.end().saturating_sub(*range.start()) > 10_000_000 {
@@ -642,7 +640,7 @@ impl Session {
                                 out.vanished.extend(range.clone());
                             }
                         }
-                        (None, _) => {}
+                        _ => {}
                     }
                     Ok(Next::Go)
                 },
@@ -694,6 +692,16 @@ impl Session {
         match &self.selected {
             Some((name, uidvalidity)) if name == folder => Ok(*uidvalidity),
             _ => Ok(self.select(folder).await?.uidvalidity),
+        }
+    }
+
+    /// Makes `folder` the selected one, as [`Session::ensure_selected`], and checks
+    /// that its UIDVALIDITY is still `uidvalidity`, the one its listing saw.
+    pub async fn select_listed(&mut self, folder: &str, uidvalidity: u32) -> Result<(), ImapError> {
+        if self.ensure_selected(folder).await? == uidvalidity {
+            Ok(())
+        } else {
+            Err(ImapError::uidvalidity_changed())
         }
     }
 

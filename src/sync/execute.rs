@@ -344,9 +344,7 @@ pub async fn sync_account_with(
                         .filter_map(|uid| by_uid.get(uid).map(|&size| (*uid, size)))
                         .collect(),
                     None => {
-                        if session.ensure_selected(&t.remote.name).await? != uidvalidity {
-                            return Err(ImapError::uidvalidity_changed());
-                        }
+                        session.select_listed(&t.remote.name, uidvalidity).await?;
                         session.fetch_sizes(&t.diff.new_uids).await?
                     }
                 };
@@ -360,9 +358,7 @@ pub async fn sync_account_with(
                 let prints = if wanted.is_empty() {
                     Vec::new()
                 } else {
-                    if session.ensure_selected(&t.remote.name).await? != uidvalidity {
-                        return Err(ImapError::uidvalidity_changed());
-                    }
+                    session.select_listed(&t.remote.name, uidvalidity).await?;
                     session.fetch_fingerprints(&wanted).await?
                 };
                 // Whatever is not a fingerprinted candidate is fetched (a message the
