@@ -116,6 +116,22 @@ fn message(tag: &str, i: usize) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Starts the daemon on an Inbox holding one message and waits for its first pass and
+/// its IDLE; returns it with the Inbox's Maildir.
+async fn start_idling(env: &Env) -> (Daemon, PathBuf) {
+    let daemon = Daemon::start(env, &[]);
+    let inbox = env.maildir("Inbox");
+    until(Duration::from_secs(15), "initial pass", &daemon, || {
+        count(&inbox) == 1
+    })
+    .await;
+    until(Duration::from_secs(5), "IDLE", &daemon, || {
+        daemon.log().contains("state=idle") || daemon.log().contains("IDLE")
+    })
+    .await;
+    (daemon, inbox)
+}
+
 /// Config for the daemon tests: a long poll interval unless a test wants polling.
 fn write_config(env: &Env, poll: &str) {
     let text = env.config_text("").replace(
@@ -134,16 +150,7 @@ async fn idle_delivers_within_two_seconds(profile: Profile) {
         .await
         .unwrap();
     write_config(&env, "1h");
-    let daemon = Daemon::start(&env, &[]);
-    let inbox = env.maildir("Inbox");
-    until(Duration::from_secs(15), "initial pass", &daemon, || {
-        count(&inbox) == 1
-    })
-    .await;
-    until(Duration::from_secs(5), "IDLE", &daemon, || {
-        daemon.log().contains("state=idle") || daemon.log().contains("IDLE")
-    })
-    .await;
+    let (daemon, inbox) = start_idling(&env).await;
 
     let mut latencies = Vec::new();
     for i in 1..=20 {
@@ -188,16 +195,7 @@ async fn one_connection_syncs_on_its_idle_connection() {
         .unwrap()
         .replace("poll_interval = ", "max_connections = 1\npoll_interval = ");
     std::fs::write(env.config_path(), text).unwrap();
-    let daemon = Daemon::start(&env, &[]);
-    let inbox = env.maildir("Inbox");
-    until(Duration::from_secs(15), "initial pass", &daemon, || {
-        count(&inbox) == 1
-    })
-    .await;
-    until(Duration::from_secs(5), "IDLE", &daemon, || {
-        daemon.log().contains("state=idle") || daemon.log().contains("IDLE")
-    })
-    .await;
+    let (daemon, inbox) = start_idling(&env).await;
     // mailsync's logins (the test's own appends log in with the master user).
     let logins = || {
         env.dovecot
