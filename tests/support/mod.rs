@@ -243,24 +243,30 @@ scopes = ["https://outlook.office365.com/.default"]
     }
 
     fn session_counter(&self, since_line: usize, key: &str) -> u64 {
-        let log = self.dovecot.log();
-        let lines: Vec<&str> = log.lines().skip(since_line).collect();
-        let sessions: Vec<String> = lines
-            .iter()
-            .filter(|l| {
-                l.contains("Login: ")
-                    && (l.contains("method=XOAUTH2") || l.contains("method=OAUTHBEARER"))
-            })
-            .filter_map(|l| l.split("session=<").nth(1))
-            .filter_map(|rest| rest.split('>').next())
-            .map(|id| format!("<{id}>"))
-            .collect();
+        // Dovecot writes a session's logout line just after the client has gone: read
+        // the log again (for up to 5 s) until every OAuth session since the mark has
+        // its line with `key`, so the sum sees all of them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (log, sessions) = loop {
+            let log = self.dovecot.log();
+            let sessions = oauth_sessions(&log, since_line);
+            let lines: Vec<&str> = log.lines().skip(since_line).collect();
+            let all_out = sessions.iter().all(|s| {
+                lines
+                    .iter()
+                    .any(|l| l.contains(key) && l.contains(s.as_str()))
+            });
+            if all_out || std::time::Instant::now() > deadline {
+                break (log, sessions);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         assert!(
             !sessions.is_empty(),
             "no OAuth login in the Dovecot log since line {since_line}"
         );
-        lines
-            .iter()
+        log.lines()
+            .skip(since_line)
             .filter(|l| l.contains(key) && sessions.iter().any(|s| l.contains(s.as_str())))
             .filter_map(|l| l.split(key).nth(1))
             .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
@@ -410,4 +416,19 @@ impl Run {
         }
         s
     }
+}
+
+/// The `<session>` ids of mailsync's logins (OAuth, not the harness's PLAIN ones) in
+/// `log` after line `since_line`.
+fn oauth_sessions(log: &str, since_line: usize) -> Vec<String> {
+    log.lines()
+        .skip(since_line)
+        .filter(|l| {
+            l.contains("Login: ")
+                && (l.contains("method=XOAUTH2") || l.contains("method=OAUTHBEARER"))
+        })
+        .filter_map(|l| l.split("session=<").nth(1))
+        .filter_map(|rest| rest.split('>').next())
+        .map(|id| format!("<{id}>"))
+        .collect()
 }
