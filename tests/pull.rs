@@ -286,3 +286,68 @@ async fn corpus_sync(profile: Profile) {
     env.assert_in_sync().await;
 }
 on_both_profiles!(corpus_sync);
+
+/// 2,100 small messages in INBOX: a download large enough for three connections.
+async fn seed_large_inbox(env: &Env) {
+    let messages: Vec<SeedMessage> = (0..2100)
+        .map(|i| SeedMessage::new(message(i, 300), if i % 5 == 0 { &[] } else { &["\\Seen"] }))
+        .collect();
+    env.dovecot
+        .append_many(USER, "INBOX", messages)
+        .await
+        .expect("append");
+}
+
+/// One large folder downloads on more than one connection, and every message once:
+/// the connections share the folder's UIDs, not only whole folders.
+async fn large_folder_downloads_on_several_connections(profile: Profile) {
+    let env = Env::start(profile).await;
+    seed_large_inbox(&env).await;
+
+    let log_mark = env.log_lines();
+    let summary = env.sync().await;
+    assert_eq!(summary.folder("Inbox").fetched, 2100, "{summary:?}");
+    let bodies = env.server_bodies_per_session(log_mark);
+    assert_eq!(
+        bodies.iter().sum::<u64>(),
+        2100,
+        "messages were downloaded twice (bodies per session: {bodies:?})"
+    );
+    let downloading = bodies.iter().filter(|&&n| n > 0).count();
+    assert!(
+        (2..=4).contains(&downloading),
+        "INBOX downloaded on {downloading} connections (bodies per session: {bodies:?}); expected 2 to max_connections (4)"
+    );
+    env.assert_in_sync().await;
+}
+on_both_profiles!(large_folder_downloads_on_several_connections);
+
+/// A server that allows one connection per user refuses the extra ones: the pass
+/// goes on without them and the one it has downloads everything.
+async fn refused_extra_connections_are_done_without(profile: Profile) {
+    let env = Env::start_with(profile, |o| o.max_user_connections(1)).await;
+    seed_large_inbox(&env).await;
+
+    let log_mark = env.log_lines();
+    let run = env.run(&["sync"]).await;
+    assert_eq!(run.code, 0, "sync failed:\n{run}");
+    assert_eq!(run.summary().folder("Inbox").fetched, 2100, "{run}");
+    let log = env.dovecot.log();
+    let refused = log
+        .lines()
+        .skip(log_mark)
+        .filter(|l| l.contains("Maximum number of connections"))
+        .count();
+    assert!(
+        refused > 0,
+        "the server refused no connection; the test proves nothing:\n{log}"
+    );
+    let bodies = env.server_bodies_per_session(log_mark);
+    assert_eq!(
+        bodies.iter().filter(|&&n| n > 0).collect::<Vec<_>>(),
+        vec![&2100],
+        "bodies per session: {bodies:?}"
+    );
+    env.assert_in_sync().await;
+}
+on_both_profiles!(refused_extra_connections_are_done_without);

@@ -12,12 +12,11 @@
 //!    those whose size a vanished record has, and pair them (moves between folders
 //!    and UIDVALIDITY changes become local renames);
 //! 3. relocate, apply flags and remove on a blocking thread, while the rest downloads
-//!    in bounded batches, folder by folder, on up to `max_connections` connections
-//!    (more than one only for large downloads).
+//!    in bounded batches on up to `max_connections` connections (more than one only
+//!    for large downloads), which share out parts of folders (`download.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,16 +26,14 @@ use tracing::Instrument;
 use crate::auth::{AuthError, TokenSource};
 use crate::config::roles::{self, RemoteFolder};
 use crate::config::{Account, Config, Mapping};
-use crate::imap::{self, BodyStep, ImapError, Session};
+use crate::imap::{self, ImapError, Session};
 use crate::maildir::Maildir;
-use crate::state::{
-    AccountLock, FolderRow, Headers, LockError, Relocation, State, StateError, unix_now,
-};
+use crate::state::{AccountLock, FolderRow, LockError, Relocation, State, StateError};
 
+use super::download;
 use super::login::login;
 use super::model::{Action, Fingerprint, Flags, FolderDiff, FolderId, Record, RemoteNew};
 use super::plan::{self, Listing};
-use super::writer::{Job, Queued, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -460,62 +457,39 @@ pub async fn sync_account_with(
         apply_local(&mut state, &local_folders, &actions)
     });
 
-    // Folders download in parallel, each on its own IMAP connection and its own SQLite
-    // connection, up to `max_connections` at once: one connection leaves the server
-    // (and our side) idle between responses. The listing session serves the first.
-    // Another connection costs a TLS handshake and a login (tens of milliseconds on
-    // loopback, more over the Internet); it pays only for a large download.
-    let to_fetch: usize = fetches.values().map(Vec::len).sum();
-    let lanes = (1 + to_fetch / MESSAGES_PER_EXTRA_CONNECTION)
-        .min(config.daemon.max_connections as usize)
-        .max(1);
-    let shared_tokens = tokio::sync::Mutex::new(&mut *tokens);
-    let selected = session.selected_folder().map(str::to_owned);
-    let spare = std::sync::Mutex::new(Some(session));
-    let mut jobs: Vec<(&mut Target, Vec<u32>)> = targets
-        .iter_mut()
+    // The new messages download meanwhile, on more than one connection for a large
+    // download; the listing session serves the first.
+    let folders: Vec<download::Folder> = targets
+        .iter()
         .enumerate()
         .filter(|(_, t)| !t.failed)
-        .map(|(i, t)| (t, fetches.remove(&i).unwrap_or_default()))
+        .map(|(i, t)| download::Folder {
+            id: t.row.id,
+            local: t.mapping.local.clone(),
+            remote: t.remote.name.clone(),
+            display: t.remote.display.clone(),
+            maildir: t.maildir.clone(),
+            selected: t.selected.clone(),
+            uids: fetches.remove(&i).unwrap_or_default(),
+        })
         .collect();
-    // The folder the listing session has selected first: one SELECT fewer.
-    jobs.sort_by_key(|(t, _)| selected.as_deref() != Some(t.remote.name.as_str()));
-    // A loop, not a closure: futures made in a closure trip the compiler's check that
-    // the daemon's task is Send (a known higher-ranked lifetime limitation).
-    let mut downloads = Vec::with_capacity(jobs.len());
-    for (t, uids) in jobs {
-        downloads.push(download_folder(
-            config,
-            account,
-            options,
-            &shared_tokens,
-            &spare,
-            t,
-            uids,
-        ));
-    }
-    let results: Vec<Result<(), SyncError>> = futures::stream::iter(downloads)
-        .buffer_unordered(lanes)
-        .collect()
-        .await;
-    let leftover = spare.lock().ok().and_then(|mut s| s.take());
-    let leftover = match (leftover, give_back) {
-        (Some(s), true) => options
-            .connection
-            .lock()
-            .ok()
-            .and_then(|mut c| c.replace(s)),
-        (leftover, _) => leftover,
-    };
-    if let Some(s) = leftover {
-        s.logout().await;
-    }
+    let downloaded = download::run(
+        config, account, options, tokens, session, give_back, &folders,
+    )
+    .await;
     let local = local.await.map_err(|e| SyncError::Maildir {
         path: account.maildir.clone(),
         source: std::io::Error::other(format!("local changes stopped: {e}")),
     })?;
-    for r in results {
-        r?;
+    for (f, outcome) in folders.iter().zip(downloaded?) {
+        if let Some(t) = targets.iter_mut().find(|t| t.row.id == f.id) {
+            t.report.fetched += outcome.fetched;
+            t.report.bytes += outcome.bytes;
+            if let Some(e) = outcome.error {
+                t.failed = true;
+                t.report.error = Some(e);
+            }
+        }
     }
     for (id, counts) in local? {
         if let Some(t) = targets.iter_mut().find(|t| t.row.id == id) {
@@ -524,7 +498,7 @@ pub async fn sync_account_with(
             t.report.removed += counts.removed;
         }
     }
-    let token_requests = shared_tokens.into_inner().token_requests();
+    let token_requests = tokens.token_requests();
 
     let mut folders: Vec<FolderReport> = targets.into_iter().map(|t| t.report).collect();
     folders.extend(failed_reports);
@@ -536,116 +510,7 @@ pub async fn sync_account_with(
     })
 }
 
-/// Downloads one folder's new messages and marks it synced. A dropped session
-/// (Exchange ends it when the token expires; a restart; the network) is reopened, with
-/// a fresh token if needed, and the download resumes with what is not committed yet.
-/// Returns an error only when the whole pass must stop; a folder's own failure is
-/// recorded in its report.
-async fn download_folder(
-    config: &Config,
-    account: &Account,
-    options: &SyncOptions,
-    tokens: &tokio::sync::Mutex<&mut TokenSource>,
-    spare: &std::sync::Mutex<Option<Session>>,
-    t: &mut Target,
-    uids: Vec<u32>,
-) -> Result<(), SyncError> {
-    check_stop(options)?;
-    let mut state = State::open(&config.daemon.state_dir)?;
-    let timeout = config.daemon.command_timeout;
-    options
-        .progress
-        .folder_started(&t.mapping.local, uids.len() as u64);
-    let mut session: Option<Session> = None;
-    let mut pending = uids;
-    let mut reconnects = 0;
-    loop {
-        if session.is_none() && !pending.is_empty() {
-            session = spare.lock().ok().and_then(|mut s| s.take());
-        }
-        if session.is_none() && !pending.is_empty() {
-            let mut guard = tokens.lock().await;
-            match login(account, timeout, &mut guard).await {
-                Ok(s) => session = Some(s),
-                Err(e) => {
-                    let e = e.to_string();
-                    t.failed = true;
-                    t.report.error = Some(e.clone());
-                    state.set_folder_error(t.row.id, &e)?;
-                    break;
-                }
-            }
-        }
-        let result = match session.as_mut() {
-            Some(s) => {
-                let span = tracing::info_span!("folder", name = %t.mapping.local);
-                download(
-                    s,
-                    &mut state,
-                    t,
-                    &pending,
-                    config.daemon.batch_size,
-                    options,
-                )
-                .instrument(span)
-                .await
-            }
-            None => Ok(()), // nothing to download
-        };
-        match result {
-            Ok(()) => {
-                if let Some(sel) = &t.selected {
-                    state.set_folder_synced(
-                        t.row.id,
-                        sel.uidvalidity,
-                        sel.uidnext,
-                        sel.highestmodseq,
-                        unix_now(),
-                    )?;
-                }
-                break;
-            }
-            Err(DownloadError::Stopped) => return Err(SyncError::Interrupted),
-            Err(DownloadError::Local(e)) => return Err(e),
-            Err(DownloadError::Imap(e)) => {
-                if e.is_fatal_to_session() {
-                    session = None;
-                }
-                if e.is_transient() && reconnects < MAX_RECONNECTS {
-                    reconnects += 1;
-                    tracing::warn!(account = %account.name, folder = %t.mapping.local, "{e}; reconnecting");
-                    let uidvalidity = t.selected.as_ref().map(|s| s.uidvalidity).unwrap_or(0);
-                    let have: HashSet<u32> = state
-                        .known(t.row.id)?
-                        .into_iter()
-                        .filter(|k| k.uidvalidity == uidvalidity)
-                        .map(|k| k.uid)
-                        .collect();
-                    pending.retain(|uid| !have.contains(uid));
-                    continue;
-                }
-                fail_folder(&mut state, t, &e)?;
-                break;
-            }
-        }
-    }
-    // A working session goes back for the next folder; the pass logs out the last.
-    let unused = session.and_then(|s| match spare.lock() {
-        Ok(mut slot) if slot.is_none() && !t.failed => slot.replace(s),
-        _ => Some(s),
-    });
-    if let Some(s) = unused {
-        s.logout().await;
-    }
-    options.progress.folder_finished(&t.report);
-    Ok(())
-}
-
-/// Messages to download per connection beyond the first, when folders download in
-/// parallel (up to `max_connections`).
-const MESSAGES_PER_EXTRA_CONNECTION: usize = 1000;
-
-fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {
+pub(super) fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {
     if options.stop.load(Ordering::Relaxed) {
         Err(SyncError::Interrupted)
     } else {
@@ -927,235 +792,6 @@ fn apply_local(
         state.remove(&removed)?;
     }
     Ok(counts)
-}
-
-enum DownloadError {
-    Imap(ImapError),
-    Local(SyncError),
-    Stopped,
-}
-
-/// Downloads `uids` into the folder in batches: journal the batch's file names, fetch
-/// and deliver each message as it streams in, fsync the directory, commit the rows.
-async fn download(
-    session: &mut Session,
-    state: &mut State,
-    t: &mut Target,
-    uids: &[u32],
-    batch_size: u32,
-    options: &SyncOptions,
-) -> Result<(), DownloadError> {
-    if uids.is_empty() {
-        return Ok(());
-    }
-    let Some(sel) = t.selected.clone() else {
-        return Ok(());
-    };
-    let local = t.mapping.local.clone();
-    // One UID FETCH per batch, the next sent while the current one streams. A batch's
-    // names are journaled just before its FETCH goes out, so every file the writer
-    // creates has its journal entry first (recovery relies on that).
-    let batches: Vec<&[u32]> = uids.chunks(batch_size.max(1) as usize).collect();
-    // Journaled, not yet handed to the writer; handed to the writer, not yet written.
-    // Whatever is left in either when the download ends is dropped from the journal.
-    let mut pending: HashMap<u32, String> = HashMap::new();
-    let mut queued: HashMap<u32, String> = HashMap::new();
-    let mut delivered: Vec<(Record, Headers)> = Vec::with_capacity(COMMIT_EVERY);
-    let mut last_commit = Instant::now();
-    let mut local_error: Option<SyncError> = None;
-    let mut stopped = false;
-    let maildir = &t.maildir;
-    let folder = t.row.id;
-    let stop = &options.stop;
-    let progress = &options.progress;
-    let report = &mut t.report;
-    let state_ref = &mut *state;
-    let writer = Writer::start(maildir.clone(), folder, sel.uidvalidity, WRITE_QUEUE);
-    // Takes what the writer finished into `delivered`; false on a write error.
-    let mut collect = |results: Vec<std::io::Result<(Record, Headers)>>,
-                       delivered: &mut Vec<(Record, Headers)>,
-                       queued: &mut HashMap<u32, String>,
-                       local_error: &mut Option<SyncError>| {
-        for r in results {
-            match r {
-                Ok(d) => {
-                    report.fetched += 1;
-                    report.bytes += d.0.fingerprint.size;
-                    queued.remove(&d.0.uid);
-                    delivered.push(d);
-                }
-                Err(source) => {
-                    *local_error = Some(SyncError::Maildir {
-                        path: maildir.root().to_owned(),
-                        source,
-                    });
-                }
-            }
-        }
-        local_error.is_none()
-    };
-    // A message the writer had no room for waits here, and the next read waits for
-    // the writer (asynchronously: other folders' connections go on meanwhile).
-    let parked: std::sync::Mutex<Option<Job>> = std::sync::Mutex::new(None);
-    let writer_stopped = AtomicBool::new(false);
-    let take_parked = || parked.lock().ok().and_then(|mut p| p.take());
-    let pace = || async {
-        if let Some(job) = take_parked()
-            && !writer.send(job).await
-        {
-            writer_stopped.store(true, Ordering::Relaxed);
-        }
-    };
-    // Selecting the folder rides along with the first FETCH; if its UIDVALIDITY is
-    // not the listed one (changed since), nothing is filed under it: the next pass
-    // re-pairs.
-    let result = session
-        .fetch_bodies(
-            &t.remote.name,
-            sel.uidvalidity,
-            &batches,
-            |step| {
-                let m = match step {
-                    BodyStep::Sending(i) => {
-                        if stop.load(Ordering::Relaxed) {
-                            stopped = true;
-                            return Err(local_failure());
-                        }
-                        let mut names = Vec::with_capacity(batches[i].len());
-                        for &uid in batches[i] {
-                            let base = maildir.new_base(uid);
-                            names.push(base.clone());
-                            pending.insert(uid, base);
-                        }
-                        names.sort_unstable();
-                        if let Err(e) = state_ref.journal_deliveries(folder, &names) {
-                            local_error = Some(e.into());
-                            return Err(local_failure());
-                        }
-                        return Ok(());
-                    }
-                    BodyStep::Message(m) => m,
-                };
-                // Only what was asked for, once: a server repeating a message must not
-                // make a duplicate.
-                let Some(base) = pending.remove(&m.uid) else {
-                    return Ok(());
-                };
-                queued.insert(m.uid, base.clone());
-                let size = m.body.len() as u64;
-                progress.fetched(&local, 1, size);
-                let job = Job {
-                    uid: m.uid,
-                    base,
-                    flags: m.flags,
-                    internaldate: m.internaldate,
-                    body: m.body,
-                };
-                let accepted = match writer.try_send(job) {
-                    Queued::Yes => true,
-                    Queued::Full(job) => {
-                        if let Ok(mut p) = parked.lock() {
-                            *p = Some(job);
-                        }
-                        true
-                    }
-                    Queued::Stopped => false,
-                };
-                if !collect(
-                    writer.ready(),
-                    &mut delivered,
-                    &mut queued,
-                    &mut local_error,
-                ) || !accepted
-                    || writer_stopped.load(Ordering::Relaxed)
-                {
-                    return Err(local_failure());
-                }
-                // Group commit: a crash costs at most this much re-downloading, and one
-                // directory fsync and one transaction cover many messages.
-                if delivered.len() >= COMMIT_EVERY || last_commit.elapsed() >= COMMIT_INTERVAL {
-                    if let Err(e) = commit(state_ref, maildir, folder, &mut delivered, &[]) {
-                        local_error = Some(e);
-                        return Err(local_failure());
-                    }
-                    last_commit = Instant::now();
-                }
-                if stop.load(Ordering::Relaxed) {
-                    stopped = true;
-                    return Err(local_failure());
-                }
-                Ok(())
-            },
-            pace,
-        )
-        .await;
-    // The last message may still be parked (or the fetch stopped right after it).
-    if let Some(job) = take_parked() {
-        writer.send(job).await;
-    }
-    // Let the writer finish what it has (the message in flight included).
-    collect(
-        writer.finish(),
-        &mut delivered,
-        &mut queued,
-        &mut local_error,
-    );
-
-    // Whatever happened, commit what is on disk, and drop the journal entries of
-    // messages not written (expunged meanwhile, the fetch broke, a write failed).
-    let abandoned: Vec<String> = pending.into_values().chain(queued.into_values()).collect();
-    commit(state, &t.maildir, folder, &mut delivered, &abandoned).map_err(DownloadError::Local)?;
-
-    if let Some(e) = local_error {
-        return Err(DownloadError::Local(e));
-    }
-    if stopped {
-        return Err(DownloadError::Stopped);
-    }
-    result.map_err(DownloadError::Imap)
-}
-
-/// Messages waiting for the writer thread at most: enough to overlap one fsync with
-/// the next download, few enough to keep memory to a few message sizes.
-const WRITE_QUEUE: usize = 2;
-
-/// How often one folder's download may reconnect after a dropped session.
-const MAX_RECONNECTS: u32 = 3;
-
-/// Messages delivered per commit at most, and the longest a delivered message waits
-/// for its commit.
-const COMMIT_EVERY: usize = 64;
-const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Makes delivered files durable (directory fsync), then commits their rows.
-fn commit(
-    state: &mut State,
-    maildir: &Maildir,
-    folder: FolderId,
-    delivered: &mut Vec<(Record, Headers)>,
-    abandoned: &[String],
-) -> Result<(), SyncError> {
-    if delivered.is_empty() && abandoned.is_empty() {
-        return Ok(());
-    }
-    if !delivered.is_empty() {
-        maildir.sync_dirs().map_err(|source| SyncError::Maildir {
-            path: maildir.root().to_owned(),
-            source,
-        })?;
-    }
-    state.commit_deliveries(folder, delivered, abandoned)?;
-    delivered.clear();
-    Ok(())
-}
-
-/// The folder's UIDVALIDITY is not the one listed in this pass.
-/// Stops a FETCH from inside its callback; the real cause is kept beside it.
-fn local_failure() -> ImapError {
-    ImapError::Protocol {
-        command: "FETCH".into(),
-        detail: "stopped by a local failure".into(),
-    }
 }
 
 /// Finishes what a killed run journalled: deliveries whose rows were never committed

@@ -35,7 +35,9 @@ pub async fn login(
     }
 }
 
-async fn login_once(
+/// One attempt (a refused token is still replaced once): for an extra connection,
+/// which is better done without than waited for.
+pub async fn login_once(
     account: &Account,
     command_timeout: Duration,
     tokens: &mut TokenSource,

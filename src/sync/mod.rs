@@ -1,4 +1,5 @@
 //! Sync: the pure model and planner, and the executor that applies a plan.
+mod download;
 pub mod execute;
 pub mod headers;
 pub mod login;

@@ -242,7 +242,18 @@ scopes = ["https://outlook.office365.com/.default"]
         self.session_counter(since_line, "body_count=")
     }
 
+    /// Messages whose body the server sent, per mailsync session (in login order).
+    pub fn server_bodies_per_session(&self, since_line: usize) -> Vec<u64> {
+        self.session_counts(since_line, "body_count=")
+    }
+
     fn session_counter(&self, since_line: usize, key: &str) -> u64 {
+        self.session_counts(since_line, key).iter().sum()
+    }
+
+    /// The number after `key` in each session's logout line, per OAuth session since
+    /// line `since_line`.
+    fn session_counts(&self, since_line: usize, key: &str) -> Vec<u64> {
         // Dovecot writes a session's logout line just after the client has gone: read
         // the log again (for up to 5 s) until every OAuth session since the mark has
         // its line with `key`, so the sum sees all of them.
@@ -265,13 +276,18 @@ scopes = ["https://outlook.office365.com/.default"]
             !sessions.is_empty(),
             "no OAuth login in the Dovecot log since line {since_line}"
         );
-        log.lines()
-            .skip(since_line)
-            .filter(|l| l.contains(key) && sessions.iter().any(|s| l.contains(s.as_str())))
-            .filter_map(|l| l.split(key).nth(1))
-            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .filter_map(|n| n.parse::<u64>().ok())
-            .sum()
+        let lines: Vec<&str> = log.lines().skip(since_line).collect();
+        sessions
+            .iter()
+            .filter_map(|s| {
+                lines
+                    .iter()
+                    .find(|l| l.contains(key) && l.contains(s.as_str()))
+                    .and_then(|l| l.split(key).nth(1))
+                    .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .collect()
     }
 
     pub fn log_lines(&self) -> usize {
