@@ -168,6 +168,13 @@ pub struct ImapEndpoint {
     pub ca_file: Option<PathBuf>,
 }
 
+impl ImapEndpoint {
+    /// The server runs on this machine (`localhost` or a loopback address).
+    pub fn is_local(&self) -> bool {
+        is_loopback(&self.host)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OAuthEndpoints {
     pub token_url: String,

@@ -66,12 +66,12 @@ pub(super) async fn run(
     give_back: bool,
     folders: &[Folder],
 ) -> Result<Vec<Outcome>, SyncError> {
-    // Another connection costs a TLS handshake and a login (tens of milliseconds on
-    // loopback, more over the Internet); it pays only for a large download.
     let to_fetch: usize = folders.iter().map(|f| f.uids.len()).sum();
-    let lanes = (1 + to_fetch / MESSAGES_PER_EXTRA_CONNECTION)
-        .min(config.daemon.max_connections as usize)
-        .max(1);
+    let local_cores = account
+        .imap
+        .is_local()
+        .then(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let lanes = lanes(to_fetch, config.daemon.max_connections, local_cores);
     let mut state = State::open(&config.daemon.state_dir)?;
     let mut work = Vec::with_capacity(folders.len());
     for f in folders {
@@ -120,6 +120,23 @@ pub(super) async fn run(
     }
     let work = queue.into_inner().unwrap_or_else(|e| e.into_inner()).work;
     Ok(work.into_iter().map(|w| w.outcome).collect())
+}
+
+/// Connections for downloading `to_fetch` messages; `local_cores` is the machine's
+/// cores when the server runs on it.
+fn lanes(to_fetch: usize, max_connections: u32, local_cores: Option<usize>) -> usize {
+    // Another connection costs a TLS handshake and a login (tens of milliseconds on
+    // loopback, more over the Internet); it pays only for a large download.
+    let lanes = (1 + to_fetch / MESSAGES_PER_EXTRA_CONNECTION).min(max_connections as usize);
+    // A server on this machine shares its cores with us; past one connection per core
+    // (two at least, to overlap one's waits with the other's work) more only add
+    // contention. Measured on 2 cores, 20,000 messages from a loopback Dovecot, 5 runs:
+    // 2 connections 3.13-3.29 s, 4 connections 3.46-3.64 s with 15 % more CPU.
+    match local_cores {
+        Some(cores) => lanes.min(cores.max(2)),
+        None => lanes,
+    }
+    .max(1)
 }
 
 /// Messages to download per connection beyond the first.
@@ -723,6 +740,21 @@ mod tests {
         );
         assert_eq!(seen, (0..1000).collect::<Vec<u32>>());
         assert_eq!(q.running, 1, "the lane that found nothing left ended");
+    }
+
+    #[test]
+    fn connections_grow_with_the_download_within_the_limit_and_local_cores() {
+        assert_eq!(lanes(0, 4, None), 1);
+        assert_eq!(lanes(999, 4, None), 1);
+        assert_eq!(lanes(2000, 4, None), 3);
+        assert_eq!(lanes(20_000, 4, None), 4);
+        assert_eq!(lanes(20_000, 1, None), 1);
+        // A server on this machine: no more than its cores, two at least.
+        assert_eq!(lanes(20_000, 4, Some(2)), 2);
+        assert_eq!(lanes(20_000, 4, Some(1)), 2);
+        assert_eq!(lanes(20_000, 8, Some(6)), 6);
+        assert_eq!(lanes(20_000, 1, Some(8)), 1);
+        assert_eq!(lanes(500, 4, Some(8)), 1);
     }
 
     #[test]
