@@ -23,7 +23,7 @@ use crate::maildir::Maildir;
 use crate::state::{Headers, State, unix_now};
 
 use super::execute::{FolderReport, SyncError, SyncOptions, check_stop};
-use super::login::{login, login_once};
+use super::login::{SharedTokens, login_shared};
 use super::model::{FolderId, Record};
 use super::writer::{Job, Queued, Writer};
 
@@ -102,7 +102,7 @@ pub(super) async fn run(
             work,
             running: lanes,
         }),
-        tokens: tokio::sync::Mutex::new(tokens),
+        tokens: SharedTokens::new(tokens),
         give_back: Mutex::new(give_back.then_some(None)),
     };
     let mut first = Some(session);
@@ -234,7 +234,7 @@ struct Lanes<'a> {
     folders: &'a [Folder],
     lanes: usize,
     queue: Mutex<Queue>,
-    tokens: tokio::sync::Mutex<&'a mut TokenSource>,
+    tokens: SharedTokens<'a>,
     /// `Some` when a session goes back to the caller: the first lane to end with a
     /// working one leaves it here.
     give_back: Mutex<Option<Option<Session>>>,
@@ -424,14 +424,8 @@ async fn download_part(
                 // While other lanes run, a failed login hands the part to them at once
                 // rather than after the retries' backoff.
                 let alone = ctx.queue().running <= 1;
-                let mut guard = ctx.tokens.lock().await;
                 let timeout = ctx.config.daemon.command_timeout;
-                let opened = if alone {
-                    login(ctx.account, timeout, &mut guard).await
-                } else {
-                    login_once(ctx.account, timeout, &mut guard).await
-                };
-                match opened {
+                match login_shared(ctx.account, timeout, &ctx.tokens, alone).await {
                     Ok(s) => session.insert(s),
                     Err(e) => return Err(PartError::NoLogin(pending, e)),
                 }

@@ -20,11 +20,33 @@ pub async fn login(
     command_timeout: Duration,
     tokens: &mut TokenSource,
 ) -> Result<Session, SyncError> {
+    login_shared(account, command_timeout, &SharedTokens::new(tokens), true).await
+}
+
+/// A token source several connections log in with at once: it is locked to get or
+/// drop a token, not for a whole login (four round trips: TCP, TLS, AUTHENTICATE,
+/// CAPABILITY), so the connections of a pass open side by side.
+pub type SharedTokens<'a> = tokio::sync::Mutex<&'a mut TokenSource>;
+
+/// [`login`] with a shared token source. Without `retry_transient`, one attempt (a
+/// refused token is still replaced once): for an extra connection, which is better
+/// done without than waited for.
+pub async fn login_shared(
+    account: &Account,
+    command_timeout: Duration,
+    tokens: &SharedTokens<'_>,
+    retry_transient: bool,
+) -> Result<Session, SyncError> {
+    let attempts = if retry_transient {
+        TRANSIENT_ATTEMPTS
+    } else {
+        1
+    };
     let mut delay = FIRST_DELAY;
     let mut attempt = 1;
     loop {
         match login_once(account, command_timeout, tokens).await {
-            Err(e) if e.is_transient() && attempt < TRANSIENT_ATTEMPTS => {
+            Err(e) if e.is_transient() && attempt < attempts => {
                 tracing::warn!(account = %account.name, "{e}; retrying in {}s", delay.as_secs());
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -35,12 +57,10 @@ pub async fn login(
     }
 }
 
-/// One attempt (a refused token is still replaced once): for an extra connection,
-/// which is better done without than waited for.
-pub async fn login_once(
+async fn login_once(
     account: &Account,
     command_timeout: Duration,
-    tokens: &mut TokenSource,
+    tokens: &SharedTokens<'_>,
 ) -> Result<Session, SyncError> {
     let imap_err = |source| SyncError::Imap {
         account: account.name.clone(),
@@ -48,7 +68,7 @@ pub async fn login_once(
     };
     let mut retried = false;
     loop {
-        let token = tokens.access_token().await?;
+        let token = tokens.lock().await.access_token().await?;
         let client = imap::connect(&account.imap, command_timeout)
             .await
             .map_err(imap_err)?;
@@ -60,7 +80,7 @@ pub async fn login_once(
             Err(ImapError::AuthFailed(f)) if !retried => {
                 // The token may have been revoked or expired early: get a new one once.
                 tracing::info!(account = %account.name, "token refused ({}); requesting a new one", f.server_text);
-                tokens.invalidate();
+                tokens.lock().await.invalidate();
                 retried = true;
             }
             Err(ImapError::AuthFailed(failure)) => return Err(refused(account, failure)),
