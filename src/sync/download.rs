@@ -502,7 +502,13 @@ async fn download(
     let stop = &options.stop;
     let progress = &options.progress;
     let state_ref = &mut *state;
-    let writer = Writer::start(maildir.clone(), folder, sel.uidvalidity, WRITE_QUEUE);
+    let writer = Writer::start(
+        maildir.clone(),
+        folder,
+        sel.uidvalidity,
+        WRITE_QUEUE,
+        WRITE_QUEUE_BYTES,
+    );
     // Takes what the writer finished into `delivered`; false on a write error.
     let mut collect = |results: Vec<std::io::Result<(Record, Headers)>>,
                        delivered: &mut Vec<(Record, Headers)>,
@@ -647,9 +653,15 @@ async fn download(
     result.map_err(DownloadError::Imap)
 }
 
-/// Messages waiting for the writer thread at most: enough to overlap one fsync with
-/// the next download, few enough to keep memory to a few message sizes.
-const WRITE_QUEUE: usize = 2;
+/// Messages, and bytes, waiting for the writer thread at most. Enough that the
+/// download rarely waits for the writer and the writer drains several messages per
+/// wake-up; the byte bound keeps a run of large messages to a few MiB. 20,000 messages
+/// from a loopback Dovecot, 4 runs each (wall, CPU, context switches): 2 messages
+/// 3.07-3.40 s, 2.3-2.6 s, 38,000-58,000; 16 and 4 MiB 2.90-3.35 s, 2.1-2.6 s,
+/// 18,000-41,000; 64 and 4 MiB 2.66-2.91 s, 1.8-2.1 s, 7,000-23,000; peak RSS 33-39 MB
+/// in all.
+const WRITE_QUEUE: usize = 64;
+const WRITE_QUEUE_BYTES: usize = 4 << 20;
 
 /// Messages delivered per commit at most, and the longest a delivered message waits
 /// for its commit.
