@@ -655,13 +655,14 @@ async fn download(
 
 /// Messages, and bytes, waiting for the writer thread at most. Enough that the
 /// download rarely waits for the writer and the writer drains several messages per
-/// wake-up; the byte bound keeps a run of large messages to a few MiB. 20,000 messages
-/// from a loopback Dovecot, 4 runs each (wall, CPU, context switches): 2 messages
-/// 3.07-3.40 s, 2.3-2.6 s, 38,000-58,000; 16 and 4 MiB 2.90-3.35 s, 2.1-2.6 s,
-/// 18,000-41,000; 64 and 4 MiB 2.66-2.91 s, 1.8-2.1 s, 7,000-23,000; peak RSS 33-39 MB
-/// in all.
+/// wake-up; the byte bound keeps a run of large messages to 1 MiB (a larger one waits
+/// alone). 20,000 messages from a loopback Dovecot into tmpfs, 4 runs each (wall, CPU,
+/// context switches): 2 messages 3.25-3.63 s, 2.4-2.8 s, 46,000-60,000; 64 and 4 MiB
+/// 2.79-3.18 s, 1.9-2.3 s, 12,000-19,000; 64 and 1 MiB 2.87-3.07 s, 2.1-2.2 s,
+/// 14,000-23,000. Peak RSS on disk, 100,000 messages: 2 messages 39-40 MB, 64 and
+/// 4 MiB 48-53 MB, 64 and 1 MiB 42-43 MB.
 const WRITE_QUEUE: usize = 64;
-const WRITE_QUEUE_BYTES: usize = 4 << 20;
+const WRITE_QUEUE_BYTES: usize = 1 << 20;
 
 /// Messages delivered per commit at most, and the longest a delivered message waits
 /// for its commit.
