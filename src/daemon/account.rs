@@ -170,7 +170,7 @@ impl Task {
         let progress: Arc<dyn Progress> = Arc::new(BoardProgress {
             account: self.account.name.clone(),
             board: self.board.clone(),
-            done: Mutex::new((0, 0)),
+            folders: Mutex::new(std::collections::HashMap::new()),
         });
         let options = SyncOptions {
             only_folder: only.map(str::to_owned),
@@ -399,33 +399,17 @@ fn imap_error(account: &Account, source: crate::imap::ImapError) -> SyncError {
     }
 }
 
-/// Progress for systemd's STATUS= line: "work: syncing Archive 1200/5000".
+/// Progress for systemd's STATUS= line: "work: syncing Archive 1200/5000", for the
+/// folder of the latest message (a pass downloads several folders at once).
 struct BoardProgress {
     account: String,
     board: Board,
-    done: Mutex<(u64, u64)>,
+    /// Messages fetched and to fetch, per folder being downloaded.
+    folders: Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
-impl Progress for BoardProgress {
-    fn folder_started(&self, local: &str, to_fetch: u64) {
-        if let Ok(mut d) = self.done.lock() {
-            *d = (0, to_fetch);
-        }
-        if let Ok(mut b) = self.board.lock() {
-            b.insert(
-                self.account.clone(),
-                format!("{}: syncing {local} 0/{to_fetch}", self.account),
-            );
-        }
-    }
-    fn fetched(&self, local: &str, messages: u64, _bytes: u64) {
-        let (done, total) = match self.done.lock() {
-            Ok(mut d) => {
-                d.0 += messages;
-                *d
-            }
-            Err(_) => return,
-        };
+impl BoardProgress {
+    fn show(&self, local: &str, (done, total): (u64, u64)) {
         if let Ok(mut b) = self.board.lock() {
             b.insert(
                 self.account.clone(),
@@ -433,5 +417,74 @@ impl Progress for BoardProgress {
             );
         }
     }
-    fn folder_finished(&self, _report: &FolderReport) {}
+}
+
+impl Progress for BoardProgress {
+    fn folder_started(&self, local: &str, to_fetch: u64) {
+        if to_fetch == 0 {
+            return;
+        }
+        if let Ok(mut f) = self.folders.lock() {
+            f.insert(local.to_owned(), (0, to_fetch));
+        }
+        self.show(local, (0, to_fetch));
+    }
+    fn fetched(&self, local: &str, messages: u64, _bytes: u64) {
+        let counts = match self.folders.lock() {
+            Ok(mut f) => match f.get_mut(local) {
+                Some(c) => {
+                    c.0 += messages;
+                    *c
+                }
+                None => return,
+            },
+            Err(_) => return,
+        };
+        self.show(local, counts);
+    }
+    fn folder_finished(&self, report: &FolderReport) {
+        if let Ok(mut f) = self.folders.lock() {
+            f.remove(&report.local);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(board: &Board) -> String {
+        board
+            .lock()
+            .unwrap()
+            .get("work")
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn status_counts_each_folder_apart_while_several_download() {
+        let board: Board = Arc::default();
+        let p = BoardProgress {
+            account: "work".into(),
+            board: board.clone(),
+            folders: Mutex::new(std::collections::HashMap::new()),
+        };
+        p.folder_started("Deleted Items", 0);
+        assert_eq!(status(&board), "", "nothing to fetch is not shown");
+        p.folder_started("Archive", 100);
+        p.folder_started("Inbox", 10);
+        assert_eq!(status(&board), "work: syncing Inbox 0/10");
+        p.fetched("Archive", 1, 500);
+        p.fetched("Archive", 1, 500);
+        assert_eq!(status(&board), "work: syncing Archive 2/100");
+        p.fetched("Inbox", 1, 500);
+        assert_eq!(status(&board), "work: syncing Inbox 1/10");
+        p.folder_finished(&FolderReport {
+            local: "Inbox".into(),
+            ..FolderReport::default()
+        });
+        p.fetched("Archive", 1, 500);
+        assert_eq!(status(&board), "work: syncing Archive 3/100");
+    }
 }
