@@ -22,7 +22,7 @@ use crate::imap::{self, BodyStep, ImapError, Session};
 use crate::maildir::Maildir;
 use crate::state::{Headers, State, unix_now};
 
-use super::execute::{FolderReport, SyncError, SyncOptions, check_stop};
+use super::execute::{FolderReport, SyncError, SyncOptions, check_stop, folder_failure};
 use super::login::{SharedTokens, login_shared};
 use super::model::{FolderId, Record};
 use super::writer::{Job, Queued, Writer};
@@ -53,10 +53,11 @@ pub(super) struct Outcome {
 }
 
 /// Downloads every folder's new messages, on more than one connection for a large
-/// download (up to `max_connections`); `session` (the listing's) serves the first lane. Each folder is marked synced once all its
-/// messages are in. At the end one working session is handed back when `give_back`
-/// (the daemon's IDLE connection), the others log out as their lanes run dry.
-/// Returns each folder's outcome, in the order of `folders`.
+/// download (up to `max_connections`); `session` (the listing's) serves the first
+/// lane. Each folder is marked synced once all its messages are in. At the end one
+/// working session is handed back when `give_back` (the daemon's IDLE connection),
+/// the others log out as their lanes run dry. Returns each folder's outcome, in the
+/// order of `folders`.
 pub(super) async fn run(
     config: &Config,
     account: &Account,
@@ -75,14 +76,13 @@ pub(super) async fn run(
     let mut state = State::open(&config.daemon.state_dir)?;
     let mut work = Vec::with_capacity(folders.len());
     for f in folders {
-        // A folder with nothing new is done now: no lane will take it.
-        if f.uids.is_empty() || f.selected.is_none() {
+        let left = if f.uids.is_empty() || f.selected.is_none() {
+            // Nothing new: done now, no lane will take it.
             options.progress.folder_started(&f.local, 0);
             finish(&mut state, options, f, &report(f, &Outcome::default()))?;
-        }
-        let left = match f.selected {
-            Some(_) => f.uids.iter().copied().collect(),
-            None => VecDeque::new(),
+            VecDeque::new()
+        } else {
+            f.uids.iter().copied().collect()
         };
         work.push(Work {
             left,
@@ -103,14 +103,13 @@ pub(super) async fn run(
             running: lanes,
         }),
         tokens: SharedTokens::new(tokens),
-        give_back: Mutex::new(give_back.then_some(None)),
+        give_back,
+        kept: Mutex::new(None),
     };
     let mut first = Some(session);
     let results = futures::future::join_all((0..lanes).map(|_| lane(&ctx, first.take()))).await;
-    let Lanes {
-        queue, give_back, ..
-    } = ctx;
-    if let Some(Some(s)) = give_back.into_inner().ok().flatten()
+    let Lanes { queue, kept, .. } = ctx;
+    if let Some(s) = kept.into_inner().ok().flatten()
         && let Ok(mut slot) = options.connection.lock()
     {
         *slot = Some(s);
@@ -235,9 +234,10 @@ struct Lanes<'a> {
     lanes: usize,
     queue: Mutex<Queue>,
     tokens: SharedTokens<'a>,
-    /// `Some` when a session goes back to the caller: the first lane to end with a
-    /// working one leaves it here.
-    give_back: Mutex<Option<Option<Session>>>,
+    /// A session goes back to the caller: the first lane to end with a working one
+    /// leaves it in `kept`.
+    give_back: bool,
+    kept: Mutex<Option<Session>>,
 }
 
 impl Lanes<'_> {
@@ -250,21 +250,18 @@ impl Lanes<'_> {
 /// One lane: takes parts until none is left, then hands its session back or logs out.
 async fn lane(ctx: &Lanes<'_>, mut session: Option<Session>) -> Result<(), SyncError> {
     let result = lane_parts(ctx, &mut session).await;
-    if let Some(s) = session {
-        let kept = match ctx.give_back.lock() {
-            Ok(mut slot) => match slot.as_mut() {
-                Some(empty @ None) if result.is_ok() => {
-                    *empty = Some(s);
-                    None
-                }
-                _ => Some(s),
-            },
-            Err(_) => Some(s),
-        };
-        if let Some(s) = kept {
-            s.logout().await;
-        }
+    let Some(s) = session else {
+        return result;
+    };
+    if ctx.give_back
+        && result.is_ok()
+        && let Ok(mut kept) = ctx.kept.lock()
+        && kept.is_none()
+    {
+        *kept = Some(s);
+        return result;
     }
+    s.logout().await;
     result
 }
 
@@ -316,13 +313,7 @@ async fn lane_parts(ctx: &Lanes<'_>, session: &mut Option<Session>) -> Result<()
                 }
                 Some(e.to_string())
             }
-            Err(PartError::Folder(e)) => {
-                tracing::warn!(folder = %f.local, "{e}");
-                if e.is_fatal_to_session() {
-                    *session = None;
-                }
-                Some(format!("{} ({}): {e}", f.local, f.display))
-            }
+            Err(PartError::Folder(e)) => Some(folder_failure(&f.local, &f.display, &e)),
             Err(PartError::Pass(e)) => {
                 let mut q = ctx.queue();
                 q.work[part.folder].in_flight -= 1;
@@ -481,7 +472,7 @@ async fn download(
     if uids.is_empty() {
         return Ok(());
     }
-    let Some(sel) = f.selected.clone() else {
+    let Some(uidvalidity) = f.selected.as_ref().map(|s| s.uidvalidity) else {
         return Ok(());
     };
     let local = f.local.clone();
@@ -505,7 +496,7 @@ async fn download(
     let writer = Writer::start(
         maildir.clone(),
         folder,
-        sel.uidvalidity,
+        uidvalidity,
         WRITE_QUEUE,
         WRITE_QUEUE_BYTES,
     );
@@ -550,7 +541,7 @@ async fn download(
     let result = session
         .fetch_bodies(
             &f.remote,
-            sel.uidvalidity,
+            uidvalidity,
             &batches,
             |step| {
                 let m = match step {

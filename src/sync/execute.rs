@@ -519,12 +519,17 @@ pub(super) fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {
 }
 
 fn fail_folder(state: &mut State, t: &mut Target, e: &ImapError) -> Result<(), SyncError> {
-    let text = format!("{} ({}): {e}", t.mapping.local, t.remote.display);
-    tracing::warn!(folder = %t.mapping.local, "{e}");
+    let text = folder_failure(&t.mapping.local, &t.remote.display, e);
     t.failed = true;
     t.report.error = Some(text.clone());
     state.set_folder_error(t.row.id, &text)?;
     Ok(())
+}
+
+/// Logs a folder's failure and returns the text its report and row keep.
+pub(super) fn folder_failure(local: &str, display: &str, e: &ImapError) -> String {
+    tracing::warn!(folder = %local, "{e}");
+    format!("{local} ({display}): {e}")
 }
 
 /// Selects the folder for listing. `None` when it provably did not change since the
