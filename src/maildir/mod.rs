@@ -98,12 +98,17 @@ impl Maildir {
         let tmp = self.tmp().join(base);
         let dest = self.cur().join(file_name(base, flags, None));
         let result = (|| {
-            // Truncate rather than create_new: a file of that name in tmp/ can only be
-            // our own leftover from an interrupted attempt at this same delivery.
+            // A file of that name in tmp/ is a leftover of an interrupted attempt at
+            // this same delivery, or was planted there: unlink it (a symlink itself is
+            // removed, never followed) and create the file exclusively (O_EXCL, which
+            // refuses any name that exists, a symlink included).
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut file = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
             io::copy(&mut reader, &mut file)?;
@@ -354,6 +359,23 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_symlink_planted_in_tmp_is_not_followed() {
+        let (dir, md) = folder();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let base = "1700000000.M1P1Q1.host,U=7";
+        std::os::unix::fs::symlink(&victim, md.tmp().join(base)).unwrap();
+        let delivered = md.deliver(base, Flags::empty(), b"message").unwrap();
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"precious",
+            "the link was followed"
+        );
+        assert_eq!(fs::read(&delivered).unwrap(), b"message");
+        assert!(!fs::symlink_metadata(&delivered).unwrap().is_symlink());
     }
 
     #[test]
