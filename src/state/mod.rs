@@ -182,21 +182,59 @@ impl State {
         }
     }
 
-    /// The folder row for (`account`, `local`), created if new; the remote name is
-    /// updated when the mapping now resolves elsewhere.
+    /// The folder row for (`account`, `local`), created if new. When the mapping now
+    /// resolves to another remote folder (a role found elsewhere, a mapping edited),
+    /// the records are of the old folder: their UIDs mean nothing in the new one, even
+    /// where its UIDVALIDITY happens to be the same (servers that use creation times
+    /// or constants). They are set apart under UIDVALIDITY 0, which no server may use
+    /// (RFC 3501), and the folder's sync position is cleared, so the next listing
+    /// re-pairs them by Message-ID, size and date, as after a UIDVALIDITY change.
     pub fn folder(
         &mut self,
         account: &str,
         local: &str,
         remote: &str,
     ) -> Result<FolderRow, StateError> {
-        self.conn
-            .execute(
-                "INSERT INTO folders (account, local, remote) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (account, local) DO UPDATE SET remote = excluded.remote",
-                params![account, local, remote],
-            )
-            .map_err(|e| self.err(e))?;
+        self.write(|tx| {
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT remote FROM folders WHERE account = ?1 AND local = ?2",
+                    params![account, local],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match old {
+                None => {
+                    tx.execute(
+                        "INSERT INTO folders (account, local, remote) VALUES (?1, ?2, ?3)",
+                        params![account, local, remote],
+                    )?;
+                }
+                Some(old) if old != remote => {
+                    tracing::warn!(
+                        folder = %local,
+                        was = %old,
+                        now = %remote,
+                        "the mapping resolves to another remote folder: its messages are re-paired by Message-ID, size and date"
+                    );
+                    let id: i64 = tx.query_row(
+                        "UPDATE folders SET remote = ?3, uidvalidity = NULL, uidnext = NULL,
+                         highestmodseq = NULL WHERE account = ?1 AND local = ?2 RETURNING id",
+                        params![account, local, remote],
+                        |r| r.get(0),
+                    )?;
+                    // (A record already at 0 under the same UID, left by an earlier
+                    // change not yet re-paired, keeps its place: the next pass pairs
+                    // or removes it.)
+                    tx.execute(
+                        "UPDATE OR IGNORE messages SET uidvalidity = 0 WHERE folder = ?1",
+                        params![id],
+                    )?;
+                }
+                Some(_) => {}
+            }
+            Ok(())
+        })?;
         let row = self
             .conn
             .query_row(
@@ -594,5 +632,63 @@ impl State {
         uid: u32,
     ) -> Result<Option<Record>, StateError> {
         Ok(self.records_for(folder, &[(uidvalidity, uid)])?.pop())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(folder: FolderId, uidvalidity: u32, uid: u32) -> (Record, Headers) {
+        let record = Record {
+            folder,
+            uidvalidity,
+            uid,
+            base: format!("1700000000.M{uid}P1Q1.host,U={uid}"),
+            flags: Flags::empty(),
+            fingerprint: Fingerprint {
+                message_id: Some(format!("m{uid}@example.com")),
+                size: 100 + u64::from(uid),
+                internaldate: 1_700_000_000,
+            },
+        };
+        (record, Headers::default())
+    }
+
+    #[test]
+    fn a_mapping_that_resolves_elsewhere_sets_its_records_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(dir.path()).unwrap();
+        let row = state.folder("work", "Archive", "Archive").unwrap();
+        state
+            .commit_deliveries(row.id, &[record(row.id, 7, 1), record(row.id, 7, 2)], &[])
+            .unwrap();
+        state
+            .set_folder_synced(row.id, 7, Some(3), Some(40), 1)
+            .unwrap();
+
+        // The same mapping again: nothing changes.
+        let same = state.folder("work", "Archive", "Archive").unwrap();
+        assert_eq!(same.uidvalidity, Some(7));
+        assert!(
+            state
+                .known(row.id)
+                .unwrap()
+                .iter()
+                .all(|k| k.uidvalidity == 7)
+        );
+
+        // Another remote folder, which happens to have UIDVALIDITY 7 too: none of the
+        // records may stand for its UIDs 1 and 2.
+        let moved = state.folder("work", "Archive", "Old/Archive").unwrap();
+        assert_eq!(moved.id, row.id);
+        assert_eq!(moved.remote, "Old/Archive");
+        assert_eq!(
+            (moved.uidvalidity, moved.uidnext, moved.highestmodseq),
+            (None, None, None)
+        );
+        let known = state.known(row.id).unwrap();
+        assert_eq!(known.len(), 2, "the records stay, to be re-paired");
+        assert!(known.iter().all(|k| k.uidvalidity == 0), "{known:?}");
     }
 }
