@@ -5,7 +5,6 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use async_imap::imap_proto::{Response, Status};
 use base64::Engine as _;
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslVerifyMode, SslVersion};
 use openssl::x509::verify::X509CheckFlags;
@@ -16,7 +15,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::error::{AuthFailure, ImapError};
-use super::session::{Capabilities, Session};
+use super::session::{Capabilities, SaslEnd, Session};
+use super::text::Scrubber;
+use super::wire::Wire;
 use crate::config::{ImapEndpoint, Tls};
 use crate::secret::Secret;
 
@@ -36,18 +37,16 @@ pub struct TlsInfo {
 
 /// A connection that has not logged in yet.
 pub struct Client {
-    inner: async_imap::Client<BoxStream>,
-    capabilities: Capabilities,
+    /// The session before authentication: greeting read, capabilities known.
+    session: Session,
     tls: Option<TlsInfo>,
-    host: String,
     port: u16,
-    timeout: Duration,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("host", &self.host)
+            .field("host", &self.session.host())
             .field("port", &self.port)
             .finish_non_exhaustive()
     }
@@ -130,6 +129,18 @@ async fn connect_trusting(
             source,
         })?;
     let _ = tcp.set_nodelay(true);
+    // Plain text only towards loopback: the config checks the name, but a name (say
+    // `mail.localhost`) may resolve anywhere; what counts is the address connected to.
+    if endpoint.tls == Tls::Plain
+        && let Ok(peer) = tcp.peer_addr()
+        && !peer.ip().is_loopback()
+    {
+        return Err(ImapError::PlainNotLoopback {
+            host,
+            addr: peer.ip(),
+        }
+        .into());
+    }
     // OpenSSL reads a TLS record's 5-byte header, then its body, each with its own
     // read(); against Dovecot's small records that was ~530,000 recvfrom calls for
     // 1.1 GB. A buffer under the TLS layer turns them into one call per 64 KiB.
@@ -139,60 +150,58 @@ async fn connect_trusting(
     let stream: BoxStream = match endpoint.tls {
         Tls::Implicit => {
             let stream = handshake(endpoint, tcp, command_timeout, trust).await?;
-            tls = certificate_info(&stream);
+            tls = certificate_info(stream.ssl());
             Box::new(stream)
         }
         Tls::Plain => Box::new(tcp),
         Tls::Starttls => {
-            let mut plain = async_imap::Client::new(tcp);
-            read_greeting(&mut plain, &host, command_timeout).await?;
-            let caps = fetch_capabilities_pre(&mut plain, command_timeout).await?;
-            if !caps.has("STARTTLS") {
+            let wire = Wire::new(Box::new(tcp), command_timeout);
+            let mut plain = Session::new(wire, host.clone(), command_timeout);
+            plain.read_greeting().await?;
+            plain.refresh_capabilities().await?;
+            if !plain.capabilities().has("STARTTLS") {
                 return Err(ImapError::NoStartTls { host }.into());
             }
-            timeout(
-                command_timeout,
-                plain.run_command_and_check_ok("STARTTLS", None),
-            )
-            .await
-            .map_err(|_| ImapError::Timeout {
-                command: "STARTTLS".into(),
-                after: command_timeout,
-            })?
-            .map_err(|e| ImapError::Protocol {
-                command: "STARTTLS".into(),
-                detail: e.to_string(),
-            })?;
-            let stream = handshake(endpoint, plain.into_inner(), command_timeout, trust).await?;
-            tls = certificate_info(&stream);
+            plain
+                .exec("STARTTLS", |_| Ok(()))
+                .await
+                .map_err(|e| ImapError::Protocol {
+                    command: "STARTTLS".into(),
+                    detail: e.to_string(),
+                })?;
+            // Bytes the server sent after its OK would be read as if they came over
+            // TLS: a known injection (CVE-2011-0411 and kin). Refuse them.
+            let stream = plain
+                .into_wire()
+                .into_stream()
+                .ok_or_else(|| ImapError::Protocol {
+                    command: "STARTTLS".into(),
+                    detail: "the server sent data after STARTTLS's OK, before TLS; refusing it"
+                        .into(),
+                })?;
+            let stream = handshake(endpoint, stream, command_timeout, trust).await?;
+            tls = certificate_info(stream.ssl());
             Box::new(stream)
         }
     };
 
-    let mut client = async_imap::Client::new(stream);
+    let mut session = Session::new(Wire::new(stream, command_timeout), host, command_timeout);
     let greeting_caps = if endpoint.tls == Tls::Starttls {
         None // the pre-TLS greeting is not to be trusted; ask again below
     } else {
-        read_greeting(&mut client, &host, command_timeout).await?
+        session.read_greeting().await?
     };
-    let capabilities = match greeting_caps {
-        Some(caps) => caps,
-        None => fetch_capabilities_pre(&mut client, command_timeout).await?,
-    };
-    tracing::debug!(%host, port, capabilities = %capabilities, "connected");
-    Ok(Client {
-        inner: client,
-        capabilities,
-        tls,
-        host,
-        port,
-        timeout: command_timeout,
-    })
+    match greeting_caps {
+        Some(caps) => session.set_capabilities_from(caps),
+        None => session.refresh_capabilities().await?,
+    }
+    tracing::debug!(host = %session.host(), port, capabilities = %session.capabilities(), "connected");
+    Ok(Client { session, tls, port })
 }
 
 /// Subject, issuer and expiry of the server's certificate (already verified).
-fn certificate_info(stream: &TlsStream) -> Option<TlsInfo> {
-    let cert = stream.ssl().peer_certificate()?;
+fn certificate_info(ssl: &openssl::ssl::SslRef) -> Option<TlsInfo> {
+    let cert = ssl.peer_certificate()?;
     let name = |n: &openssl::x509::X509NameRef| {
         n.entries()
             .map(|e| {
@@ -213,23 +222,18 @@ fn certificate_info(stream: &TlsStream) -> Option<TlsInfo> {
     })
 }
 
-type TlsStream = tokio_openssl::SslStream<BufTcp>;
-
-/// The socket with a read buffer under the TLS layer (see [`connect_trusting`]).
-type BufTcp = BufReader<TcpStream>;
-
 /// Bytes read from the socket at a time at most.
 const READ_BUFFER: usize = 64 * 1024;
 
 /// The TLS handshake, verifying the chain against `trust` and the name against the
 /// configured host (SNI sent for names, not for IP addresses), as OpenSSL's own
 /// `SslConnector` does.
-async fn handshake(
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     endpoint: &ImapEndpoint,
-    tcp: BufTcp,
+    tcp: S,
     command_timeout: Duration,
     trust: Trust,
-) -> Result<TlsStream, Attempt> {
+) -> Result<tokio_openssl::SslStream<S>, Attempt> {
     let ca_file = endpoint.ca_file.as_deref();
     let tls_err = |detail: String| ImapError::Tls {
         host: endpoint.host.clone(),
@@ -405,97 +409,6 @@ fn tls_hint(detail: &str, ca_file: Option<&Path>) -> String {
     }
 }
 
-async fn read_greeting<T: Stream>(
-    client: &mut async_imap::Client<T>,
-    host: &str,
-    command_timeout: Duration,
-) -> Result<Option<Capabilities>, ImapError> {
-    let greeting = timeout(command_timeout, client.read_response())
-        .await
-        .map_err(|_| ImapError::Timeout {
-            command: "greeting".into(),
-            after: command_timeout,
-        })??
-        .ok_or_else(|| ImapError::ConnectionLost("greeting".into()))?;
-    match greeting.parsed() {
-        Response::Data {
-            status: Status::Ok,
-            outcome,
-        } => Ok(match &outcome.code {
-            Some(async_imap::imap_proto::ResponseCode::Capabilities(c)) => {
-                Some(Capabilities::from_proto(c))
-            }
-            _ => None,
-        }),
-        Response::Data {
-            status: Status::Bye,
-            outcome,
-        } => Err(ImapError::Bye(format!(
-            "{host} refused the connection: {}",
-            outcome.information.as_deref().unwrap_or("")
-        ))),
-        other => Err(ImapError::Protocol {
-            command: "greeting".into(),
-            detail: format!("{other:?}"),
-        }),
-    }
-}
-
-async fn fetch_capabilities_pre<T: Stream>(
-    client: &mut async_imap::Client<T>,
-    command_timeout: Duration,
-) -> Result<Capabilities, ImapError> {
-    // The pre-login client of async-imap sends tagged commands only through
-    // `run_command_and_check_ok`, which hands untagged data to a channel if given one.
-    let after = command_timeout;
-    let (tx, rx) = async_channel::bounded(16);
-    timeout(
-        after,
-        client.run_command_and_check_ok("CAPABILITY", Some(tx)),
-    )
-    .await
-    .map_err(|_| ImapError::Timeout {
-        command: "CAPABILITY".into(),
-        after,
-    })?
-    .map_err(|e| ImapError::Protocol {
-        command: "CAPABILITY".into(),
-        detail: e.to_string(),
-    })?;
-    let mut found = None;
-    while let Ok(u) = rx.try_recv() {
-        if let async_imap::types::UnsolicitedResponse::Other(data) = u
-            && let Response::Capabilities(c) = data.parsed()
-        {
-            found = Some(Capabilities::from_proto(c));
-        }
-    }
-    found.ok_or_else(|| ImapError::Protocol {
-        command: "CAPABILITY".into(),
-        detail: "no CAPABILITY data in the reply".into(),
-    })
-}
-
-/// A SASL exchange for one OAuth mechanism. The first `process` call (without SASL-IR)
-/// gets the initial response; any later call is the server's error challenge, which
-/// is kept for the error message and answered with an empty response, as RFC 7628
-/// requires.
-struct OAuthSasl {
-    initial: Option<Vec<u8>>,
-    challenge: Option<String>,
-}
-
-impl async_imap::Authenticator for &mut OAuthSasl {
-    type Response = Vec<u8>;
-    fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
-        if let Some(initial) = self.initial.take() {
-            return initial;
-        }
-        self.challenge = Some(String::from_utf8_lossy(challenge).into_owned());
-        Vec::new()
-    }
-}
-
 /// The XOAUTH2 initial response (Google's and Microsoft's format).
 fn xoauth2_payload(user: &str, token: &Secret) -> Vec<u8> {
     format!("user={user}\x01auth=Bearer {}\x01\x01", token.expose()).into_bytes()
@@ -513,7 +426,7 @@ fn oauthbearer_payload(user: &str, host: &str, port: u16, token: &Secret) -> Vec
 
 impl Client {
     pub fn capabilities(&self) -> &Capabilities {
-        &self.capabilities
+        self.session.capabilities()
     }
 
     /// The server certificate's details (none over plain text).
@@ -522,8 +435,8 @@ impl Client {
     }
 
     /// Logs in with XOAUTH2 (SASL-IR when offered), or OAUTHBEARER when XOAUTH2 is not
-    /// offered. Never logs the token: async-imap's trace output is capped at debug by
-    /// the binary's log filter, since it prints commands verbatim.
+    /// offered. Never logs the token, and takes it out of anything the server says
+    /// from then on.
     pub async fn authenticate(self, user: &str, token: &Secret) -> Result<Session, ImapError> {
         let mut session = self.authenticate_only(user, token).await?;
         session.refresh_capabilities().await?;
@@ -540,7 +453,7 @@ impl Client {
         user: &str,
         token: &Secret,
     ) -> Result<Session, ImapError> {
-        let enable_early = self.capabilities.has("ENABLE");
+        let enable_early = self.capabilities().has("ENABLE");
         let mut session = self.authenticate_only(user, token).await?;
         if enable_early {
             session.capabilities_and_qresync().await?;
@@ -553,91 +466,46 @@ impl Client {
 
     /// The SASL exchange alone; the session's capabilities are the pre-login ones.
     async fn authenticate_only(self, user: &str, token: &Secret) -> Result<Session, ImapError> {
-        let caps = &self.capabilities;
+        let Client {
+            mut session, port, ..
+        } = self;
+        let host = session.host().to_owned();
+        let caps = session.capabilities();
         let (mechanism, payload) = if caps.has("AUTH=XOAUTH2") {
             ("XOAUTH2", xoauth2_payload(user, token))
         } else if caps.has("AUTH=OAUTHBEARER") {
-            (
-                "OAUTHBEARER",
-                oauthbearer_payload(user, &self.host, self.port, token),
-            )
+            ("OAUTHBEARER", oauthbearer_payload(user, &host, port, token))
         } else {
             return Err(ImapError::NoOAuthMechanism {
-                host: self.host.clone(),
+                host,
                 offered: caps.auth_mechanisms().join(" "),
             });
         };
         if caps.has("LOGINDISABLED") && !caps.has(&format!("AUTH={mechanism}")) {
             return Err(ImapError::NoOAuthMechanism {
-                host: self.host.clone(),
+                host,
                 offered: caps.auth_mechanisms().join(" "),
             });
         }
         let sasl_ir = caps.has("SASL-IR");
-        let encoded = base64::engine::general_purpose::STANDARD.encode(&payload);
-        let mut sasl = OAuthSasl {
-            initial: (!sasl_ir).then_some(payload),
-            challenge: None,
-        };
-        // With SASL-IR the initial response rides on the command line itself.
-        let command = if sasl_ir {
-            format!("{mechanism} {encoded}")
-        } else {
-            mechanism.to_owned()
-        };
-        drop(encoded);
-        let Client {
-            inner,
-            host,
-            timeout: after,
-            ..
-        } = self;
+        let encoded = Secret::new(base64::engine::general_purpose::STANDARD.encode(&payload));
+        drop(payload);
+        // A server may echo what it was sent: the token and the SASL string are taken
+        // out of all it says from now on.
+        session.set_scrubber(Scrubber::new(vec![token.clone(), encoded.clone()]));
         tracing::debug!(%host, mechanism, sasl_ir, "authenticating");
-        let result = timeout(after, inner.authenticate(command, &mut sasl)).await;
-        let inner = match result {
-            Err(_) => {
-                return Err(ImapError::Timeout {
-                    command: format!("AUTHENTICATE {mechanism}"),
-                    after,
-                });
-            }
-            Ok(Ok(session)) => session,
-            Ok(Err((error, _client))) => {
-                let server_text = server_text(&error);
-                let upper = server_text.to_ascii_uppercase();
-                if upper.contains("[UNAVAILABLE]") {
-                    return Err(ImapError::Unavailable(server_text));
+        match session.authenticate(mechanism, &encoded, sasl_ir).await? {
+            SaslEnd::Ok => Ok(session),
+            SaslEnd::Refused { text, challenge } => {
+                if text.to_ascii_uppercase().contains("[UNAVAILABLE]") {
+                    return Err(ImapError::Unavailable(text));
                 }
-                if matches!(error, async_imap::error::Error::ConnectionLost)
-                    || matches!(error, async_imap::error::Error::Io(_))
-                {
-                    return Err(ImapError::ConnectionLost(format!(
-                        "AUTHENTICATE {mechanism}"
-                    )));
-                }
-                return Err(ImapError::AuthFailed(AuthFailure {
+                Err(ImapError::AuthFailed(AuthFailure {
                     mechanism,
-                    server_text,
-                    challenge: sasl.challenge,
-                }));
+                    server_text: text,
+                    challenge,
+                }))
             }
-        };
-        Ok(Session::new(inner, host, after))
-    }
-}
-
-/// The text of a NO/BAD from async-imap's error, which formats it as
-/// `code: …, info: Some("…")`.
-fn server_text(error: &async_imap::error::Error) -> String {
-    use async_imap::error::Error;
-    match error {
-        Error::No(s) | Error::Bad(s) => {
-            let info = s
-                .split_once("info: Some(\"")
-                .and_then(|(_, rest)| rest.rsplit_once("\")"))
-                .map(|(text, _)| text.replace("\\\"", "\""));
-            info.unwrap_or_else(|| s.clone())
         }
-        other => other.to_string(),
     }
 }

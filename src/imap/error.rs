@@ -32,6 +32,13 @@ pub enum ImapError {
     },
     #[error("cannot read ca_file {path}: {detail}")]
     CaFile { path: PathBuf, detail: String },
+    #[error(
+        "{host} resolved to {addr}, which is not a loopback address: tls = \"plain\" would send the token in clear text; use tls = \"implicit\" or \"starttls\", or a host that is this machine"
+    )]
+    PlainNotLoopback {
+        host: String,
+        addr: std::net::IpAddr,
+    },
     #[error("{host} does not offer STARTTLS; use tls = \"implicit\" (port 993) or fix the server")]
     NoStartTls { host: String },
     #[error(
@@ -44,6 +51,11 @@ pub enum ImapError {
     Unavailable(String),
     #[error("no answer from the server within {}s to {command}", .after.as_secs())]
     Timeout { command: String, after: Duration },
+    #[error(
+        "the server did not complete {command} in time: it kept sending without finishing (more than {}s beyond what its data justified); the server is overloaded or broken",
+        .after.as_secs()
+    )]
+    Stalled { command: String, after: Duration },
     #[error("the server refused {command}: {text}")]
     No { command: String, text: String },
     #[error("the server rejected {command} as invalid: {text}")]
@@ -83,6 +95,7 @@ impl ImapError {
             ImapError::Connect { .. }
             | ImapError::Unavailable(_)
             | ImapError::Timeout { .. }
+            | ImapError::Stalled { .. }
             | ImapError::Bye(_)
             | ImapError::ConnectionLost(_)
             | ImapError::Io(_) => true,

@@ -11,7 +11,9 @@ mod connect;
 mod date;
 mod error;
 mod session;
+mod text;
 pub mod utf7;
+mod wire;
 
 pub use connect::{Client, TlsInfo, connect, tls_connector};
 pub use date::parse_internaldate;
@@ -21,8 +23,19 @@ pub use session::{
     Selected, Session,
 };
 
-/// Quotes a mailbox name (already in its wire form) as an IMAP quoted string.
-pub fn quote(name: &str) -> String {
+/// Quotes a mailbox name (already in its wire form) as an IMAP quoted string. A name
+/// with a control character cannot be one (a CR or LF would end the command and start
+/// another, sent by whoever named the folder): such a name is refused.
+pub fn quote(name: &str) -> Result<String, ImapError> {
+    if name.chars().any(char::is_control) {
+        return Err(ImapError::Protocol {
+            command: "SELECT".into(),
+            detail: format!(
+                "the folder name {:?} holds a line break or another control character, which cannot be sent in a command; rename the folder on the server",
+                name
+            ),
+        });
+    }
     let mut out = String::with_capacity(name.len() + 2);
     out.push('"');
     for c in name.chars() {
@@ -32,7 +45,7 @@ pub fn quote(name: &str) -> String {
         out.push(c);
     }
     out.push('"');
-    out
+    Ok(out)
 }
 
 /// Formats UIDs as a compact IMAP sequence set (`1:5,9,12:14`).
@@ -75,11 +88,20 @@ mod tests {
 
     #[test]
     fn quoting_escapes_quotes_and_backslashes() {
-        assert_eq!(quote("INBOX"), "\"INBOX\"");
-        assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(quote("INBOX").unwrap(), "\"INBOX\"");
+        assert_eq!(quote("a\"b\\c").unwrap(), "\"a\\\"b\\\\c\"");
         assert_eq!(
-            quote("Gel&APY-schte Elemente"),
+            quote("Gel&APY-schte Elemente").unwrap(),
             "\"Gel&APY-schte Elemente\""
         );
+    }
+
+    #[test]
+    fn a_name_that_would_inject_a_command_is_refused() {
+        for name in ["Inbox\r\nA1 DELETE INBOX", "a\nb", "a\rb", "nul\0"] {
+            let e = quote(name).unwrap_err().to_string();
+            assert!(e.contains("control character"), "{e}");
+            assert!(!e.contains('\n') && !e.contains('\r'), "one line: {e}");
+        }
     }
 }

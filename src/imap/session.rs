@@ -6,16 +6,17 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
-use async_imap::imap_proto::{
-    self, AttributeValue, MailboxDatum, NameAttribute, RequestId, Response, ResponseCode, Status,
+use imap_proto::{
+    self, AttributeValue, MailboxDatum, NameAttribute, Response, ResponseCode, Status,
     StatusAttribute,
 };
-use tokio::time::timeout;
 
-use super::connect::BoxStream;
 use super::error::ImapError;
+use super::text::Scrubber;
+use super::wire::{self, Literals, Wire, WireError};
 use super::{parse_internaldate, quote, uid_set};
 use crate::config::roles::RemoteFolder;
+use crate::secret::Secret;
 use crate::sync::model::{Flags, RemoteEntry};
 
 /// Capabilities the server advertised, upper-cased.
@@ -83,6 +84,29 @@ pub struct Fingerprinted {
 /// batches journaled at a time.
 pub const FETCH_PIPELINE: usize = 2;
 
+/// Hosts that offer CONDSTORE/QRESYNC and refused a command using them.
+static MODSEQ_REFUSED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+fn modseq_refused(host: &str) -> bool {
+    MODSEQ_REFUSED
+        .lock()
+        .is_ok_and(|hosts| hosts.contains(host))
+}
+
+/// Folders one LIST may return at most.
+const MAX_FOLDERS: usize = 100_000;
+
+/// FETCH responses a command may bring beyond one per message (flag updates from
+/// other sessions while it runs).
+const FETCH_SLACK: u64 = 1000;
+
+/// How much longer a command may take for each FETCH response it brings.
+const FETCH_CREDIT: Duration = Duration::from_millis(2);
+
+/// VANISHED ranges kept from one SELECT at most (a server lists each expunged stretch
+/// once; more than this is no longer a list of expunges).
+const MAX_VANISHED_RANGES: usize = 500_000;
+
 /// What [`Session::fetch_bodies`] shows its caller.
 pub enum BodyStep {
     /// The FETCH of batch `i` is about to be sent.
@@ -96,8 +120,9 @@ pub enum Step<'a, 'r> {
     /// Command `i` of the list is about to be sent.
     Sending(usize),
     /// An untagged response, while command `i` is the oldest in flight (the one a
-    /// server answering in order is answering).
-    Data(usize, &'a Response<'r>),
+    /// server answering in order is answering), with the response's large literals,
+    /// which its parse finds with [`Literals::take`].
+    Data(usize, &'a Response<'r>, &'a mut Literals),
     /// Command `i` completed with OK.
     Done(usize),
 }
@@ -127,7 +152,9 @@ pub struct FetchedMessage {
 pub struct SelectChanges {
     pub selected: Selected,
     pub changed: Vec<RemoteEntry>,
-    pub vanished: Vec<u32>,
+    /// What `VANISHED (EARLIER)` reported, as the server's ranges (which may name any
+    /// UID up to 2^32-1: intersect them with the records, never expand them).
+    pub vanished: Vec<std::ops::RangeInclusive<u32>>,
     /// What a [`FollowUp::Flags`] sent with the SELECT returned, with its argument.
     pub flags: Option<(Option<u64>, Vec<RemoteEntry>)>,
     /// What a [`FollowUp::SizesFrom`] sent with the SELECT returned, with its argument.
@@ -145,6 +172,17 @@ pub enum FollowUp {
     SizesFrom(u32),
 }
 
+/// How an AUTHENTICATE ended, short of a broken connection.
+#[derive(Debug)]
+pub(super) enum SaslEnd {
+    Ok,
+    /// NO or BAD, with the server's text (made safe) and its decoded challenge.
+    Refused {
+        text: String,
+        challenge: Option<String>,
+    },
+}
+
 /// Why an IDLE ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdleEnd {
@@ -157,13 +195,18 @@ pub enum IdleEnd {
 }
 
 pub struct Session {
-    inner: async_imap::Session<BoxStream>,
+    wire: Wire,
     capabilities: Capabilities,
     host: String,
     timeout: Duration,
     /// The folder selected now, and its UIDVALIDITY.
     selected: Option<(String, u32)>,
     qresync_enabled: bool,
+    /// Takes the credential this connection sent out of anything the server says.
+    scrub: Scrubber,
+    /// The selected folder's message count, as the server last announced it: what
+    /// bounds how many FETCH responses a command may bring.
+    exists: u32,
 }
 
 impl fmt::Debug for Session {
@@ -176,19 +219,32 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    pub(super) fn new(
-        inner: async_imap::Session<BoxStream>,
-        host: String,
-        timeout: Duration,
-    ) -> Session {
+    /// A session on a connection whose greeting was read; `timeout` is the longest
+    /// wait for any response, and the base of every command's deadline.
+    pub(super) fn new(wire: Wire, host: String, timeout: Duration) -> Session {
         Session {
-            inner,
+            wire,
             capabilities: Capabilities::default(),
             host,
             timeout,
             selected: None,
             qresync_enabled: false,
+            scrub: Scrubber::default(),
+            exists: 0,
         }
+    }
+
+    /// Server text from now on has `scrub`'s credentials taken out.
+    pub(super) fn set_scrubber(&mut self, scrub: Scrubber) {
+        self.scrub = scrub;
+    }
+
+    pub(super) fn set_capabilities_from(&mut self, caps: Capabilities) {
+        self.capabilities = caps;
+    }
+
+    pub(super) fn into_wire(self) -> Wire {
+        self.wire
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -199,8 +255,145 @@ impl Session {
         &self.host
     }
 
+    /// Whether CONDSTORE is to be used: offered, and not found broken on this host.
     pub fn has_condstore(&self) -> bool {
-        self.capabilities.has("CONDSTORE") || self.capabilities.has("QRESYNC")
+        (self.capabilities.has("CONDSTORE") || self.capabilities.has("QRESYNC"))
+            && !modseq_refused(&self.host)
+    }
+
+    /// This host offers CONDSTORE/QRESYNC but refused a command using them: from now
+    /// on (for this process) its folders are listed whole, as on a server without.
+    fn give_up_modseq(&mut self, error: &ImapError) {
+        tracing::warn!(
+            host = %self.host,
+            "the server offers CONDSTORE/QRESYNC but refused to use them ({error}); listing every message's flags instead"
+        );
+        if let Ok(mut hosts) = MODSEQ_REFUSED.lock() {
+            hosts.insert(self.host.clone());
+        }
+    }
+
+    /// Reads the server's greeting: its capabilities, if it lists them.
+    pub(super) async fn read_greeting(&mut self) -> Result<Option<Capabilities>, ImapError> {
+        self.wire.set_deadline(self.timeout);
+        let frame = self
+            .wire
+            .read_frame()
+            .await
+            .map_err(|e| wire_error(e, "greeting"))?;
+        let (mut bytes, _) = frame.split();
+        let not_imap = |excerpt: String| ImapError::Protocol {
+            command: "greeting".into(),
+            detail: format!(
+                "the server's greeting is not IMAP ({excerpt}); check imap_host, imap_port and tls"
+            ),
+        };
+        let response = match readable(&mut bytes).and_then(|()| parsed(&bytes)) {
+            Ok(r) => r,
+            Err(_) => return Err(not_imap(wire::excerpt(&bytes))),
+        };
+        match response {
+            Response::Data {
+                status: Status::Ok,
+                outcome,
+            } => Ok(match &outcome.code {
+                Some(ResponseCode::Capabilities(c)) => Some(Capabilities::from_proto(c)),
+                _ => None,
+            }),
+            Response::Data {
+                status: Status::Bye,
+                outcome,
+            } => Err(ImapError::Bye(format!(
+                "{} refused the connection: {}",
+                self.host,
+                self.bye_text(&outcome)
+            ))),
+            _ => Err(not_imap(wire::excerpt(&bytes))),
+        }
+    }
+
+    /// The SASL exchange of AUTHENTICATE: `initial` (base64) on the command line with
+    /// SASL-IR, else after the server's first continuation. A later continuation is
+    /// the server's error challenge (RFC 7628), kept for the message and answered
+    /// empty. The credential is never logged.
+    pub(super) async fn authenticate(
+        &mut self,
+        mechanism: &str,
+        initial: &Secret,
+        sasl_ir: bool,
+    ) -> Result<SaslEnd, ImapError> {
+        enum Got {
+            Continue(Option<String>),
+            Done(Option<String>),
+            Bye(String),
+        }
+        let name = format!("AUTHENTICATE {mechanism}");
+        self.wire.set_deadline(self.timeout);
+        tracing::debug!(command = %name, "imap > (credential not shown)");
+        let tag = {
+            let command = Secret::new(if sasl_ir {
+                format!("{name} {}", initial.expose())
+            } else {
+                name.clone()
+            });
+            self.wire
+                .send(command.expose())
+                .await
+                .map_err(|e| wire_error(e, &name))?
+        };
+        let mut initial_sent = sasl_ir;
+        let mut challenge = None;
+        loop {
+            let got = self
+                .read_one(&name, |s, r| match r {
+                    Response::Continue(o) => {
+                        Some(Got::Continue(o.information.as_deref().map(str::to_owned)))
+                    }
+                    Response::Done {
+                        tag: t,
+                        status,
+                        outcome,
+                    } if t.0 == tag => Some(Got::Done(match status {
+                        Status::Ok => None,
+                        _ => Some(s.scrub.clean(&outcome_text(
+                            outcome.code.as_ref(),
+                            outcome.information.as_deref(),
+                        ))),
+                    })),
+                    Response::Data {
+                        status: Status::Bye,
+                        outcome,
+                    } => Some(Got::Bye(s.bye_text(outcome))),
+                    _ => None,
+                })
+                .await?;
+            match got {
+                None => {}
+                Some(Got::Continue(_)) if !initial_sent => {
+                    initial_sent = true;
+                    self.wire
+                        .send_untagged(initial.expose())
+                        .await
+                        .map_err(|e| wire_error(e, &name))?;
+                }
+                Some(Got::Continue(text)) => {
+                    use base64::Engine as _;
+                    let decoded = text.as_deref().and_then(|t| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(t.trim())
+                            .ok()
+                    });
+                    challenge = decoded.map(|d| self.scrub.clean(&String::from_utf8_lossy(&d)));
+                    self.wire
+                        .send_untagged("")
+                        .await
+                        .map_err(|e| wire_error(e, &name))?;
+                }
+                Some(Got::Done(None)) => return Ok(SaslEnd::Ok),
+                Some(Got::Done(Some(text))) => return Ok(SaslEnd::Refused { text, challenge }),
+                Some(Got::Bye(text)) => return Err(ImapError::Bye(text)),
+            }
+        }
     }
 
     pub(super) async fn refresh_capabilities(&mut self) -> Result<(), ImapError> {
@@ -257,7 +450,7 @@ impl Session {
             1,
             |step| match step {
                 Step::Sending(_) | Step::Done(_) => Ok(Next::Go),
-                Step::Data(_, r) => on_data(r).map(|()| Next::Go),
+                Step::Data(_, r, _) => on_data(r).map(|()| Next::Go),
             },
             pace,
         )
@@ -287,12 +480,12 @@ impl Session {
         Fut: std::future::Future<Output = ()>,
     {
         // (index, tag, name, when sent) of the commands in flight, oldest first.
-        let mut in_flight: VecDeque<(usize, RequestId, String, std::time::Instant)> =
-            VecDeque::new();
+        let mut in_flight: VecDeque<(usize, String, String, std::time::Instant)> = VecDeque::new();
         let mut next = 0;
         let mut sending = true;
         let mut failed: Option<ImapError> = None;
         let mut bye: Option<String> = None;
+        let mut fetches: u64 = 0;
         loop {
             while sending
                 && failed.is_none()
@@ -307,10 +500,13 @@ impl Session {
                 let name = command_name(command);
                 tracing::debug!(command = %loggable(command), "imap >");
                 let sent = std::time::Instant::now();
-                let tag = timeout(self.timeout, self.inner.run_command(command))
-                    .await
-                    .map_err(|_| self.timeout_err(&name))?
-                    .map_err(|e| map_async_imap(e, &name))?;
+                if in_flight.is_empty() {
+                    self.wire.set_deadline(self.timeout);
+                }
+                let tag = match self.wire.send(command).await {
+                    Ok(tag) => tag,
+                    Err(e) => return Err(self.wire_error(e, &name, None)),
+                };
                 in_flight.push_back((next, tag, name, sent));
                 next += 1;
             }
@@ -319,51 +515,59 @@ impl Session {
             };
             let (oldest, name) = (*oldest, name.clone());
             pace().await;
-            let response = match timeout(self.timeout, self.inner.read_response()).await {
-                Err(_) => return Err(self.timeout_err(&name)),
-                Ok(Err(e)) => {
-                    return Err(match bye {
-                        Some(text) => ImapError::Bye(text),
-                        None if e.kind() == std::io::ErrorKind::InvalidData => {
-                            ImapError::Protocol {
-                                command: name,
-                                detail: format!("unparsable response: {e}"),
-                            }
-                        }
-                        None => ImapError::Io(e),
-                    });
-                }
-                Ok(Ok(None)) => {
-                    return Err(match bye {
-                        Some(text) => ImapError::Bye(text),
-                        None => ImapError::ConnectionLost(name),
-                    });
-                }
-                Ok(Ok(Some(r))) => r,
+            let frame = match self.wire.read_frame().await {
+                Ok(frame) => frame,
+                Err(e) => return Err(self.wire_error(e, &name, bye)),
             };
-            match response.parsed() {
+            let (mut bytes, mut literals) = frame.split();
+            let response = match readable(&mut bytes).and_then(|()| parsed(&bytes)) {
+                Ok(response) => response,
+                Err(detail) => {
+                    // The frame's end is known, so the session stays in step: the
+                    // command fails, and what is in flight is read to its end. A
+                    // completion that cannot be read still completes its command.
+                    let at = in_flight.iter().position(|(_, tag, ..)| {
+                        bytes.starts_with(tag.as_bytes()) && bytes.get(tag.len()) == Some(&b' ')
+                    });
+                    let command = match at.and_then(|at| in_flight.remove(at)) {
+                        Some((_, _, name, _)) => {
+                            self.wire.set_deadline(self.timeout);
+                            name
+                        }
+                        None => name,
+                    };
+                    failed.get_or_insert(ImapError::Protocol {
+                        command,
+                        detail: self.scrub.clean(&detail),
+                    });
+                    continue;
+                }
+            };
+            match &response {
                 Response::Done {
                     tag: t,
                     status,
                     outcome,
-                } if in_flight.iter().any(|(_, tag, ..)| tag == t) => {
+                } if in_flight.iter().any(|(_, tag, ..)| *tag == t.0) => {
                     // Servers may complete pipelined commands out of order.
                     let at = in_flight
                         .iter()
-                        .position(|(_, tag, ..)| tag == t)
+                        .position(|(_, tag, ..)| *tag == t.0)
                         .unwrap_or(0);
                     let Some((index, _, name, sent)) = in_flight.remove(at) else {
                         continue;
                     };
+                    // The next oldest command gets a deadline of its own.
+                    self.wire.set_deadline(self.timeout);
                     // The server's text: Dovecot puts its own timing there, which
                     // tells server time from transfer and client time in a slow pass.
                     tracing::debug!(
                         command = %name,
                         elapsed = ?sent.elapsed(),
-                        said = outcome.information.as_deref().unwrap_or(""),
+                        said = %self.scrub.clean(outcome.information.as_deref().unwrap_or("")),
                         "imap <"
                     );
-                    match tagged(status, &name, outcome) {
+                    match self.tagged(status, &name, outcome) {
                         Ok(()) => {
                             if on(Step::Done(index))? == Next::StopSending {
                                 sending = false;
@@ -378,10 +582,45 @@ impl Session {
                     status: Status::Bye,
                     outcome,
                 } => {
-                    bye = Some(bye_text(outcome));
+                    bye = Some(self.bye_text(outcome));
                 }
                 other => {
-                    if on(Step::Data(oldest, other))? == Next::StopSending {
+                    match other {
+                        Response::MailboxData(MailboxDatum::Exists(n)) => self.exists = *n,
+                        // RFC 3501 7.1: an alert is for the user to see.
+                        Response::Data {
+                            outcome:
+                                imap_proto::Outcome {
+                                    code: Some(ResponseCode::Alert),
+                                    information,
+                                    ..
+                                },
+                            ..
+                        } => tracing::warn!(
+                            host = %self.host,
+                            "the server says: {}",
+                            self.scrub.clean(information.as_deref().unwrap_or(""))
+                        ),
+                        Response::Fetch(..) => {
+                            // Each message of the folder justifies a response or so per
+                            // command (and some time): an endless listing does not.
+                            fetches += 1;
+                            let limit = commands.len() as u64
+                                * (u64::from(self.exists) * 5 / 4 + FETCH_SLACK);
+                            if fetches > limit {
+                                return Err(ImapError::Protocol {
+                                    command: name,
+                                    detail: format!(
+                                        "the server sent more than {limit} FETCH responses for a folder of {} messages; it is broken or hostile",
+                                        self.exists
+                                    ),
+                                });
+                            }
+                            self.wire.extend_deadline(FETCH_CREDIT);
+                        }
+                        _ => {}
+                    }
+                    if on(Step::Data(oldest, other, &mut literals))? == Next::StopSending {
                         sending = false;
                     }
                 }
@@ -389,11 +628,46 @@ impl Session {
         }
     }
 
-    fn timeout_err(&self, command: &str) -> ImapError {
-        ImapError::Timeout {
-            command: command.to_owned(),
-            after: self.timeout,
+    /// A failure to read or write, as an error naming `command`; after a BYE, the
+    /// BYE's text says more than the closed connection.
+    fn wire_error(&self, error: WireError, command: &str, bye: Option<String>) -> ImapError {
+        if let Some(text) = bye {
+            return ImapError::Bye(text);
         }
+        wire_error(error, command)
+    }
+
+    /// A tagged reply as a result: OK, or the NO/BAD naming the command, with the
+    /// server's text made safe to show.
+    fn tagged(
+        &self,
+        status: &Status,
+        command: &str,
+        outcome: &imap_proto::Outcome<'_>,
+    ) -> Result<(), ImapError> {
+        let text = || {
+            self.scrub.clean(&outcome_text(
+                outcome.code.as_ref(),
+                outcome.information.as_deref(),
+            ))
+        };
+        match status {
+            Status::Ok => Ok(()),
+            Status::No => Err(ImapError::No {
+                command: command.to_owned(),
+                text: text(),
+            }),
+            _ => Err(ImapError::Bad {
+                command: command.to_owned(),
+                text: text(),
+            }),
+        }
+    }
+
+    /// What a server said with its BYE, made safe to show.
+    fn bye_text(&self, outcome: &imap_proto::Outcome<'_>) -> String {
+        self.scrub
+            .clean(outcome.information.as_deref().unwrap_or(""))
     }
 
     /// Every folder on the server (LIST "" "*"), with special-use attributes.
@@ -426,6 +700,20 @@ impl Session {
                     })
                     .collect();
                 let name = list.name.to_string();
+                if name.chars().any(char::is_control) {
+                    // It could not be named in a command without injecting another.
+                    tracing::warn!(
+                        "the server listed a folder whose name holds a line break or another control character ({:?}); it is left out",
+                        super::text::shorten(&name)
+                    );
+                    return Ok(());
+                }
+                if folders.len() >= MAX_FOLDERS {
+                    return Err(ImapError::Protocol {
+                        command: "LIST".into(),
+                        detail: format!("the server listed more than {MAX_FOLDERS} folders; it is broken or hostile"),
+                    });
+                }
                 folders.push(RemoteFolder {
                     display: super::utf7::decode_lossy(&name),
                     name,
@@ -445,7 +733,7 @@ impl Session {
         folder: &str,
     ) -> Result<(u32, Option<u32>, Option<u32>), ImapError> {
         let (mut messages, mut uidnext, mut uidvalidity) = (0, None, None);
-        let command = format!("STATUS {} (MESSAGES UIDNEXT UIDVALIDITY)", quote(folder));
+        let command = format!("STATUS {} (MESSAGES UIDNEXT UIDVALIDITY)", quote(folder)?);
         self.exec(&command, |r| {
             if let Response::MailboxData(MailboxDatum::Status { status, .. }) = r {
                 for s in status {
@@ -486,7 +774,7 @@ impl Session {
                         // A real CAPABILITY reply lists IMAP4rev1 (RFC 3501), which
                         // tells it from `* ENABLED QRESYNC` if a parser takes that for
                         // capabilities.
-                        Step::Data(_, Response::Capabilities(c))
+                        Step::Data(_, Response::Capabilities(c), _)
                             if c.iter()
                                 .any(|c| matches!(c, imap_proto::Capability::Imap4rev1)) =>
                         {
@@ -554,12 +842,13 @@ impl Session {
         since: Option<(u32, u64)>,
         follow: &[FollowUp],
     ) -> Result<SelectChanges, ImapError> {
-        let mut commands = vec![self.select_command(folder, since)];
+        let mut commands = vec![self.select_command(folder, since)?];
         commands.extend(follow.iter().map(|f| match *f {
             FollowUp::Flags(changed_since) => self.flags_command(changed_since),
             FollowUp::SizesFrom(n) => format!("UID FETCH {n}:* (UID RFC822.SIZE)"),
         }));
         self.selected = None;
+        self.exists = 0;
         let mut out = SelectChanges::default();
         let mut have_uidvalidity = false;
         let mut flags: Vec<RemoteEntry> = Vec::new();
@@ -576,7 +865,7 @@ impl Session {
                 commands.len(),
                 |step| {
                     let (i, r) = match step {
-                        Step::Data(i, r) => (i, r),
+                        Step::Data(i, r, _) => (i, r),
                         Step::Done(i) => {
                             done[i] = true;
                             return Ok(Next::Go);
@@ -594,7 +883,7 @@ impl Session {
                             // (`n:*` names the last message even when it is below `n`.)
                             sizes.push((uid, size));
                         }
-                        if let Some(e) = entry_of(attrs) {
+                        if let Some(e) = listed(attrs)? {
                             if flags_wanted {
                                 flags.push(e);
                             } else {
@@ -610,7 +899,7 @@ impl Session {
                         Response::MailboxData(MailboxDatum::Exists(n)) => out.selected.exists = *n,
                         Response::Data { outcome, .. } => match outcome.code {
                             Some(ResponseCode::UidValidity(v)) => {
-                                out.selected.uidvalidity = v;
+                                out.selected.uidvalidity = valid_uidvalidity(v)?;
                                 have_uidvalidity = true;
                             }
                             Some(ResponseCode::UidNext(n)) => out.selected.uidnext = Some(n),
@@ -625,20 +914,17 @@ impl Session {
                             earlier: true,
                             uids,
                         } => {
-                            for range in uids {
-                                // A hostile range must not make us allocate billions of UIDs.
-                                if range.end().saturating_sub(*range.start()) > 10_000_000 {
-                                    return Err(ImapError::Protocol {
-                                        command: "SELECT".into(),
-                                        detail: format!(
-                                            "implausible VANISHED range {}:{}",
-                                            range.start(),
-                                            range.end()
-                                        ),
-                                    });
-                                }
-                                out.vanished.extend(range.clone());
+                            // Kept as ranges, never expanded: `1:4294967295` is 8 bytes
+                            // here; what it means is decided against the records held.
+                            if out.vanished.len() + uids.len() > MAX_VANISHED_RANGES {
+                                return Err(ImapError::Protocol {
+                                    command: "SELECT".into(),
+                                    detail: format!(
+                                        "the server reported more than {MAX_VANISHED_RANGES} ranges of expunged messages; it is broken or hostile"
+                                    ),
+                                });
                             }
+                            out.vanished.extend(uids.iter().cloned());
                         }
                         _ => {}
                     }
@@ -647,10 +933,26 @@ impl Session {
                 || std::future::ready(()),
             )
             .await;
+        let with_modseq = (since.is_some() && self.qresync_enabled()) || self.has_condstore();
         match result {
             // A follow-up the server refused is only a round trip not saved: the
             // caller asks again on its own.
             Err(ImapError::No { .. } | ImapError::Bad { .. }) if done[0] => {}
+            // A SELECT with CONDSTORE or QRESYNC refused by a server that offers them
+            // (the folder exists, or the refusal would say so): select as a server
+            // without them, and list every message's flags.
+            Err(e @ (ImapError::No { .. } | ImapError::Bad { .. }))
+                if with_modseq && !says_no_mailbox(&e) =>
+            {
+                self.give_up_modseq(&e);
+                let mut follow: Vec<FollowUp> = follow
+                    .iter()
+                    .filter(|f| !matches!(f, FollowUp::Flags(_)))
+                    .copied()
+                    .collect();
+                follow.insert(0, FollowUp::Flags(None));
+                return Box::pin(self.select_with(folder, None, &follow)).await;
+            }
             other => other.map_err(|e| no_mailbox(e, folder))?,
         }
         if !have_uidvalidity {
@@ -673,17 +975,15 @@ impl Session {
 
     /// The SELECT for `folder`: QRESYNC with `since` when enabled, else CONDSTORE when
     /// offered (read-write: EXAMINE would not let flags be pushed later).
-    fn select_command(&self, folder: &str, since: Option<(u32, u64)>) -> String {
-        match since {
-            Some((uidvalidity, modseq)) if self.qresync_enabled => {
-                format!(
-                    "SELECT {} (QRESYNC ({uidvalidity} {modseq}))",
-                    quote(folder)
-                )
+    fn select_command(&self, folder: &str, since: Option<(u32, u64)>) -> Result<String, ImapError> {
+        let name = quote(folder)?;
+        Ok(match since {
+            Some((uidvalidity, modseq)) if self.qresync_enabled() => {
+                format!("SELECT {name} (QRESYNC ({uidvalidity} {modseq}))")
             }
-            _ if self.has_condstore() => format!("SELECT {} (CONDSTORE)", quote(folder)),
-            _ => format!("SELECT {}", quote(folder)),
-        }
+            _ if self.has_condstore() => format!("SELECT {name} (CONDSTORE)"),
+            _ => format!("SELECT {name}"),
+        })
     }
 
     /// Makes `folder` the selected one, without a round trip if it already is; returns
@@ -726,28 +1026,45 @@ impl Session {
     ) -> Result<Vec<RemoteEntry>, ImapError> {
         let command = self.flags_command(changed_since);
         let mut entries = Vec::new();
-        self.exec(&command, |r| {
-            if let Response::Fetch(_, attrs) = r
-                && let Some(e) = entry_of(attrs)
+        let result = self
+            .exec(&command, |r| {
+                if let Response::Fetch(_, attrs) = r
+                    && let Some(e) = listed(attrs)?
+                {
+                    entries.push(e);
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            // CHANGEDSINCE refused by a server that offers it: every message's flags
+            // are a superset of what changed, so the listing stays complete.
+            Err(e @ (ImapError::No { .. } | ImapError::Bad { .. }))
+                if changed_since.is_some() && self.has_condstore() =>
             {
-                entries.push(e);
+                self.give_up_modseq(&e);
+                Box::pin(self.fetch_flags(None)).await
             }
-            Ok(())
-        })
-        .await?;
-        Ok(entries)
+            other => other.map(|()| entries),
+        }
     }
 
     /// Every UID in the selected folder.
     pub async fn search_all_uids(&mut self) -> Result<Vec<u32>, ImapError> {
         let mut uids = Vec::new();
-        self.exec("UID SEARCH ALL", |r| {
-            if let Response::MailboxData(MailboxDatum::Search(found)) = r {
-                uids.extend_from_slice(found);
-            }
-            Ok(())
-        })
-        .await?;
+        // One line holds every UID: up to 11 bytes each, for as many as were announced.
+        self.wire
+            .set_line_limit(self.exists as usize * 11 + wire::LINE_LIMIT);
+        let result = self
+            .exec("UID SEARCH ALL", |r| {
+                if let Response::MailboxData(MailboxDatum::Search(found)) = r {
+                    uids.extend_from_slice(found);
+                }
+                Ok(())
+            })
+            .await;
+        self.wire.set_line_limit(wire::LINE_LIMIT);
+        result?;
         uids.sort_unstable();
         Ok(uids)
     }
@@ -794,7 +1111,7 @@ impl Session {
                     for a in attrs {
                         match a {
                             AttributeValue::Uid(u) => {
-                                f.uid = *u;
+                                f.uid = valid_uid(*u)?;
                                 have_uid = true;
                             }
                             AttributeValue::Flags(fl) => f.flags = parse_flags(fl),
@@ -851,8 +1168,9 @@ impl Session {
                 false
             }
             _ => {
-                commands.push(self.select_command(folder, None));
+                commands.push(self.select_command(folder, None)?);
                 self.selected = None;
+                self.exists = 0;
                 true
             }
         };
@@ -887,16 +1205,17 @@ impl Session {
                             }
                             return Ok(Next::Go);
                         }
-                        Step::Data(i, r) if i + 1 == first => {
+                        Step::Data(i, r, _) if i + 1 == first => {
                             if let Response::Data { outcome, .. } = r
                                 && let Some(ResponseCode::UidValidity(v)) = outcome.code
                             {
-                                seen_uidvalidity = Some(v);
+                                seen_uidvalidity = Some(valid_uidvalidity(v)?);
                             }
                             return Ok(Next::Go);
                         }
-                        Step::Data(_, r) => r,
+                        Step::Data(_, r, literals) => (r, literals),
                     };
+                    let (r, literals) = r;
                     // A FETCH only counts from a folder known to be the listed one (the
                     // SELECT's UIDVALIDITY comes before any FETCH it lets run).
                     if select && seen_uidvalidity != Some(uidvalidity) {
@@ -918,14 +1237,26 @@ impl Session {
                                     section: None,
                                     data,
                                     ..
-                                } => body = Some(data.as_deref().unwrap_or_default().to_vec()),
-                                AttributeValue::Rfc822(data) => {
-                                    body = Some(data.as_deref().unwrap_or_default().to_vec())
+                                }
+                                | AttributeValue::Rfc822(data) => {
+                                    body = Some(match data.as_deref() {
+                                        // A large body was read into a buffer of its
+                                        // own: it is handed on as it is, not copied.
+                                        Some(d) => literals.take(d).unwrap_or_else(|| d.to_vec()),
+                                        None => Vec::new(),
+                                    })
                                 }
                                 _ => {}
                             }
                         }
+                        if !literals.is_empty() {
+                            return Err(ImapError::Protocol {
+                                command: "UID FETCH".into(),
+                                detail: "a FETCH response carried data where no message body was asked for".into(),
+                            });
+                        }
                         if let (Some(uid), Some(body)) = (uid, body) {
+                            let uid = valid_uid(uid)?;
                             on(BodyStep::Message(FetchedMessage {
                                 uid,
                                 flags,
@@ -965,20 +1296,22 @@ impl Session {
         C: std::future::Future<Output = ()>,
     {
         tracing::debug!(command = "IDLE", "imap >");
-        let tag = tokio::time::timeout(self.timeout, self.inner.run_command("IDLE"))
+        self.wire.set_deadline(self.timeout);
+        let tag = self
+            .wire
+            .send("IDLE")
             .await
-            .map_err(|_| self.timeout_err("IDLE"))?
-            .map_err(|e| map_async_imap(e, "IDLE"))?;
+            .map_err(|e| wire_error(e, "IDLE"))?;
         // The server acknowledges with a continuation, or refuses with a tagged NO/BAD.
         loop {
             let step = self
-                .read_one("IDLE", |r| match r {
+                .read_one("IDLE", |s, r| match r {
                     Response::Continue(_) => Some(Ok(())),
                     Response::Done {
                         tag: t,
                         status,
                         outcome,
-                    } if *t == tag => Some(tagged(status, "IDLE", outcome).and(Err(
+                    } if t.0 == tag => Some(s.tagged(status, "IDLE", outcome).and(Err(
                         ImapError::Protocol {
                             command: "IDLE".into(),
                             detail: "the server ended IDLE before it began".into(),
@@ -987,7 +1320,7 @@ impl Session {
                     Response::Data {
                         status: Status::Bye,
                         outcome,
-                    } => Some(Err(ImapError::Bye(bye_text(outcome)))),
+                    } => Some(Err(ImapError::Bye(s.bye_text(outcome)))),
                     _ => None,
                 })
                 .await?;
@@ -999,47 +1332,63 @@ impl Session {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         tokio::pin!(cancel);
+        // No deadline while idling: the wait is the point. A response that begins is
+        // read whole, within the usual limits.
+        self.wire.clear_deadline();
         let end = loop {
-            tokio::select! {
-                r = self.inner.read_response() => {
-                    let r = match r {
-                        Ok(Some(r)) => r,
-                        Ok(None) => return Err(ImapError::ConnectionLost("IDLE".into())),
-                        Err(e) => return Err(ImapError::Io(e)),
-                    };
-                    match r.parsed() {
-                        Response::Data { status: Status::Bye, outcome } => {
-                            return Err(ImapError::Bye(bye_text(outcome)));
-                        }
-                        Response::MailboxData(MailboxDatum::Exists(_))
-                        | Response::Expunge(_)
-                        | Response::Vanished { .. }
-                        | Response::Fetch(..) => break IdleEnd::Changed,
-                        // RECENT, keep-alive OKs ("* OK Still here"): keep waiting.
-                        _ => {}
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => break IdleEnd::Timeout,
-                _ = &mut cancel => break IdleEnd::Cancelled,
+            enum Woke {
+                Data(Result<(), WireError>),
+                Timeout,
+                Cancelled,
+            }
+            let woke = tokio::select! {
+                r = self.wire.wait_for_data() => Woke::Data(r),
+                _ = tokio::time::sleep_until(deadline) => Woke::Timeout,
+                _ = &mut cancel => Woke::Cancelled,
+            };
+            match woke {
+                Woke::Timeout => break IdleEnd::Timeout,
+                Woke::Cancelled => break IdleEnd::Cancelled,
+                Woke::Data(r) => r.map_err(|e| wire_error(e, "IDLE"))?,
+            }
+            let step = self
+                .read_one("IDLE", |s, r| match r {
+                    Response::Data {
+                        status: Status::Bye,
+                        outcome,
+                    } => Some(Err(ImapError::Bye(s.bye_text(outcome)))),
+                    Response::MailboxData(MailboxDatum::Exists(_))
+                    | Response::Expunge(_)
+                    | Response::Vanished { .. }
+                    | Response::Fetch(..) => Some(Ok(())),
+                    // RECENT, keep-alive OKs ("* OK Still here"): keep waiting.
+                    _ => None,
+                })
+                .await?;
+            match step {
+                Some(Ok(())) => break IdleEnd::Changed,
+                Some(Err(e)) => return Err(e),
+                None => {}
             }
         };
         // End the IDLE: DONE, then the tagged reply (more untagged data may come first).
-        tokio::time::timeout(self.timeout, self.inner.run_command_untagged("DONE"))
+        self.wire.set_deadline(self.timeout);
+        self.wire
+            .send_untagged("DONE")
             .await
-            .map_err(|_| self.timeout_err("DONE"))?
-            .map_err(|e| map_async_imap(e, "DONE"))?;
+            .map_err(|e| wire_error(e, "DONE"))?;
         loop {
             let step = self
-                .read_one("IDLE", |r| match r {
+                .read_one("IDLE", |s, r| match r {
                     Response::Done {
                         tag: t,
                         status,
                         outcome,
-                    } if *t == tag => Some(tagged(status, "IDLE", outcome).map(|()| end)),
+                    } if t.0 == tag => Some(s.tagged(status, "IDLE", outcome).map(|()| end)),
                     Response::Data {
                         status: Status::Bye,
                         outcome,
-                    } => Some(Err(ImapError::Bye(bye_text(outcome)))),
+                    } => Some(Err(ImapError::Bye(s.bye_text(outcome)))),
                     _ => None,
                 })
                 .await?;
@@ -1049,19 +1398,25 @@ impl Session {
         }
     }
 
-    /// One response, within the command timeout, handed to `f` (async-imap does not
-    /// export the owning type, so it cannot be returned).
+    /// One whole response, handed to `f` with the session (for its scrubber).
     async fn read_one<T>(
         &mut self,
         command: &str,
-        f: impl FnOnce(&Response<'_>) -> T,
+        f: impl FnOnce(&Session, &Response<'_>) -> T,
     ) -> Result<T, ImapError> {
-        match tokio::time::timeout(self.timeout, self.inner.read_response()).await {
-            Err(_) => Err(self.timeout_err(command)),
-            Ok(Err(e)) => Err(ImapError::Io(e)),
-            Ok(Ok(None)) => Err(ImapError::ConnectionLost(command.to_owned())),
-            Ok(Ok(Some(r))) => Ok(f(r.parsed())),
-        }
+        let frame = self
+            .wire
+            .read_frame()
+            .await
+            .map_err(|e| wire_error(e, command))?;
+        let (mut bytes, _) = frame.split();
+        let response = readable(&mut bytes)
+            .and_then(|()| parsed(&bytes))
+            .map_err(|detail| ImapError::Protocol {
+                command: command.to_owned(),
+                detail: self.scrub.clean(&detail),
+            })?;
+        Ok(f(self, &response))
     }
 
     pub async fn noop(&mut self) -> Result<(), ImapError> {
@@ -1074,7 +1429,7 @@ impl Session {
     }
 
     pub fn qresync_enabled(&self) -> bool {
-        self.qresync_enabled
+        self.qresync_enabled && !modseq_refused(&self.host)
     }
 }
 
@@ -1092,22 +1447,52 @@ fn size_of(attrs: &[AttributeValue<'_>]) -> Option<(u32, u64)> {
     Some((uid?, size?))
 }
 
-/// UID and flags from a FETCH response. A FETCH without UID is an unsolicited flag
-/// update from another session; the next listing covers it.
-fn entry_of(attrs: &[AttributeValue<'_>]) -> Option<RemoteEntry> {
+/// UID and flags from a FETCH response of a flags listing. A FETCH without UID is
+/// an unsolicited flag update from another session (the next listing covers it), and
+/// one with a size but no flags answers the sizes asked for beside the listing. A
+/// message listed without its flags is an error: taken as absent, it would be removed.
+fn listed(attrs: &[AttributeValue<'_>]) -> Result<Option<RemoteEntry>, ImapError> {
     let mut uid = None;
     let mut flags = None;
+    let mut sized = false;
     for a in attrs {
         match a {
-            AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::Uid(u) => uid = Some(valid_uid(*u)?),
             AttributeValue::Flags(f) => flags = Some(parse_flags(f)),
+            AttributeValue::Rfc822Size(_) => sized = true,
             _ => {}
         }
     }
-    Some(RemoteEntry {
-        uid: uid?,
-        flags: flags?,
-    })
+    match (uid, flags) {
+        (Some(uid), Some(flags)) => Ok(Some(RemoteEntry { uid, flags })),
+        (Some(uid), None) if !sized => Err(ImapError::Protocol {
+            command: "UID FETCH".into(),
+            detail: format!("the server listed UID {uid} without its flags"),
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// A UID as the server sent it; 0 is not one (RFC 3501 2.3.1.1).
+fn valid_uid(uid: u32) -> Result<u32, ImapError> {
+    if uid == 0 {
+        return Err(ImapError::Protocol {
+            command: "UID FETCH".into(),
+            detail: "the server sent UID 0, which RFC 3501 forbids".into(),
+        });
+    }
+    Ok(uid)
+}
+
+/// A UIDVALIDITY as the server sent it; 0 is not one (RFC 3501 2.3.1.1).
+fn valid_uidvalidity(v: u32) -> Result<u32, ImapError> {
+    if v == 0 {
+        return Err(ImapError::Protocol {
+            command: "SELECT".into(),
+            detail: "the server sent UIDVALIDITY 0, which RFC 3501 forbids; the folder cannot be synced safely".into(),
+        });
+    }
+    Ok(v)
 }
 
 fn parse_flags(flags: &[std::borrow::Cow<'_, str>]) -> Flags {
@@ -1118,31 +1503,6 @@ fn parse_flags(flags: &[std::borrow::Cow<'_, str>]) -> Flags {
         }
     }
     out
-}
-
-/// A tagged reply as a result: OK, or the NO/BAD naming the command.
-fn tagged(
-    status: &Status,
-    command: &str,
-    outcome: &imap_proto::Outcome<'_>,
-) -> Result<(), ImapError> {
-    let text = || outcome_text(outcome.code.as_ref(), outcome.information.as_deref());
-    match status {
-        Status::Ok => Ok(()),
-        Status::No => Err(ImapError::No {
-            command: command.to_owned(),
-            text: text(),
-        }),
-        _ => Err(ImapError::Bad {
-            command: command.to_owned(),
-            text: text(),
-        }),
-    }
-}
-
-/// What a server said with its BYE.
-fn bye_text(outcome: &imap_proto::Outcome<'_>) -> String {
-    outcome.information.as_deref().unwrap_or("").to_owned()
 }
 
 fn outcome_text(code: Option<&ResponseCode<'_>>, information: Option<&str>) -> String {
@@ -1156,21 +1516,25 @@ fn outcome_text(code: Option<&ResponseCode<'_>>, information: Option<&str>) -> S
 }
 
 fn no_mailbox(error: ImapError, folder: &str) -> ImapError {
-    match &error {
+    if says_no_mailbox(&error) {
+        ImapError::NoMailbox(folder.to_owned())
+    } else {
+        error
+    }
+}
+
+/// Whether a NO says the folder does not exist.
+fn says_no_mailbox(error: &ImapError) -> bool {
+    match error {
         ImapError::No { text, .. } => {
             let t = text.to_ascii_lowercase();
-            if t.contains("nonexistent")
+            t.contains("nonexistent")
                 || t.contains("doesn't exist")
                 || t.contains("does not exist")
                 || t.contains("not found")
                 || t.contains("unknown mailbox")
-            {
-                ImapError::NoMailbox(folder.to_owned())
-            } else {
-                error
-            }
         }
-        _ => error,
+        _ => false,
     }
 }
 
@@ -1197,16 +1561,104 @@ fn loggable(command: &str) -> String {
     }
 }
 
-fn map_async_imap(error: async_imap::error::Error, command: &str) -> ImapError {
-    use async_imap::error::Error;
+/// A read or write failure as the error a caller sees.
+pub(super) fn wire_error(error: WireError, command: &str) -> ImapError {
+    let command = command.to_owned();
     match error {
-        Error::Io(e) => ImapError::Io(e),
-        Error::ConnectionLost => ImapError::ConnectionLost(command.to_owned()),
-        other => ImapError::Protocol {
-            command: command.to_owned(),
-            detail: other.to_string(),
+        WireError::Io(e) => ImapError::Io(e),
+        WireError::Closed { partial: false } => ImapError::ConnectionLost(command),
+        WireError::Closed { partial: true } => {
+            ImapError::ConnectionLost(format!("{command}, in the middle of a response"))
+        }
+        WireError::Idle(after) => ImapError::Timeout { command, after },
+        WireError::Deadline(after) => ImapError::Stalled { command, after },
+        WireError::LineTooLong(limit) => ImapError::Protocol {
+            command,
+            detail: format!(
+                "a response line longer than {} KiB; the server is broken or hostile",
+                limit / 1024
+            ),
+        },
+        WireError::LiteralTooLarge(size) => ImapError::Protocol {
+            command,
+            detail: format!(
+                "the server announced {size} bytes of data, more than the {} MiB accepted",
+                wire::MAX_LITERAL >> 20
+            ),
         },
     }
+}
+
+/// Makes a whole response readable, or says why it is not. A FETCH whose flag list
+/// holds keywords imap-proto refuses (with `%`, `*`, `"` or non-UTF-8 bytes, which
+/// some servers let users create) is repaired in place, those keywords' odd bytes
+/// replaced: keywords are not synced, and the UID and system flags are what matters.
+/// Anything else unreadable is an error with a short excerpt, never an absence.
+pub(super) fn readable(bytes: &mut [u8]) -> Result<(), String> {
+    // Repaired first: imap-proto may read such a FETCH as one without FLAGS.
+    repair_flags(bytes);
+    if matches!(Response::parse(bytes), Ok((rest, _)) if rest.is_empty()) {
+        Ok(())
+    } else {
+        Err(format!("unreadable response: {}", wire::excerpt(bytes)))
+    }
+}
+
+/// A response [`readable`] accepted.
+pub(super) fn parsed(bytes: &[u8]) -> Result<Response<'_>, String> {
+    match Response::parse(bytes) {
+        Ok((_, response)) => Ok(response),
+        Err(_) => Err(format!("unreadable response: {}", wire::excerpt(bytes))),
+    }
+}
+
+/// In every `FLAGS (…)` list outside literals, replaces the bytes a flag may not hold
+/// by `_`, in place (same length, so large literals' places stay where they were).
+/// Returns whether anything changed.
+fn repair_flags(bytes: &mut [u8]) -> bool {
+    let mut changed = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip a literal's bytes: `{n}\r\n` then n bytes.
+        if bytes[i] == b'\n'
+            && let Some(Ok(n)) = wire::literal_at_end(&bytes[..=i])
+        {
+            i = i.saturating_add(1).saturating_add(n as usize);
+            continue;
+        }
+        if !bytes[i..]
+            .get(..7)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"FLAGS ("))
+        {
+            i += 1;
+            continue;
+        }
+        let start = i + 7;
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b')' || b == b'\r' || b == b'\n')
+            .map_or(bytes.len(), |p| start + p);
+        let mut token_start = start;
+        for j in start..=end {
+            if j < end && bytes[j] != b' ' {
+                continue;
+            }
+            let token = &mut bytes[token_start..j];
+            if token != b"\\*" {
+                for (k, b) in token.iter_mut().enumerate() {
+                    let allowed = (k == 0 && *b == b'\\')
+                        || (b.is_ascii_graphic() && !b"(){%*\"\\".contains(b));
+                    if !allowed {
+                        *b = b'_';
+                        changed = true;
+                    }
+                }
+            }
+            token_start = j + 1;
+        }
+        i = end;
+    }
+    changed
 }
 
 #[cfg(test)]
@@ -1259,11 +1711,11 @@ mod tests {
     }
 
     async fn session(stream: tokio::io::DuplexStream) -> Session {
-        let boxed: BoxStream = Box::new(stream);
-        let mut client = async_imap::Client::new(boxed);
-        client.read_response().await.unwrap().unwrap();
-        let inner = client.login("u", "p").await.map_err(|(e, _)| e).unwrap();
-        Session::new(inner, "fake".into(), Duration::from_secs(5))
+        let mut wire = Wire::new(Box::new(stream), Duration::from_secs(5));
+        wire.read_frame().await.unwrap(); // the greeting
+        let mut s = Session::new(wire, "fake".into(), Duration::from_secs(5));
+        s.exec("LOGIN \"u\" \"p\"", |_| Ok(())).await.unwrap();
+        s
     }
 
     fn answer(command: &str) -> Vec<String> {
@@ -1343,8 +1795,8 @@ mod tests {
             2,
             |step| {
                 match step {
-                    Step::Data(_, Response::Fetch(_, attrs)) => {
-                        uids.extend(entry_of(attrs).map(|e| e.uid));
+                    Step::Data(_, Response::Fetch(_, attrs), _) => {
+                        uids.extend(listed(attrs).unwrap().map(|e| e.uid));
                     }
                     Step::Done(i) => done.push(i),
                     _ => {}
@@ -1360,5 +1812,291 @@ mod tests {
         drop(s);
         let seen = seen.await.unwrap();
         assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+
+    /// A server that greets and answers each command with what `script` returns for
+    /// it (raw bytes, `{tag}` replaced), then keeps the connection open.
+    fn scripted(
+        host: &str,
+        caps: &[&str],
+        script: impl Fn(&str) -> Vec<u8> + Send + 'static,
+    ) -> impl std::future::Future<Output = Session> {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let (r, mut w) = tokio::io::split(theirs);
+            let mut lines = BufReader::new(r).lines();
+            if w.write_all(b"* OK ready\r\n").await.is_err() {
+                return;
+            }
+            while let Ok(Some(line)) = lines.next_line().await {
+                let (tag, command) = line.split_once(' ').unwrap_or((&line, ""));
+                let answer = script(command);
+                let mut out = Vec::with_capacity(answer.len());
+                let mut rest = &answer[..];
+                while let Some(at) = rest.windows(5).position(|w| w == b"{tag}") {
+                    out.extend_from_slice(&rest[..at]);
+                    out.extend_from_slice(tag.as_bytes());
+                    rest = &rest[at + 5..];
+                }
+                out.extend_from_slice(rest);
+                if w.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let host = host.to_owned();
+        let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+        async move {
+            let mut wire = Wire::new(Box::new(ours), Duration::from_secs(5));
+            wire.read_frame().await.unwrap();
+            let mut s = Session::new(wire, host, Duration::from_secs(5));
+            s.capabilities = Capabilities::from_names(caps.iter().map(String::as_str));
+            s
+        }
+    }
+
+    /// SELECT's answer for a folder of `exists` messages at UIDVALIDITY `uidvalidity`.
+    fn selected(exists: u32, uidvalidity: u32) -> Vec<u8> {
+        format!(
+            "* {exists} EXISTS\r\n* OK [UIDVALIDITY {uidvalidity}] ok\r\n* OK [UIDNEXT 100] ok\r\n{{tag}} OK [READ-WRITE] done\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_keyword_the_parser_refuses_does_not_hide_the_message() {
+        let mut s = scripted("odd-keywords.test", &["IMAP4rev1"], |c| {
+            if c.starts_with("SELECT") {
+                selected(3, 5)
+            } else if c.starts_with("UID FETCH 1:* (UID FLAGS)") {
+                let mut a = b"* 1 FETCH (UID 1 FLAGS (\\Seen foo%bar*))\r\n".to_vec();
+                a.extend_from_slice(b"* 2 FETCH (UID 2 FLAGS ($La\"bel \\Flagged))\r\n");
+                a.extend_from_slice(b"* 3 FETCH (UID 3 FLAGS (caf\xff\xfe \\Answered))\r\n");
+                a.extend_from_slice(b"{tag} OK done\r\n");
+                a
+            } else {
+                b"{tag} OK done\r\n".to_vec()
+            }
+        })
+        .await;
+        s.select("INBOX").await.unwrap();
+        let entries = s.fetch_flags(None).await.unwrap();
+        let got: Vec<(u32, Flags)> = entries.iter().map(|e| (e.uid, e.flags)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Flags::from_imap("\\Seen").unwrap()),
+                (2, Flags::from_imap("\\Flagged").unwrap()),
+                (3, Flags::from_imap("\\Answered").unwrap()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_cannot_be_read_fails_and_never_drops_a_message() {
+        for broken in [
+            &b"* 1 FETCH (UID 1 FLAGS (\\Seen a)b))\r\n"[..], // unrepairable
+            b"* 1 FETCH (UID 1)\r\n",                         // no flags
+            b"* 1 FETCH (UID 0 FLAGS (\\Seen))\r\n",          // UID 0
+        ] {
+            let broken = broken.to_vec();
+            let mut s = scripted("broken-listing.test", &["IMAP4rev1"], move |c| {
+                if c.starts_with("SELECT") {
+                    selected(2, 5)
+                } else if c.starts_with("UID FETCH") {
+                    let mut a = b"* 2 FETCH (UID 2 FLAGS ())\r\n".to_vec();
+                    a.extend_from_slice(&broken);
+                    a.extend_from_slice(b"{tag} OK done\r\n");
+                    a
+                } else {
+                    b"{tag} OK done\r\n".to_vec()
+                }
+            })
+            .await;
+            s.select("INBOX").await.unwrap();
+            let result = s.fetch_flags(None).await;
+            assert!(
+                matches!(&result, Err(ImapError::Protocol { .. })),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn uidvalidity_zero_is_a_protocol_error() {
+        let mut s = scripted("zero.test", &["IMAP4rev1"], |c| {
+            if c.starts_with("SELECT") {
+                selected(2, 0)
+            } else {
+                b"{tag} OK done\r\n".to_vec()
+            }
+        })
+        .await;
+        let e = s.select("INBOX").await.unwrap_err();
+        assert!(e.to_string().contains("UIDVALIDITY 0"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn vanished_ranges_are_kept_as_ranges() {
+        let mut s = scripted(
+            "vanished.test",
+            &["IMAP4rev1", "CONDSTORE", "QRESYNC", "ENABLE"],
+            |c| {
+                if c.starts_with("SELECT") {
+                    // One 4.6 KB line naming nearly every UID there is, many times over.
+                    let mut a = b"* VANISHED (EARLIER) 1:4294967295".to_vec();
+                    for i in 0..400u32 {
+                        a.extend_from_slice(format!(",{}:4294967295", i * 7 + 2).as_bytes());
+                    }
+                    a.extend_from_slice(b"\r\n");
+                    a.extend_from_slice(&selected(2, 5));
+                    a
+                } else {
+                    b"{tag} OK done\r\n".to_vec()
+                }
+            },
+        )
+        .await;
+        s.qresync_enabled = true;
+        let changes = s.select_since("INBOX", Some((5, 10))).await.unwrap();
+        assert_eq!(changes.vanished.len(), 401);
+        let gone = crate::sync::plan::known_within(&changes.vanished, [3, 9, 4_000_000_000]);
+        assert_eq!(gone, vec![3, 9, 4_000_000_000]);
+    }
+
+    #[tokio::test]
+    async fn an_endless_listing_is_cut_at_what_select_announced() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let (r, mut w) = tokio::io::split(theirs);
+            let mut lines = BufReader::new(r).lines();
+            w.write_all(b"* OK ready\r\n").await.unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let tag = line.split(' ').next().unwrap_or("").to_owned();
+                if line.contains("SELECT") {
+                    let a = String::from_utf8(selected(2, 5))
+                        .unwrap()
+                        .replace("{tag}", &tag);
+                    w.write_all(a.as_bytes()).await.unwrap();
+                } else {
+                    let mut uid = 1u64;
+                    loop {
+                        let l = format!("* 1 FETCH (UID {uid} FLAGS ())\r\n");
+                        if w.write_all(l.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        uid += 1;
+                    }
+                }
+            }
+        });
+        let mut wire = Wire::new(Box::new(ours), Duration::from_secs(5));
+        wire.read_frame().await.unwrap();
+        let mut s = Session::new(wire, "endless.test".into(), Duration::from_secs(5));
+        s.select("INBOX").await.unwrap();
+        let e = s.fetch_flags(None).await.unwrap_err();
+        assert!(
+            e.to_string().contains("more than 1002 FETCH responses"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn endless_untagged_data_ends_at_the_deadline() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let (_r, mut w) = tokio::io::split(theirs);
+            w.write_all(b"* OK ready\r\n").await.unwrap();
+            while w.write_all(b"* OK still here\r\n").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let mut wire = Wire::new(Box::new(ours), Duration::from_millis(300));
+        wire.read_frame().await.unwrap();
+        let mut s = Session::new(wire, "chatty.test".into(), Duration::from_millis(300));
+        let e = s.noop().await.unwrap_err();
+        assert!(matches!(e, ImapError::Stalled { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn refused_changedsince_falls_back_to_every_message() {
+        let mut s = scripted("refuses-changedsince.test", &["IMAP4rev1", "CONDSTORE"], |c| {
+            if c.starts_with("SELECT") {
+                selected(2, 5)
+            } else if c.contains("CHANGEDSINCE") {
+                b"{tag} BAD CHANGEDSINCE not supported\r\n".to_vec()
+            } else if c.starts_with("UID FETCH 1:* (UID FLAGS)") {
+                b"* 1 FETCH (UID 1 FLAGS ())\r\n* 2 FETCH (UID 2 FLAGS (\\Seen))\r\n{tag} OK done\r\n"
+                    .to_vec()
+            } else {
+                b"{tag} OK done\r\n".to_vec()
+            }
+        })
+        .await;
+        s.select("INBOX").await.unwrap();
+        let entries = s.fetch_flags(Some(12)).await.unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(!s.has_condstore(), "remembered for this host");
+    }
+
+    #[tokio::test]
+    async fn refused_qresync_select_selects_without() {
+        let mut s = scripted(
+            "refuses-qresync.test",
+            &["IMAP4rev1", "CONDSTORE", "QRESYNC"],
+            |c| {
+                if c.starts_with("SELECT") && c.contains("QRESYNC") {
+                    b"{tag} BAD unknown parameter\r\n".to_vec()
+                } else if c.starts_with("SELECT") {
+                    selected(1, 5)
+                } else if c.starts_with("UID FETCH 1:* (UID FLAGS)") {
+                    b"* 1 FETCH (UID 1 FLAGS ())\r\n{tag} OK done\r\n".to_vec()
+                } else {
+                    b"{tag} BAD no\r\n".to_vec()
+                }
+            },
+        )
+        .await;
+        s.qresync_enabled = true;
+        let changes = s.select_since("INBOX", Some((5, 10))).await.unwrap();
+        assert_eq!(changes.selected.uidvalidity, 5);
+        assert!(!s.qresync_enabled() && !s.has_condstore());
+        let (since, entries) = changes.flags.expect("a full listing came with it");
+        assert_eq!((since, entries.len()), (None, 1));
+    }
+
+    #[tokio::test]
+    async fn a_credential_echoed_by_the_server_is_not_repeated() {
+        let token = "ya29.a0AfH6SMBx-very-secret-access-token";
+        let echoed = format!("{{tag}} BAD invalid token {token}\r\n").into_bytes();
+        let alert = format!("* OK [ALERT] your token {token} expired\r\n");
+        let mut s = scripted("echo.test", &["IMAP4rev1"], move |c| {
+            if c.starts_with("NOOP") {
+                let mut a = alert.clone().into_bytes();
+                a.extend_from_slice(&echoed);
+                a
+            } else {
+                b"{tag} OK done\r\n".to_vec()
+            }
+        })
+        .await;
+        s.set_scrubber(Scrubber::new(vec![Secret::new(token)]));
+        let e = s.noop().await.unwrap_err().to_string();
+        assert!(!e.contains("very-secret"), "{e}");
+        assert!(e.contains("[REDACTED]"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_ten_megabyte_line_fails_the_command() {
+        let mut s = scripted("long-line.test", &["IMAP4rev1"], |c| {
+            if c.starts_with("NOOP") {
+                vec![b'x'; 10 << 20]
+            } else {
+                b"{tag} OK done\r\n".to_vec()
+            }
+        })
+        .await;
+        let e = s.noop().await.unwrap_err().to_string();
+        assert!(e.contains("longer than 1024 KiB"), "{e}");
     }
 }

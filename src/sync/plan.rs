@@ -28,6 +28,37 @@ pub struct Listing {
     pub vanished: Vec<u32>,
 }
 
+/// The UIDs of `known` that fall in any of `ranges` (what a server reported expunged,
+/// in whatever order and overlap), sorted. Costs the size of `ranges` and `known`,
+/// whatever the ranges span.
+pub fn known_within(
+    ranges: &[std::ops::RangeInclusive<u32>],
+    known: impl IntoIterator<Item = u32>,
+) -> Vec<u32> {
+    let mut merged: Vec<(u32, u32)> = ranges
+        .iter()
+        .map(|r| (*r.start().min(r.end()), *r.start().max(r.end())))
+        .collect();
+    merged.sort_unstable();
+    let mut disjoint: Vec<(u32, u32)> = Vec::with_capacity(merged.len());
+    for (start, end) in merged {
+        match disjoint.last_mut() {
+            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+            _ => disjoint.push((start, end)),
+        }
+    }
+    let mut out: Vec<u32> = known
+        .into_iter()
+        .filter(|&uid| {
+            let i = disjoint.partition_point(|&(start, _)| start <= uid);
+            i > 0 && uid <= disjoint[i - 1].1
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Compares one folder's listing with its records. Records from another UIDVALIDITY
 /// all count as vanished (the pairing step recovers them); their UIDs mean nothing now.
 pub fn diff_folder(records: &[Known], uidvalidity: u32, listing: &Listing) -> FolderDiff {
