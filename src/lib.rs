@@ -9,6 +9,7 @@
 //! - [`maildir`]: atomic delivery, flag ↔ file-name mapping.
 //! - [`state`]: SQLite schema, migrations and the account lock.
 //! - [`sync`]: the pure model and planner, and the executor that applies plans.
+//! - [`retry`]: how each failure is retried, decided where the error is made.
 //! - [`commands`]: one file per subcommand; `main.rs` only dispatches.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod imap;
 pub mod maildir;
+pub mod retry;
 pub mod secret;
 pub mod state;
 pub mod sync;

@@ -132,6 +132,18 @@ impl AuthError {
         matches!(self, AuthError::Transient { .. })
     }
 
+    /// How this failure is retried (see [`crate::retry`]).
+    pub fn retry(&self) -> crate::retry::Retry {
+        use crate::retry::Retry;
+        if self.needs_connect() {
+            Retry::SignIn
+        } else if self.is_transient() {
+            Retry::Later(None)
+        } else {
+            Retry::Never
+        }
+    }
+
     /// Only `mailsync connect` can fix this: retrying would not.
     pub fn needs_connect(&self) -> bool {
         match self {

@@ -92,7 +92,13 @@ async fn list_account(
         source,
     };
     let mut tokens = TokenSource::new(account, &config.daemon.state_dir)?;
-    let mut session = login(account, config.daemon.command_timeout, &mut tokens).await?;
+    let mut session = login(
+        account,
+        config.daemon.command_timeout,
+        &mut tokens,
+        crate::sync::login::TRANSIENT_ATTEMPTS,
+    )
+    .await?;
     let folders = session.list().await.map_err(imap_err)?;
 
     // Which folder each mapping resolves to.

@@ -9,11 +9,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::backoff::{Backoff, throttle_hint};
+use super::backoff::Backoff;
 use crate::auth::TokenSource;
 use crate::config::roles::{self, RemoteSpec, Role};
 use crate::config::{Account, Config, Mapping};
 use crate::imap::{IdleEnd, Session};
+use crate::retry::Retry;
 use crate::state::{AccountLock, RunState, State};
 use crate::sync::execute::{FolderReport, Progress, SyncError, SyncOptions, sync_account_with};
 use crate::sync::login::login;
@@ -178,6 +179,8 @@ impl Task {
             stop: self.stop.flag.clone(),
             lock: false,
             connection: Mutex::new(lent),
+            // The backoff below retries the pass: a login inside it tries once.
+            login_attempts: 1,
         };
         if self.tokens.is_none() {
             match TokenSource::new(&self.account, &self.config.daemon.state_dir) {
@@ -220,8 +223,8 @@ impl Task {
     /// Records a failure and decides the wait before the next attempt.
     fn failed(&mut self, e: &SyncError) -> Duration {
         let text = e.to_string();
-        let needs_connect = matches!(e, SyncError::Auth(a) if a.needs_connect());
-        if needs_connect {
+        let retry = e.retry();
+        if retry == Retry::SignIn {
             tracing::error!("{text}");
             self.set(RunState::NeedsConnect, Some(&text));
             // Nothing but `mailsync connect` helps: look again now and then, without
@@ -230,8 +233,8 @@ impl Task {
         }
         // Exchange's "Suggested Backoff Time" is a floor; the backoff still advances.
         let next = self.backoff.next().unwrap_or(Duration::from_secs(300));
-        let delay = throttle_hint(&text).map_or(next, |hint| hint.max(next));
-        if e.is_transient() {
+        let delay = retry.delay(next);
+        if retry.is_transient() {
             tracing::warn!("{text}; retrying in {}s", delay.as_secs());
         } else {
             tracing::error!("{text}; retrying in {}s", delay.as_secs());
@@ -268,7 +271,7 @@ impl Task {
         let Some(tokens) = self.tokens.as_mut() else {
             return Err(Duration::from_secs(1));
         };
-        let mut session = match login(&self.account, timeout, tokens).await {
+        let mut session = match login(&self.account, timeout, tokens, 1).await {
             Ok(s) => s,
             Err(e) => return Err(self.failed(&e)),
         };

@@ -1,8 +1,10 @@
-//! IMAP errors, with what a user needs to act on them. Whether an error is retried is
-//! decided in one place, [`ImapError::is_transient`].
+//! IMAP errors, with what a user needs to act on them. How an error is retried is
+//! decided in one place, [`ImapError::retry`].
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::retry::{Retry, throttle_hint};
 
 /// Why an AUTHENTICATE failed, as far as the server said.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,31 +90,128 @@ impl ImapError {
         }
     }
 
-    /// Worth retrying later on a new connection (after backoff), as opposed to an error
-    /// a user must fix.
-    pub fn is_transient(&self) -> bool {
+    /// How this failure is retried (see [`crate::retry`]). A throttling server's
+    /// hint is read from its own text (NO, BYE or the login's refusal).
+    pub fn retry(&self) -> Retry {
         match self {
-            ImapError::Connect { .. }
-            | ImapError::Unavailable(_)
-            | ImapError::Timeout { .. }
+            ImapError::Timeout { .. }
             | ImapError::Stalled { .. }
-            | ImapError::Bye(_)
             | ImapError::ConnectionLost(_)
-            | ImapError::Io(_) => true,
+            | ImapError::Io(_) => Retry::Reconnect,
+            ImapError::Bye(text) => match throttle_hint(text) {
+                Some(hint) => Retry::Later(Some(hint)),
+                None => Retry::Reconnect,
+            },
+            ImapError::Connect { .. } | ImapError::Protocol { .. } => Retry::Later(None),
+            ImapError::Unavailable(text) => Retry::Later(throttle_hint(text)),
             ImapError::No { text, .. } => {
                 let t = text.to_ascii_uppercase();
-                t.contains("[UNAVAILABLE]")
+                let busy = t.contains("[UNAVAILABLE]")
                     || t.contains("[INUSE]")
                     || t.contains("[LIMIT]")
                     || t.contains("THROTTLED")
-                    || t.contains("SERVER UNAVAILABLE")
+                    || t.contains("SERVER UNAVAILABLE");
+                match throttle_hint(text) {
+                    Some(hint) => Retry::Later(Some(hint)),
+                    None if busy => Retry::Later(None),
+                    None => Retry::Never,
+                }
             }
-            _ => false,
+            ImapError::Bad { text, .. } => match throttle_hint(text) {
+                Some(hint) => Retry::Later(Some(hint)),
+                None => Retry::Never,
+            },
+            ImapError::AuthFailed(_) => Retry::NewToken,
+            ImapError::Tls { .. }
+            | ImapError::CaFile { .. }
+            | ImapError::NoStartTls { .. }
+            | ImapError::NoOAuthMechanism { .. }
+            | ImapError::PlainNotLoopback { .. }
+            | ImapError::NoMailbox(_) => Retry::Never,
         }
+    }
+
+    /// Worth retrying later, as opposed to an error a user must fix.
+    pub fn is_transient(&self) -> bool {
+        self.retry().is_transient()
     }
 
     /// The session is unusable after this error: open a new connection.
     pub fn is_fatal_to_session(&self) -> bool {
         !matches!(self, ImapError::No { .. } | ImapError::NoMailbox(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_says_how_it_is_retried() {
+        let no = |text: &str| ImapError::No {
+            command: "SELECT".into(),
+            text: text.into(),
+        };
+        let throttled = no("Request is throttled. Suggested Backoff Time: 299910 milliseconds");
+        assert_eq!(
+            throttled.retry(),
+            Retry::Later(Some(Duration::from_millis(299_910)))
+        );
+        assert_eq!(
+            ImapError::Bye("Connection closed. Suggested Backoff Time: 1500".into()).retry(),
+            Retry::Later(Some(Duration::from_millis(1500)))
+        );
+        assert_eq!(no("[UNAVAILABLE] try later").retry(), Retry::Later(None));
+        assert_eq!(no("[NONEXISTENT] no such folder").retry(), Retry::Never);
+        assert_eq!(
+            ImapError::Bye("shutting down".into()).retry(),
+            Retry::Reconnect
+        );
+        assert_eq!(
+            ImapError::ConnectionLost("UID FETCH".into()).retry(),
+            Retry::Reconnect
+        );
+        assert_eq!(
+            ImapError::Stalled {
+                command: "NOOP".into(),
+                after: Duration::from_secs(1)
+            }
+            .retry(),
+            Retry::Reconnect
+        );
+        assert_eq!(
+            ImapError::Protocol {
+                command: "greeting".into(),
+                detail: "not IMAP".into()
+            }
+            .retry(),
+            Retry::Later(None)
+        );
+        assert_eq!(
+            ImapError::AuthFailed(AuthFailure {
+                mechanism: "XOAUTH2",
+                server_text: "[AUTHENTICATIONFAILED]".into(),
+                challenge: None
+            })
+            .retry(),
+            Retry::NewToken
+        );
+        assert_eq!(
+            ImapError::PlainNotLoopback {
+                host: "mail.localhost".into(),
+                addr: "10.0.0.1".parse().unwrap()
+            }
+            .retry(),
+            Retry::Never
+        );
+        // The delay: at least the server's hint, at least the backoff.
+        assert_eq!(
+            throttled.retry().delay(Duration::from_secs(2)),
+            Duration::from_millis(299_910)
+        );
+        assert_eq!(
+            Retry::Later(Some(Duration::from_secs(1))).delay(Duration::from_secs(8)),
+            Duration::from_secs(8)
+        );
     }
 }

@@ -20,6 +20,7 @@ use crate::auth::TokenSource;
 use crate::config::{Account, Config};
 use crate::imap::{self, BodyStep, ImapError, Session};
 use crate::maildir::Maildir;
+use crate::retry::Retry;
 use crate::state::{Headers, State, unix_now};
 
 use super::execute::{FolderReport, SyncError, SyncOptions, check_stop, folder_failure};
@@ -416,7 +417,8 @@ async fn download_part(
                 // rather than after the retries' backoff.
                 let alone = ctx.queue().running <= 1;
                 let timeout = ctx.config.daemon.command_timeout;
-                match login_shared(ctx.account, timeout, &ctx.tokens, alone).await {
+                let attempts = if alone { ctx.options.login_attempts } else { 1 };
+                match login_shared(ctx.account, timeout, &ctx.tokens, attempts).await {
                     Ok(s) => session.insert(s),
                     Err(e) => return Err(PartError::NoLogin(pending, e)),
                 }
@@ -431,7 +433,9 @@ async fn download_part(
                 if e.is_fatal_to_session() {
                     *session = None;
                 }
-                if !(e.is_transient() && reconnects < MAX_RECONNECTS) {
+                // Only a dropped or stalled connection is worth a new one now; a
+                // busy or throttling server is the next pass's (or the daemon's).
+                if !(e.retry() == Retry::Reconnect && reconnects < MAX_RECONNECTS) {
                     return Err(PartError::Folder(e));
                 }
                 reconnects += 1;

@@ -28,6 +28,7 @@ use crate::config::roles::{self, RemoteFolder};
 use crate::config::{Account, Config, Mapping};
 use crate::imap::{self, ImapError, Session};
 use crate::maildir::Maildir;
+use crate::retry::Retry;
 use crate::state::{AccountLock, FolderRow, LockError, Relocation, State, StateError};
 
 use super::download;
@@ -68,15 +69,20 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// How this failure is retried (see [`crate::retry`]).
+    pub fn retry(&self) -> Retry {
+        match self {
+            SyncError::Imap { source, .. } => source.retry(),
+            SyncError::Auth(a) => a.retry(),
+            SyncError::Login { diagnosis, .. } if diagnosis.transient => Retry::Later(None),
+            SyncError::Lock(LockError::Busy { .. }) => Retry::Later(None),
+            _ => Retry::Never,
+        }
+    }
+
     /// Worth retrying after backoff (the daemon's concern), rather than needing a fix.
     pub fn is_transient(&self) -> bool {
-        match self {
-            SyncError::Imap { source, .. } => source.is_transient(),
-            SyncError::Auth(a) => a.is_transient(),
-            SyncError::Login { diagnosis, .. } => diagnosis.transient,
-            SyncError::Lock(LockError::Busy { .. }) => true,
-            _ => false,
-        }
+        self.retry().is_transient()
     }
 }
 
@@ -102,6 +108,9 @@ pub struct SyncOptions {
     /// A logged-in session the pass uses instead of logging in, and gets back at the
     /// end if it still works (the daemon's IDLE connection, with `max_connections = 1`).
     pub connection: std::sync::Mutex<Option<Session>>,
+    /// Logins try this often while the failure is transient: 1 in the daemon, whose
+    /// backoff retries the pass (see [`crate::retry`]).
+    pub login_attempts: u32,
 }
 
 impl Default for SyncOptions {
@@ -112,6 +121,7 @@ impl Default for SyncOptions {
             stop: Arc::new(AtomicBool::new(false)),
             lock: true,
             connection: std::sync::Mutex::new(None),
+            login_attempts: super::login::TRANSIENT_ATTEMPTS,
         }
     }
 }
@@ -189,7 +199,7 @@ pub async fn sync_account_with(
     let give_back = lent.is_some();
     let mut session = match lent {
         Some(s) => s,
-        None => login(account, timeout, tokens).await?,
+        None => login(account, timeout, tokens, options.login_attempts).await?,
     };
 
     let imap_err = |source| SyncError::Imap {

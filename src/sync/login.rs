@@ -11,16 +11,26 @@ use crate::imap::{self, ImapError, Session};
 
 use super::execute::SyncError;
 
-/// Attempts for a transient failure, and the first delay (doubled each time).
-const TRANSIENT_ATTEMPTS: u32 = 3;
+/// Attempts for a transient failure where nothing else retries (a `sync` from a
+/// terminal or a timer), and the first delay (doubled each time). The daemon retries
+/// whole passes with its own backoff, so its logins try once: retries do not nest.
+pub const TRANSIENT_ATTEMPTS: u32 = 3;
 const FIRST_DELAY: Duration = Duration::from_secs(1);
 
+/// Logs in, trying up to `attempts` times while the failure is transient.
 pub async fn login(
     account: &Account,
     command_timeout: Duration,
     tokens: &mut TokenSource,
+    attempts: u32,
 ) -> Result<Session, SyncError> {
-    login_shared(account, command_timeout, &SharedTokens::new(tokens), true).await
+    login_shared(
+        account,
+        command_timeout,
+        &SharedTokens::new(tokens),
+        attempts,
+    )
+    .await
 }
 
 /// A token source several connections log in with at once: it is locked to get or
@@ -28,27 +38,23 @@ pub async fn login(
 /// CAPABILITY), so the connections of a pass open side by side.
 pub type SharedTokens<'a> = tokio::sync::Mutex<&'a mut TokenSource>;
 
-/// [`login`] with a shared token source. Without `retry_transient`, one attempt (a
-/// refused token is still replaced once): for an extra connection, which is better
-/// done without than waited for.
+/// [`login`] with a shared token source. One attempt (a refused token is still
+/// replaced once) for an extra connection, which is better done without than waited
+/// for.
 pub async fn login_shared(
     account: &Account,
     command_timeout: Duration,
     tokens: &SharedTokens<'_>,
-    retry_transient: bool,
+    attempts: u32,
 ) -> Result<Session, SyncError> {
-    let attempts = if retry_transient {
-        TRANSIENT_ATTEMPTS
-    } else {
-        1
-    };
     let mut delay = FIRST_DELAY;
     let mut attempt = 1;
     loop {
         match login_once(account, command_timeout, tokens).await {
-            Err(e) if e.is_transient() && attempt < attempts => {
-                tracing::warn!(account = %account.name, "{e}; retrying in {}s", delay.as_secs());
-                tokio::time::sleep(delay).await;
+            Err(e) if e.retry().is_transient() && attempt < attempts => {
+                let wait = e.retry().delay(delay);
+                tracing::warn!(account = %account.name, "{e}; retrying in {}s", wait.as_secs());
+                tokio::time::sleep(wait).await;
                 delay *= 2;
                 attempt += 1;
             }
