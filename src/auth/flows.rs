@@ -8,43 +8,30 @@ use std::time::Duration;
 
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
-    BasicTokenType,
 };
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
     DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, PkceCodeChallenge,
     RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse,
-    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+    StandardRevocableToken, TokenResponse, TokenUrl,
 };
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::AuthError;
+use super::reply::{self, DEFAULT_TOKEN_LIFETIME, TokenReply};
 use crate::config::{Account, Flow};
 use crate::secret::Secret;
 
 /// How long a person has to finish signing in (browser flow).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest the device flow waits, whatever the code's announced lifetime
+/// (Microsoft's and Google's last 15 and 30 minutes).
+const MAX_DEVICE_WAIT: Duration = Duration::from_secs(3600);
+/// The longest pause between two polls of the device flow.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Microsoft and Google return an OpenID `id_token` beside the access token; it names
-/// who signed in. It is not a credential for IMAP, but it is personal data: never
-/// printed.
-#[derive(Clone, Default, Deserialize, Serialize)]
-pub struct IdTokenField {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id_token: Option<String>,
-}
-
-impl fmt::Debug for IdTokenField {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("IdTokenField(/* REDACTED */)")
-    }
-}
-
-impl oauth2::ExtraTokenFields for IdTokenField {}
-
-type OAuthTokenResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
+type OAuthTokenResponse = TokenReply;
 
 type OAuthClient = oauth2::Client<
     BasicErrorResponse,
@@ -63,12 +50,27 @@ type OAuthClient = oauth2::Client<
 #[derive(Debug)]
 pub struct Grant {
     pub access_token: Secret,
+    /// At most [`reply::MAX_TOKEN_LIFETIME`].
     pub expires_in: Duration,
     /// Present for delegated flows; Microsoft rotates it on every refresh.
     pub refresh_token: Option<Secret>,
     pub scopes: Vec<String>,
     /// Who signed in, from the id_token (`preferred_username` / `email`).
     pub identity: Option<String>,
+}
+
+impl Grant {
+    /// When the access token expires, in unix seconds.
+    pub fn expires_at(&self) -> i64 {
+        let secs = i64::try_from(self.expires_in.as_secs()).unwrap_or(i64::MAX);
+        crate::state::unix_now().saturating_add(secs)
+    }
+
+    /// When the access token expires, on this process's clock; `None` if that is
+    /// beyond what the clock can hold.
+    pub fn expires(&self) -> Option<std::time::Instant> {
+        std::time::Instant::now().checked_add(self.expires_in)
+    }
 }
 
 /// The HTTP client for the identity provider. Redirects are never followed: a token
@@ -166,13 +168,13 @@ fn scopes(account: &Account) -> Vec<Scope> {
 fn grant_from(account: &Account, r: &OAuthTokenResponse) -> Grant {
     Grant {
         access_token: Secret::new(r.access_token().secret().clone()),
-        expires_in: r.expires_in().unwrap_or(Duration::from_secs(3600)),
+        expires_in: r.expires_in().unwrap_or(DEFAULT_TOKEN_LIFETIME),
         refresh_token: r.refresh_token().map(|t| Secret::new(t.secret().clone())),
         scopes: r
             .scopes()
             .map(|s| s.iter().map(|s| s.to_string()).collect())
             .unwrap_or_else(|| account.oauth.scopes.clone()),
-        identity: r.extra_fields().id_token.as_deref().and_then(identity_of),
+        identity: r.id_token().and_then(identity_of),
     }
 }
 
@@ -217,7 +219,7 @@ pub async fn client_credentials(
         .add_scopes(scopes(account))
         .request_async(http)
         .await
-        .map_err(|e| classify(account, e))?;
+        .map_err(|e| classify(account, TOKEN_ENDPOINT, &[secret.expose()], e))?;
     Ok(grant_from(account, &r))
 }
 
@@ -235,7 +237,7 @@ pub async fn refresh(
         .add_scopes(scopes(account))
         .request_async(http)
         .await
-        .map_err(|e| classify(account, e))?;
+        .map_err(|e| classify(account, TOKEN_ENDPOINT, &[refresh_token.expose()], e))?;
     Ok(grant_from(account, &r))
 }
 
@@ -260,7 +262,7 @@ pub async fn device(
     let details: StandardDeviceAuthorizationResponse = request
         .request_async(http)
         .await
-        .map_err(|e| classify(account, e))?;
+        .map_err(|e| classify(account, DEVICE_ENDPOINT, &[], e))?;
     let _ = writeln!(
         out,
         "To sign in as {}, open {} and enter the code {}",
@@ -271,12 +273,20 @@ pub async fn device(
     let _ = writeln!(
         out,
         "(waiting up to {} minutes; Ctrl-C to give up)",
-        details.expires_in().as_secs().div_ceil(60)
+        details
+            .expires_in()
+            .min(MAX_DEVICE_WAIT)
+            .as_secs()
+            .div_ceil(60)
     );
     let _ = out.flush();
+    // The endpoint's numbers are bounded: a code valid for ever, or an interval of
+    // years, would leave `connect` waiting for ever.
+    let waiting = details.expires_in().min(MAX_DEVICE_WAIT);
+    let poll = |interval: Duration| tokio::time::sleep(interval.min(MAX_POLL_INTERVAL));
     let r = c
         .exchange_device_access_token(&details)
-        .request_async(http, tokio::time::sleep, Some(details.expires_in()))
+        .request_async(http, poll, Some(waiting))
         .await
         .map_err(|e| classify_device(account, e))?;
     Ok(grant_from(account, &r))
@@ -337,16 +347,18 @@ pub async fn browser(
         })?
         .map_err(|e| match e {
             Redirect::Io(e) => io(e),
-            Redirect::Error { error, description } => {
-                AuthError::rejected(account, &error, &description)
-            }
+            Redirect::Error { error, description } => AuthError::rejected(
+                account,
+                error_code(&error),
+                &reply::server_text(&description, &[]),
+            ),
         })?;
     let r = c
-        .exchange_code(AuthorizationCode::new(code))
+        .exchange_code(AuthorizationCode::new(code.clone()))
         .set_pkce_verifier(verifier)
         .request_async(http)
         .await
-        .map_err(|e| classify(account, e))?;
+        .map_err(|e| classify(account, TOKEN_ENDPOINT, &[&code], e))?;
     Ok(grant_from(account, &r))
 }
 
@@ -446,17 +458,38 @@ fn launch_browser(url: &str) {
         .spawn();
 }
 
+/// Which endpoint answered, for messages.
+const TOKEN_ENDPOINT: &str = "the token endpoint";
+const DEVICE_ENDPOINT: &str = "the device authorization endpoint";
+
+/// An `error` code from the identity provider as shown: the RFC 6749 form (letters,
+/// digits, `_`), else a stand-in, since anything else is no code.
+fn error_code(code: &str) -> &str {
+    let plain = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain { code } else { "invalid_error_code" }
+}
+
+/// `sent`: the credentials the request carried, kept out of the server text shown.
 fn classify<RE: std::error::Error + 'static>(
     account: &Account,
+    endpoint: &str,
+    sent: &[&str],
     error: RequestTokenError<RE, BasicErrorResponse>,
 ) -> AuthError {
     match error {
         RequestTokenError::ServerResponse(r) => AuthError::rejected(
             account,
-            r.error().as_ref(),
-            r.error_description().map(String::as_str).unwrap_or(""),
+            error_code(r.error().as_ref()),
+            &reply::server_text(
+                r.error_description().map(String::as_str).unwrap_or(""),
+                sent,
+            ),
         ),
-        other => transport(account, other),
+        other => transport(account, endpoint, other),
     }
 }
 
@@ -466,8 +499,9 @@ fn classify_device<RE: std::error::Error + 'static>(
 ) -> AuthError {
     match error {
         RequestTokenError::ServerResponse(r) => {
-            let code = r.error().as_ref().to_owned();
-            let description = r.error_description().cloned().unwrap_or_default();
+            let code = error_code(r.error().as_ref()).to_owned();
+            let description =
+                reply::server_text(r.error_description().map_or("", String::as_str), &[]);
             match code.as_str() {
                 "authorization_declined" | "access_denied" => AuthError::Declined {
                     account: account.name.clone(),
@@ -480,27 +514,44 @@ fn classify_device<RE: std::error::Error + 'static>(
                 _ => AuthError::rejected(account, &code, &description),
             }
         }
-        other => transport(account, other),
+        other => transport(account, TOKEN_ENDPOINT, other),
     }
 }
 
+/// A failure other than an OAuth error reply. The reply's text is never quoted: a
+/// reply that cannot be read is described by [`reply::unreadable`].
 fn transport<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'static>(
     account: &Account,
+    endpoint: &str,
     error: RequestTokenError<RE, T>,
 ) -> AuthError {
-    let detail = match error {
-        RequestTokenError::Request(e) => error_chain(&e),
-        RequestTokenError::Parse(e, body) => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            // A non-JSON answer is usually an HTTP 5xx page from a proxy or the IdP.
-            format!("unreadable answer ({e}): {text}")
-        }
-        RequestTokenError::Other(e) => e,
-        RequestTokenError::ServerResponse(r) => format!("{r:?}"),
-    };
-    AuthError::Transient {
+    let transient = |detail: String| AuthError::Transient {
         account: account.name.clone(),
         detail,
+    };
+    match error {
+        RequestTokenError::Request(e) => transient(error_chain(&e)),
+        RequestTokenError::Parse(e, body) => {
+            let why = reply::unreadable(endpoint, &e.path().to_string(), &body);
+            if why.json {
+                AuthError::BadReply {
+                    account: account.name.clone(),
+                    detail: why.detail,
+                }
+            } else {
+                // Usually an error page from a proxy or the provider: it may pass.
+                transient(why.detail)
+            }
+        }
+        // The oauth2 crate's own words; the one quoting the reply's Content-Type is
+        // put in ours.
+        RequestTokenError::Other(e) if e.contains("Content-Type") => transient(format!(
+            "{endpoint}'s reply is not JSON (its Content-Type is not application/json)"
+        )),
+        RequestTokenError::Other(e) => transient(format!("{endpoint}: {e}")),
+        RequestTokenError::ServerResponse(_) => {
+            transient(format!("{endpoint} answered with an error"))
+        }
     }
 }
 
@@ -549,9 +600,11 @@ mod tests {
 
     #[test]
     fn id_token_is_never_debug_printed() {
-        let f = IdTokenField {
-            id_token: Some("eyJ.secret.x".into()),
-        };
-        assert!(!format!("{f:?}").contains("secret"));
+        let r: TokenReply = serde_json::from_str(
+            r#"{"access_token":"AT","token_type":"Bearer","id_token":"eyJ.secret.x"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id_token(), Some("eyJ.secret.x"));
+        assert!(!format!("{r:?}").contains("secret"));
     }
 }

@@ -110,7 +110,21 @@ async fn client_credentials_errors_and_introspection() {
     )
     .await;
     assert_eq!((s, v["error_codes"][0].as_u64()), (400, Some(53003)));
-    assert_eq!(idp.token_calls(), 6);
+    let raw = r#"{"access_token":"x","expires_in":"3599"}"#;
+    idp.fail_next_token_calls(
+        1,
+        TokenFailure::Raw {
+            status: 200,
+            body: raw.into(),
+        },
+    );
+    let (s, v) = post(
+        &url,
+        &form("right", "https://outlook.office365.com/.default"),
+    )
+    .await;
+    assert_eq!((s, v), (200, serde_json::from_str::<Value>(raw).unwrap()));
+    assert_eq!(idp.token_calls(), 7);
     assert!(idp.issued_secrets().contains(&token));
 }
 

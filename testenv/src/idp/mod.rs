@@ -30,6 +30,15 @@ pub enum TokenFailure {
     /// 7000112, 70008, 700082, 50173, 70043, 50076, 50079, 53003, 50057, …), with its
     /// usual `error` string and HTTP status; see [`OAuthError::aadsts`].
     Aadsts(u32),
+    /// This reply as it is, whatever it says: HTTP `status` with `body` as
+    /// `application/json` (e.g. `expires_in` as a string, or 2^64-1), for hostile and
+    /// broken identity providers.
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// The reply's bytes.
+        body: String,
+    },
     /// Anything else.
     Custom {
         /// HTTP status.
