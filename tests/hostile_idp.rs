@@ -1,10 +1,15 @@
 //! A broken or hostile identity provider, played by the test IdP answering raw token
 //! replies: what the real binary does with `expires_in` as a string, 2^64-1 and
-//! 10^12, and with an unreadable reply. Each ends with exit 0, 1 or 2, one
+//! 10^12, with an unreadable reply, with a `*.localhost` token URL resolving off this
+//! machine, and with a proxy in the environment. Each ends with exit 0, 1 or 2, one
 //! line naming the cause, no panic, and no token or client secret in the output (at
 //! trace level too), in `status` or in the state directory.
 
+use std::io::Read as _;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mailsync_testenv::TokenFailure;
@@ -200,4 +205,176 @@ async fn status_reads_an_out_of_range_expiry_already_stored() {
 fn forget_access_token(state_dir: &Path) {
     let db = rusqlite::Connection::open(state_dir.join("state.sqlite")).unwrap();
     db.execute("DELETE FROM access_tokens", []).unwrap();
+}
+
+/// A TCP listener that keeps what it is sent, standing for a machine that must not
+/// receive anything.
+struct Sink {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<u8>>>,
+    connections: Arc<Mutex<usize>>,
+}
+
+impl Sink {
+    fn start(ip: IpAddr) -> Sink {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(0));
+        let (r, c) = (received.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                *c.lock().unwrap() += 1;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    r.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            }
+        });
+        Sink {
+            addr,
+            received,
+            connections,
+        }
+    }
+
+    fn assert_untouched(&self) {
+        let received = String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned();
+        assert!(
+            !received.contains(CLIENT_SECRET),
+            "the client secret went to {} in clear",
+            self.addr
+        );
+        assert_eq!(
+            *self.connections.lock().unwrap(),
+            0,
+            "a connection was made to {}",
+            self.addr
+        );
+    }
+}
+
+/// An address of this machine that is not a loopback address, if it has one.
+fn non_loopback_address() -> Option<IpAddr> {
+    ["203.0.113.1:9", "198.51.100.1:9", "10.255.255.1:9"]
+        .iter()
+        .find_map(|target| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+            s.connect(target).ok()?;
+            let ip = s.local_addr().ok()?.ip();
+            (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+        })
+}
+
+/// `mailsync ARGS` with `env`'s config in a private mount namespace whose /etc/hosts
+/// is the system's plus `extra`; `None` if namespaces are unavailable and we are not
+/// root (in CI, as root, they must work).
+fn run_with_hosts(env: &Env, extra: &str, args: &[&str]) -> Option<Run> {
+    let hosts = env.dir.path().join("hosts");
+    let system = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    std::fs::write(&hosts, format!("{system}\n{extra}\n")).unwrap();
+    let inner = env.command(args);
+    let mut c = Command::new("unshare");
+    c.args([
+        "-m",
+        "--",
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+    ])
+    .arg(&hosts)
+    .arg(inner.get_program())
+    .args(inner.get_args())
+    .env_remove("RUST_LOG")
+    .env_remove("MAILSYNC_CONFIG")
+    .env_remove("CREDENTIALS_DIRECTORY")
+    .stdin(std::process::Stdio::null());
+    let probe = Command::new("unshare")
+        .args(["-m", "--", "true"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !probe {
+        let root = std::fs::read_to_string("/proc/self/status")
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false);
+        assert!(!root, "running as root, but `unshare -m` fails");
+        eprintln!("SKIPPED: no private mount namespace (`unshare -m`) without root");
+        return None;
+    }
+    Some(Run::from(c.output().unwrap()))
+}
+
+/// `http://idp.localhost` is allowed because the name says "this machine"; when it
+/// resolves elsewhere, nothing is sent there, and the error says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_localhost_name_resolving_elsewhere_gets_nothing() {
+    let Some(elsewhere) = non_loopback_address() else {
+        eprintln!("SKIPPED: this machine has no non-loopback address to resolve to");
+        return;
+    };
+    let env = Env::start(Profile::Full).await;
+    let sink = Sink::start(elsewhere);
+    let idp_port = env.idp.addr().port();
+    let hosts = format!("{elsewhere} idp.localhost\n127.0.0.1 good.localhost");
+    let with_token_url = |url: String| {
+        let text = env
+            .config_text("")
+            .replace(&env.idp.token_url("contoso"), &url);
+        std::fs::write(env.config_path(), text).unwrap();
+    };
+
+    // The control: a `localhost` name pointing at this machine works in the namespace.
+    with_token_url(format!(
+        "http://good.localhost:{idp_port}/contoso/oauth2/v2.0/token"
+    ));
+    let Some(good) = run_with_hosts(&env, &hosts, &["sync"]) else {
+        return;
+    };
+    assert_eq!(good.code, 0, "{good}");
+
+    with_token_url(format!(
+        "http://idp.localhost:{}/contoso/oauth2/v2.0/token",
+        sink.addr.port()
+    ));
+    let bad = run_with_hosts(&env, &hosts, &["sync"]).unwrap();
+    assert_eq!(bad.code, 2, "{bad}");
+    let lines = said(&bad);
+    assert_eq!(lines.len(), 1, "{bad}");
+    assert!(
+        lines[0].contains(&format!("idp.localhost resolves to {elsewhere}")),
+        "{bad}"
+    );
+    sink.assert_untouched();
+    assert_no_secret(&env, &bad.to_string(), &[CLIENT_SECRET]);
+}
+
+/// Plain http to the identity provider on this machine never goes through a proxy
+/// from the environment: the proxy would get the client secret in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_never_goes_through_a_proxy() {
+    let env = Env::start(Profile::Full).await;
+    let proxy = Sink::start(IpAddr::from([127, 0, 0, 1]));
+    let mut cmd = env.command(&["sync"]);
+    let url = format!("http://{}", proxy.addr);
+    cmd.env("HTTP_PROXY", &url)
+        .env("http_proxy", &url)
+        .env("ALL_PROXY", &url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let run = Run::from(
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{run}");
+    proxy.assert_untouched();
 }

@@ -73,60 +73,7 @@ impl Grant {
     }
 }
 
-/// The HTTP client for the identity provider. Redirects are never followed: a token
-/// endpoint that redirects is misconfigured, and following could send a secret
-/// elsewhere (the oauth2 crate's advice).
-/// The HTTP client for an account's identity provider, one per CA set and process:
-/// it shares the IMAP side's TLS configuration (system CAs plus the account's
-/// `ca_file`), whose construction is the expensive part.
-pub fn http_client_for(account: &Account) -> Result<reqwest::Client, AuthError> {
-    http_client_with(&account.name, account.imap.ca_file.as_deref())
-}
-
-/// The HTTP client trusting the system's CAs only (e.g. for Google's revocation).
-pub fn http_client(account: &str) -> Result<reqwest::Client, AuthError> {
-    http_client_with(account, None)
-}
-
-fn http_client_with(
-    account: &str,
-    ca_file: Option<&std::path::Path>,
-) -> Result<reqwest::Client, AuthError> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static CLIENTS: OnceLock<Mutex<HashMap<Option<std::path::PathBuf>, reqwest::Client>>> =
-        OnceLock::new();
-    let key = ca_file.map(std::path::Path::to_path_buf);
-    let clients = CLIENTS.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Ok(c) = clients.lock()
-        && let Some(client) = c.get(&key)
-    {
-        return Ok(client.clone());
-    }
-    let transient = |detail: String| AuthError::Transient {
-        account: account.to_owned(),
-        detail,
-    };
-    // A ca_file that cannot be read or parsed is the config's fault: retrying will
-    // not help, so it is no transient failure.
-    let tls = crate::imap::tls_connector(key.as_deref()).map_err(|e| match e {
-        crate::imap::ImapError::CaFile { .. } => AuthError::Io {
-            account: account.to_owned(),
-            detail: e.to_string(),
-        },
-        e => transient(e.to_string()),
-    })?;
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| transient(e.to_string()))?;
-    if let Ok(mut c) = clients.lock() {
-        c.insert(key, client.clone());
-    }
-    Ok(client)
-}
+pub use super::http::{http_client, http_client_for};
 
 fn client(account: &Account, redirect: Option<RedirectUrl>) -> Result<OAuthClient, AuthError> {
     let endpoint = |url: &str, e: &dyn fmt::Display| AuthError::Endpoint {
@@ -530,7 +477,18 @@ fn transport<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'static
         detail,
     };
     match error {
-        RequestTokenError::Request(e) => transient(error_chain(&e)),
+        RequestTokenError::Request(e) => match super::http::refused_address(&e) {
+            Some(refused) => AuthError::Endpoint {
+                account: account.name.clone(),
+                url: if endpoint == DEVICE_ENDPOINT {
+                    account.oauth.device_url.clone().unwrap_or_default()
+                } else {
+                    account.oauth.token_url.clone()
+                },
+                detail: refused.to_string(),
+            },
+            None => transient(error_chain(&e)),
+        },
         RequestTokenError::Parse(e, body) => {
             let why = reply::unreadable(endpoint, &e.path().to_string(), &body);
             if why.json {

@@ -7,6 +7,7 @@
 pub mod crypto;
 pub mod diagnose;
 pub mod flows;
+pub mod http;
 pub mod reply;
 
 use std::path::{Path, PathBuf};
