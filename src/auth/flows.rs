@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 use super::AuthError;
 use super::reply::{self, DEFAULT_TOKEN_LIFETIME, TokenReply};
-use crate::config::{Account, Flow};
+use crate::config::{Account, Flow, Provider};
 use crate::secret::Secret;
 
 /// How long a person has to finish signing in (browser flow).
@@ -110,6 +110,30 @@ fn scopes(account: &Account) -> Vec<Scope> {
         .cloned()
         .map(Scope::new)
         .collect()
+}
+
+/// The scopes a person signs in with: the account's, and what makes the provider name
+/// who signed in (an OpenID Connect `id_token` with `preferred_username` or `email`),
+/// which [`check_identity`] reads. Only the sign-in asks for them: refreshes ask for
+/// the account's scopes as before, so a grant from before these were added goes on
+/// refreshing as it did, and the access token's binding to the account's scopes (see
+/// `TokenSource::issued_for`) does not change. A custom provider gets none: a plain
+/// OAuth 2.0 server may refuse scopes it does not know (add `openid` to `scopes` to
+/// have the check there too).
+pub fn sign_in_scopes(account: &Account) -> Vec<Scope> {
+    let identity: &[&str] = match account.provider {
+        // Microsoft puts `preferred_username` in the id_token with `profile`.
+        Provider::Microsoft { .. } => &["openid", "profile"],
+        Provider::Google => &["openid", "email"],
+        Provider::Custom => &[],
+    };
+    let mut all = scopes(account);
+    for s in identity {
+        if !account.oauth.scopes.iter().any(|have| have == s) {
+            all.push(Scope::new((*s).to_owned()));
+        }
+    }
+    all
 }
 
 fn grant_from(account: &Account, r: &OAuthTokenResponse) -> Grant {
@@ -204,7 +228,7 @@ pub async fn device(
             url: "device_url".into(),
             detail: format!("{e} (set device_url for this provider)"),
         })?
-        .add_scopes(scopes(account))
+        .add_scopes(sign_in_scopes(account))
         .add_extra_param("login_hint", account.email.clone());
     let details: StandardDeviceAuthorizationResponse = request
         .request_async(http)
@@ -269,7 +293,7 @@ pub async fn browser(
             url: "authorize_url".into(),
             detail: format!("{e} (set authorize_url for this provider)"),
         })?
-        .add_scopes(scopes(account))
+        .add_scopes(sign_in_scopes(account))
         .set_pkce_challenge(challenge)
         .add_extra_param("login_hint", account.email.clone())
         .url();

@@ -113,15 +113,20 @@ fn user_tokens(
 ) -> Value {
     let (access, expires_in) = issue_access(store, client_id, Some(email), scope);
     let refresh = issue_refresh(store, client_id, email, scope);
-    json!({
+    let mut reply = json!({
         "token_type": "Bearer",
         "scope": scope,
         "expires_in": expires_in,
         "ext_expires_in": expires_in,
         "access_token": access,
         "refresh_token": refresh,
-        "id_token": jwt::id_token(base_url, tenant, client_id, email),
-    })
+    });
+    // Like Microsoft: an id_token only for OpenID Connect.
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if scopes.contains(&"openid") {
+        reply["id_token"] = json!(jwt::id_token(base_url, tenant, client_id, email, &scopes));
+    }
+    reply
 }
 
 /// What the token endpoint answers instead of tokens.

@@ -3,6 +3,9 @@
 //! with PKCE, device code), device code, authorize, and RFC 7662 introspection for
 //! Dovecot's `oauth2` passdb; plus a test-only control API on [`Idp`].
 //!
+//! Like Microsoft's, it issues an `id_token` only when the scope has `openid`, with
+//! `name` and `preferred_username` only for `profile` and `email` only for `email`.
+//!
 //! The server runs on its own thread with its own Tokio runtime, so it keeps answering
 //! Dovecot even while a test blocks its own runtime (e.g. waiting on a child process).
 
