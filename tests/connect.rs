@@ -386,6 +386,67 @@ async fn default_scopes_name_who_signed_in() {
     env.assert_in_sync().await;
 }
 
+/// The browser flow's loopback listener: it holds the port on both loopback
+/// addresses (`localhost` may be either, so no other local user can listen on the
+/// other one), and a connection that sends nothing, or trickles, does not hold off
+/// the real redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_redirect_is_served_beside_a_silent_connection() {
+    let (env, _) = fresh(Profile::Full).await;
+    let outcome = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = outcome.clone();
+    let (code, out, err) = run_connect(&env, "browser", move |line| {
+        let url = line.trim().to_owned();
+        if !(url.starts_with("http://127.0.0.1") && url.contains("/authorize?")) {
+            return;
+        }
+        let redirect = reqwest::Url::parse(&url)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "redirect_uri")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
+        let port = reqwest::Url::parse(&redirect).unwrap().port().unwrap();
+        match std::net::TcpListener::bind(("::1", port)) {
+            Ok(_) => seen
+                .lock()
+                .unwrap()
+                .push(format!("another user could listen on [::1]:{port}")),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => eprintln!("SKIPPED the [::1] check: no IPv6 loopback here ({e})"),
+        }
+        // A client that connects and trickles a byte now and then, never finishing
+        // its request, for 25 s.
+        let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..25 {
+                let _ = std::io::Write::write_all(&mut silent, b"G");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap();
+            let r = http.get(&url).send().unwrap();
+            let location = r.headers()["location"].to_str().unwrap().to_owned();
+            assert!(location.starts_with(&redirect), "{location}");
+            if let Err(e) = http.get(&location).send().and_then(|r| r.text()) {
+                seen.lock().unwrap().push(format!(
+                    "the redirect was not served beside a silent connection: {e}"
+                ));
+            }
+        });
+    })
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let problems = outcome.lock().unwrap().clone();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
 /// Connects `work` with the device flow (approved at once) for the life-cycle tests.
 pub(crate) async fn connected(profile: Profile) -> Env {
     let (env, _) = fresh(profile).await;

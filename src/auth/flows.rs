@@ -264,8 +264,9 @@ pub async fn device(
 }
 
 /// The authorization code flow with PKCE (S256) and a loopback redirect: listens on
-/// 127.0.0.1, opens the browser when there is one (prints the URL either way), checks
-/// `state`, and answers the browser with a page saying it can be closed.
+/// one port of both loopback addresses, opens the browser when there is one (prints
+/// the URL either way), checks `state`, and answers the browser with a page saying it
+/// can be closed.
 pub async fn browser(
     account: &Account,
     http: &reqwest::Client,
@@ -276,8 +277,10 @@ pub async fn browser(
         account: account.name.clone(),
         detail: format!("loopback listener: {e}"),
     };
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
-    let port = listener.local_addr().map_err(io)?.port();
+    let (listeners, port) = loopback_listeners().await.map_err(io)?;
+    // `localhost`, as app registrations say (Microsoft's docs tell people to register
+    // `http://localhost`; an IP literal would not match it). The browser may resolve
+    // it to either loopback address, and both are ours.
     let redirect = format!("http://localhost:{port}/");
     let redirect_url = RedirectUrl::new(redirect.clone()).map_err(|e| AuthError::Endpoint {
         account: account.name.clone(),
@@ -307,23 +310,27 @@ pub async fn browser(
         launch_browser(url.as_str());
     }
 
-    let code = tokio::time::timeout(BROWSER_TIMEOUT, wait_for_redirect(&listener, csrf.secret()))
-        .await
-        .map_err(|_| AuthError::Declined {
-            account: account.name.clone(),
-            detail: format!(
-                "nobody finished signing in within {} minutes",
-                BROWSER_TIMEOUT.as_secs() / 60
-            ),
-        })?
-        .map_err(|e| match e {
-            Redirect::Io(e) => io(e),
-            Redirect::Error { error, description } => AuthError::rejected(
-                account,
-                error_code(&error),
-                &reply::server_text(&description, &[]),
-            ),
-        })?;
+    let code = tokio::time::timeout(
+        BROWSER_TIMEOUT,
+        wait_for_redirect(&listeners, csrf.secret()),
+    )
+    .await
+    .map_err(|_| AuthError::Declined {
+        account: account.name.clone(),
+        detail: format!(
+            "nobody finished signing in within {} minutes",
+            BROWSER_TIMEOUT.as_secs() / 60
+        ),
+    })?
+    .map_err(|e| match e {
+        Redirect::Io(e) => io(e),
+        Redirect::Error { error, description } => AuthError::rejected(
+            account,
+            error_code(&error),
+            &reply::server_text(&description, &[]),
+        ),
+    })?;
+    drop(listeners);
     let r = c
         .exchange_code(AuthorizationCode::new(code.clone()))
         .set_pkce_verifier(verifier)
@@ -333,77 +340,144 @@ pub async fn browser(
     Ok(grant_from(account, &r))
 }
 
+/// One port on 127.0.0.1 and, where this machine has it, on [::1]: the redirect URI
+/// names `localhost`, which a browser may resolve to either, so both must be ours, or
+/// another local user could listen on the other one and take the code. A port whose
+/// [::1] side is taken is given up for another.
+async fn loopback_listeners() -> std::io::Result<(Vec<TcpListener>, u16)> {
+    for _ in 0..16 {
+        let v4 = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = v4.local_addr()?.port();
+        match TcpListener::bind(("::1", port)).await {
+            Ok(v6) => return Ok((vec![v4, v6], port)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            // No IPv6 loopback here: nobody can listen there, and no browser connect.
+            Err(e) => {
+                tracing::debug!("no listener on [::1]:{port}: {e}");
+                return Ok((vec![v4], port));
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no port is free on both 127.0.0.1 and [::1]",
+    ))
+}
+
 enum Redirect {
     Io(std::io::Error),
     Error { error: String, description: String },
 }
 
+/// How long one connection to the loopback listener may take to send its request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog until one is done.
+const MAX_CONNECTIONS: usize = 32;
+
 /// Serves the loopback redirect until one carries our `state` with a code or an error.
-/// Other requests (favicon, a stale tab, a forged state) get a page and are ignored.
-async fn wait_for_redirect(listener: &TcpListener, state: &str) -> Result<String, Redirect> {
+/// Connections are served side by side, each within [`REQUEST_DEADLINE`], so one that
+/// sends nothing (a browser's speculative connection, another local program) does not
+/// hold off the real redirect. Other requests (favicon, a stale tab, a forged state)
+/// get a page and are ignored.
+async fn wait_for_redirect(listeners: &[TcpListener], state: &str) -> Result<String, Redirect> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let mut serving = tokio::task::JoinSet::new();
     loop {
-        let (mut stream, _) = listener.accept().await.map_err(Redirect::Io)?;
-        let mut buf = vec![0u8; 8192];
-        let mut len = 0;
-        // The request line and headers fit in 8 KiB; the body is irrelevant.
-        while len < buf.len() {
-            let n =
-                match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf[len..]))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => 0,
-                };
-            if n == 0 {
-                break;
+        while serving.try_join_next().is_some() {}
+        let accept = async {
+            if serving.len() >= MAX_CONNECTIONS {
+                // Wait for one to finish before taking another.
+                let _ = serving.join_next().await;
+                return None;
             }
-            len += n;
+            let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
+            Some(futures::future::select_all(accepts).await.0)
+        };
+        tokio::select! {
+            result = rx.recv() => {
+                if let Some(result) = result {
+                    return result;
+                }
+            }
+            accepted = accept => match accepted {
+                None => {}
+                Some(Ok((stream, _))) => {
+                    let (state, tx) = (state.to_owned(), tx.clone());
+                    serving.spawn(async move {
+                        if let Some(result) = serve_redirect(stream, &state).await {
+                            let _ = tx.send(result).await;
+                        }
+                    });
+                }
+                Some(Err(e)) => return Err(Redirect::Io(e)),
+            },
+        }
+    }
+}
+
+/// Reads one request (within [`REQUEST_DEADLINE`]) and answers it; what it carried, if
+/// it is the redirect with our `state`.
+async fn serve_redirect(
+    mut stream: tokio::net::TcpStream,
+    state: &str,
+) -> Option<Result<String, Redirect>> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    // The request line and headers fit in 8 KiB; the body is irrelevant.
+    let _ = tokio::time::timeout(REQUEST_DEADLINE, async {
+        while len < buf.len() {
+            match stream.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
             if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
                 break;
             }
         }
-        let request = String::from_utf8_lossy(&buf[..len]);
-        let target = request
-            .lines()
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("/");
-        let params = query_params(target);
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let (status, page, result) = if get("state").as_deref() != Some(state) {
-            (
-                "400 Bad Request",
-                "This is not the sign-in mailsync is waiting for. Start again from the link mailsync printed.",
-                None,
-            )
-        } else if let Some(code) = get("code") {
-            (
-                "200 OK",
-                "Signed in. mailsync has what it needs: you can close this tab.",
-                Some(Ok(code)),
-            )
-        } else {
-            let error = get("error").unwrap_or_else(|| "no_code".into());
-            let description = get("error_description").unwrap_or_default();
-            (
-                "400 Bad Request",
-                "Sign-in failed. mailsync shows why in the terminal; you can close this tab.",
-                Some(Err(Redirect::Error { error, description })),
-            )
-        };
-        let body = format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>mailsync</title></head><body><p>{page}</p></body></html>"
-        );
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+    })
+    .await;
+    let request = String::from_utf8_lossy(&buf[..len]);
+    let target = request
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/");
+    let params = query_params(target);
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (status, page, result) = if get("state").as_deref() != Some(state) {
+        (
+            "400 Bad Request",
+            "This is not the sign-in mailsync is waiting for. Start again from the link mailsync printed.",
+            None,
+        )
+    } else if let Some(code) = get("code") {
+        (
+            "200 OK",
+            "Signed in. mailsync has what it needs: you can close this tab.",
+            Some(Ok(code)),
+        )
+    } else {
+        let error = get("error").unwrap_or_else(|| "no_code".into());
+        let description = get("error_description").unwrap_or_default();
+        (
+            "400 Bad Request",
+            "Sign-in failed. mailsync shows why in the terminal; you can close this tab.",
+            Some(Err(Redirect::Error { error, description })),
+        )
+    };
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>mailsync</title></head><body><p>{page}</p></body></html>"
+    );
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REQUEST_DEADLINE, async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
-        if let Some(result) = result {
-            return result;
-        }
-    }
+    })
+    .await;
+    result
 }
 
 fn query_params(target: &str) -> Vec<(String, String)> {
