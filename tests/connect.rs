@@ -54,6 +54,12 @@ Inbox = "INBOX"   # only the inbox
 
 /// `connect work` arguments for this environment and `flow`.
 fn connect_args(env: &Env, flow: &str) -> Vec<String> {
+    connect_args_for(env, flow, "custom")
+}
+
+/// `connect work` arguments for `provider`: a Microsoft account (its endpoints pointed
+/// at the test environment) gets the provider's default scopes.
+fn connect_args_for(env: &Env, flow: &str, provider: &str) -> Vec<String> {
     let d = env.dir.path();
     let mut args: Vec<String> = [
         "connect",
@@ -61,7 +67,7 @@ fn connect_args(env: &Env, flow: &str) -> Vec<String> {
         "--email",
         USER,
         "--provider",
-        "custom",
+        provider,
         "--client-id",
         CLIENT_ID,
         "--flow",
@@ -91,14 +97,14 @@ fn connect_args(env: &Env, flow: &str) -> Vec<String> {
         args.push(d.join("work.secret").display().to_string());
         args.push("--scope".into());
         args.push("https://outlook.office365.com/.default".into());
-    } else {
+    } else if provider == "custom" {
         args.push("--scope".into());
         args.push("https://outlook.office.com/IMAP.AccessAsUser.All".into());
         args.push("--scope".into());
         args.push("offline_access".into());
-        if flow == "browser" {
-            args.push("--no-browser".into());
-        }
+    }
+    if flow == "browser" {
+        args.push("--no-browser".into());
     }
     args
 }
@@ -133,11 +139,18 @@ async fn fresh(profile: Profile) -> (Env, String) {
 
 /// Runs `connect` as a child; `drive` gets each stdout line and may act on it (enter a
 /// device code, follow a URL). Returns (exit code, stdout, stderr).
-async fn run_connect<F>(env: &Env, flow: &str, mut drive: F) -> (i32, String, String)
+async fn run_connect<F>(env: &Env, flow: &str, drive: F) -> (i32, String, String)
 where
     F: FnMut(&str) + Send + 'static,
 {
-    let args = connect_args(env, flow);
+    run_connect_with(env, connect_args(env, flow), drive).await
+}
+
+/// [`run_connect`] with these arguments.
+async fn run_connect_with<F>(env: &Env, args: Vec<String>, mut drive: F) -> (i32, String, String)
+where
+    F: FnMut(&str) + Send + 'static,
+{
     let mut cmd = env.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
     cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -261,29 +274,58 @@ async fn client_credentials_flow(profile: Profile) {
 }
 on_both_profiles!(client_credentials_flow);
 
-/// The browser signed in with another account: refused, naming who signed in.
+/// Plays the browser for the authorization URL in `line`, if it is one: follows the
+/// identity provider's redirect to mailsync's loopback listener.
+fn follow_authorize_url(line: &str) {
+    let url = line.trim().to_owned();
+    if url.starts_with("http://127.0.0.1") && url.contains("/authorize?") {
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap();
+            let r = http.get(&url).send().unwrap();
+            let location = r.headers()["location"].to_str().unwrap().to_owned();
+            let _ = http.get(&location).send();
+        });
+    }
+}
+
+/// Approves the device code in `line`, if it shows one, as `who`.
+fn approve_as(idp: &std::sync::Arc<mailsync_testenv::Idp>, line: &str, who: &str) {
+    if line.contains("enter the code") {
+        assert!(idp.approve_device_code(Some(line.rsplit(' ').next().unwrap()), who));
+    }
+}
+
+const MALLORY: &str = "mallory@example.com";
+
+/// Another account signs in, with a Microsoft account's default scopes: refused,
+/// naming who signed in (the id_token comes only with `openid`, which mailsync adds
+/// to the sign-in), in both flows that have a person sign in; nothing written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_account_is_refused() {
+async fn wrong_account_is_refused_with_the_default_scopes() {
     let (env, before) = fresh(Profile::Full).await;
-    env.idp.set_signed_in_user(Some("mallory@example.com"));
-    let (code, out, err) = run_connect(&env, "browser", |line| {
-        let url = line.trim().to_owned();
-        if url.starts_with("http://127.0.0.1") && url.contains("/authorize?") {
-            std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .unwrap();
-                let r = http.get(&url).send().unwrap();
-                let location = r.headers()["location"].to_str().unwrap().to_owned();
-                let _ = http.get(&location).send();
-            });
-        }
-    })
-    .await;
+    env.idp.set_signed_in_user(Some(MALLORY));
+    let browser = connect_args_for(&env, "browser", "microsoft");
+    let (code, out, err) = run_connect_with(&env, browser, follow_authorize_url).await;
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(
-        err.contains("mallory@example.com") && err.contains(USER),
+        err.contains(&format!(
+            "signed in as {MALLORY}, but the account is for {USER}"
+        )),
+        "{err}"
+    );
+
+    let idp = env.idp.clone();
+    let device = connect_args_for(&env, "device", "microsoft");
+    let (code, out, err) =
+        run_connect_with(&env, device, move |line| approve_as(&idp, line, MALLORY)).await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "signed in as {MALLORY}, but the account is for {USER}"
+        )),
         "{err}"
     );
     assert_eq!(
@@ -291,6 +333,118 @@ async fn wrong_account_is_refused() {
         before,
         "a refused connect wrote the config"
     );
+}
+
+/// A custom provider is asked for no scope it was not given, and with `openid` among
+/// its scopes it gets the same check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_account_is_refused_with_openid_in_custom_scopes() {
+    let (env, _) = fresh(Profile::Full).await;
+    env.idp.set_signed_in_user(Some(MALLORY));
+    let mut args = connect_args(&env, "browser");
+    args.extend(["--scope", "openid", "--scope", "email"].map(String::from));
+    let (code, out, err) = run_connect_with(&env, args, follow_authorize_url).await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains(&format!("signed in as {MALLORY}")), "{err}");
+    assert!(
+        out.contains("scope=https%3A%2F%2Foutlook.office.com%2FIMAP.AccessAsUser.All+offline_access+openid+email&"),
+        "{out}"
+    );
+}
+
+/// With a Microsoft account's default scopes the grant names who signed in, and the
+/// refreshes after it ask for the account's scopes as before (so the access tokens
+/// kept under those scopes, and grants made before, go on serving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_scopes_name_who_signed_in() {
+    let (env, _) = fresh(Profile::Full).await;
+    let idp = env.idp.clone();
+    let device = connect_args_for(&env, "device", "microsoft");
+    let (code, out, err) =
+        run_connect_with(&env, device, move |line| approve_as(&idp, line, USER)).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let status = env.run(&["status", "--json", "work"]).await;
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(v[0]["token"]["granted_to"], USER, "{status}");
+
+    let run = env.run(&["sync", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let requests = env.idp.token_requests();
+    let refresh = requests
+        .iter()
+        .rev()
+        .find(|r| r.contains(&("grant_type".into(), "refresh_token".into())))
+        .expect("no refresh");
+    let scope = refresh
+        .iter()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(
+        scope,
+        Some("https://outlook.office.com/IMAP.AccessAsUser.All offline_access")
+    );
+    env.assert_in_sync().await;
+}
+
+/// The browser flow's loopback listener: it holds the port on both loopback
+/// addresses (`localhost` may be either, so no other local user can listen on the
+/// other one), and a connection that sends nothing, or trickles, does not hold off
+/// the real redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_redirect_is_served_beside_a_silent_connection() {
+    let (env, _) = fresh(Profile::Full).await;
+    let outcome = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = outcome.clone();
+    let (code, out, err) = run_connect(&env, "browser", move |line| {
+        let url = line.trim().to_owned();
+        if !(url.starts_with("http://127.0.0.1") && url.contains("/authorize?")) {
+            return;
+        }
+        let redirect = reqwest::Url::parse(&url)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "redirect_uri")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
+        let port = reqwest::Url::parse(&redirect).unwrap().port().unwrap();
+        match std::net::TcpListener::bind(("::1", port)) {
+            Ok(_) => seen
+                .lock()
+                .unwrap()
+                .push(format!("another user could listen on [::1]:{port}")),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => eprintln!("SKIPPED the [::1] check: no IPv6 loopback here ({e})"),
+        }
+        // A client that connects and trickles a byte now and then, never finishing
+        // its request, for 25 s.
+        let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..25 {
+                let _ = std::io::Write::write_all(&mut silent, b"G");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap();
+            let r = http.get(&url).send().unwrap();
+            let location = r.headers()["location"].to_str().unwrap().to_owned();
+            assert!(location.starts_with(&redirect), "{location}");
+            if let Err(e) = http.get(&location).send().and_then(|r| r.text()) {
+                seen.lock().unwrap().push(format!(
+                    "the redirect was not served beside a silent connection: {e}"
+                ));
+            }
+        });
+    })
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let problems = outcome.lock().unwrap().clone();
+    assert!(problems.is_empty(), "{problems:?}");
 }
 
 /// Connects `work` with the device flow (approved at once) for the life-cycle tests.

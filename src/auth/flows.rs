@@ -8,43 +8,30 @@ use std::time::Duration;
 
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
-    BasicTokenType,
 };
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
     DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, PkceCodeChallenge,
     RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse,
-    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+    StandardRevocableToken, TokenResponse, TokenUrl,
 };
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::AuthError;
-use crate::config::{Account, Flow};
+use super::reply::{self, DEFAULT_TOKEN_LIFETIME, TokenReply};
+use crate::config::{Account, Flow, Provider};
 use crate::secret::Secret;
 
 /// How long a person has to finish signing in (browser flow).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest the device flow waits, whatever the code's announced lifetime
+/// (Microsoft's and Google's last 15 and 30 minutes).
+const MAX_DEVICE_WAIT: Duration = Duration::from_secs(3600);
+/// The longest pause between two polls of the device flow.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Microsoft and Google return an OpenID `id_token` beside the access token; it names
-/// who signed in. It is not a credential for IMAP, but it is personal data: never
-/// printed.
-#[derive(Clone, Default, Deserialize, Serialize)]
-pub struct IdTokenField {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id_token: Option<String>,
-}
-
-impl fmt::Debug for IdTokenField {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("IdTokenField(/* REDACTED */)")
-    }
-}
-
-impl oauth2::ExtraTokenFields for IdTokenField {}
-
-type OAuthTokenResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
+type OAuthTokenResponse = TokenReply;
 
 type OAuthClient = oauth2::Client<
     BasicErrorResponse,
@@ -63,6 +50,7 @@ type OAuthClient = oauth2::Client<
 #[derive(Debug)]
 pub struct Grant {
     pub access_token: Secret,
+    /// At most [`reply::MAX_TOKEN_LIFETIME`].
     pub expires_in: Duration,
     /// Present for delegated flows; Microsoft rotates it on every refresh.
     pub refresh_token: Option<Secret>,
@@ -71,60 +59,21 @@ pub struct Grant {
     pub identity: Option<String>,
 }
 
-/// The HTTP client for the identity provider. Redirects are never followed: a token
-/// endpoint that redirects is misconfigured, and following could send a secret
-/// elsewhere (the oauth2 crate's advice).
-/// The HTTP client for an account's identity provider, one per CA set and process:
-/// it shares the IMAP side's TLS configuration (system CAs plus the account's
-/// `ca_file`), whose construction is the expensive part.
-pub fn http_client_for(account: &Account) -> Result<reqwest::Client, AuthError> {
-    http_client_with(&account.name, account.imap.ca_file.as_deref())
+impl Grant {
+    /// When the access token expires, in unix seconds.
+    pub fn expires_at(&self) -> i64 {
+        let secs = i64::try_from(self.expires_in.as_secs()).unwrap_or(i64::MAX);
+        crate::state::unix_now().saturating_add(secs)
+    }
+
+    /// When the access token expires, on this process's clock; `None` if that is
+    /// beyond what the clock can hold.
+    pub fn expires(&self) -> Option<std::time::Instant> {
+        std::time::Instant::now().checked_add(self.expires_in)
+    }
 }
 
-/// The HTTP client trusting the system's CAs only (e.g. for Google's revocation).
-pub fn http_client(account: &str) -> Result<reqwest::Client, AuthError> {
-    http_client_with(account, None)
-}
-
-fn http_client_with(
-    account: &str,
-    ca_file: Option<&std::path::Path>,
-) -> Result<reqwest::Client, AuthError> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static CLIENTS: OnceLock<Mutex<HashMap<Option<std::path::PathBuf>, reqwest::Client>>> =
-        OnceLock::new();
-    let key = ca_file.map(std::path::Path::to_path_buf);
-    let clients = CLIENTS.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Ok(c) = clients.lock()
-        && let Some(client) = c.get(&key)
-    {
-        return Ok(client.clone());
-    }
-    let transient = |detail: String| AuthError::Transient {
-        account: account.to_owned(),
-        detail,
-    };
-    // A ca_file that cannot be read or parsed is the config's fault: retrying will
-    // not help, so it is no transient failure.
-    let tls = crate::imap::tls_connector(key.as_deref()).map_err(|e| match e {
-        crate::imap::ImapError::CaFile { .. } => AuthError::Io {
-            account: account.to_owned(),
-            detail: e.to_string(),
-        },
-        e => transient(e.to_string()),
-    })?;
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| transient(e.to_string()))?;
-    if let Ok(mut c) = clients.lock() {
-        c.insert(key, client.clone());
-    }
-    Ok(client)
-}
+pub use super::http::{http_client, http_client_for};
 
 fn client(account: &Account, redirect: Option<RedirectUrl>) -> Result<OAuthClient, AuthError> {
     let endpoint = |url: &str, e: &dyn fmt::Display| AuthError::Endpoint {
@@ -163,16 +112,40 @@ fn scopes(account: &Account) -> Vec<Scope> {
         .collect()
 }
 
+/// The scopes a person signs in with: the account's, and what makes the provider name
+/// who signed in (an OpenID Connect `id_token` with `preferred_username` or `email`),
+/// which [`check_identity`] reads. Only the sign-in asks for them: refreshes ask for
+/// the account's scopes as before, so a grant from before these were added goes on
+/// refreshing as it did, and the access token's binding to the account's scopes (see
+/// `TokenSource::issued_for`) does not change. A custom provider gets none: a plain
+/// OAuth 2.0 server may refuse scopes it does not know (add `openid` to `scopes` to
+/// have the check there too).
+pub fn sign_in_scopes(account: &Account) -> Vec<Scope> {
+    let identity: &[&str] = match account.provider {
+        // Microsoft puts `preferred_username` in the id_token with `profile`.
+        Provider::Microsoft { .. } => &["openid", "profile"],
+        Provider::Google => &["openid", "email"],
+        Provider::Custom => &[],
+    };
+    let mut all = scopes(account);
+    for s in identity {
+        if !account.oauth.scopes.iter().any(|have| have == s) {
+            all.push(Scope::new((*s).to_owned()));
+        }
+    }
+    all
+}
+
 fn grant_from(account: &Account, r: &OAuthTokenResponse) -> Grant {
     Grant {
         access_token: Secret::new(r.access_token().secret().clone()),
-        expires_in: r.expires_in().unwrap_or(Duration::from_secs(3600)),
+        expires_in: r.expires_in().unwrap_or(DEFAULT_TOKEN_LIFETIME),
         refresh_token: r.refresh_token().map(|t| Secret::new(t.secret().clone())),
         scopes: r
             .scopes()
             .map(|s| s.iter().map(|s| s.to_string()).collect())
             .unwrap_or_else(|| account.oauth.scopes.clone()),
-        identity: r.extra_fields().id_token.as_deref().and_then(identity_of),
+        identity: r.id_token().and_then(identity_of),
     }
 }
 
@@ -217,7 +190,7 @@ pub async fn client_credentials(
         .add_scopes(scopes(account))
         .request_async(http)
         .await
-        .map_err(|e| classify(account, e))?;
+        .map_err(|e| classify(account, TOKEN_ENDPOINT, &[secret.expose()], e))?;
     Ok(grant_from(account, &r))
 }
 
@@ -235,7 +208,7 @@ pub async fn refresh(
         .add_scopes(scopes(account))
         .request_async(http)
         .await
-        .map_err(|e| classify(account, e))?;
+        .map_err(|e| classify(account, TOKEN_ENDPOINT, &[refresh_token.expose()], e))?;
     Ok(grant_from(account, &r))
 }
 
@@ -255,12 +228,12 @@ pub async fn device(
             url: "device_url".into(),
             detail: format!("{e} (set device_url for this provider)"),
         })?
-        .add_scopes(scopes(account))
+        .add_scopes(sign_in_scopes(account))
         .add_extra_param("login_hint", account.email.clone());
     let details: StandardDeviceAuthorizationResponse = request
         .request_async(http)
         .await
-        .map_err(|e| classify(account, e))?;
+        .map_err(|e| classify(account, DEVICE_ENDPOINT, &[], e))?;
     let _ = writeln!(
         out,
         "To sign in as {}, open {} and enter the code {}",
@@ -271,20 +244,29 @@ pub async fn device(
     let _ = writeln!(
         out,
         "(waiting up to {} minutes; Ctrl-C to give up)",
-        details.expires_in().as_secs().div_ceil(60)
+        details
+            .expires_in()
+            .min(MAX_DEVICE_WAIT)
+            .as_secs()
+            .div_ceil(60)
     );
     let _ = out.flush();
+    // The endpoint's numbers are bounded: a code valid for ever, or an interval of
+    // years, would leave `connect` waiting for ever.
+    let waiting = details.expires_in().min(MAX_DEVICE_WAIT);
+    let poll = |interval: Duration| tokio::time::sleep(interval.min(MAX_POLL_INTERVAL));
     let r = c
         .exchange_device_access_token(&details)
-        .request_async(http, tokio::time::sleep, Some(details.expires_in()))
+        .request_async(http, poll, Some(waiting))
         .await
         .map_err(|e| classify_device(account, e))?;
     Ok(grant_from(account, &r))
 }
 
 /// The authorization code flow with PKCE (S256) and a loopback redirect: listens on
-/// 127.0.0.1, opens the browser when there is one (prints the URL either way), checks
-/// `state`, and answers the browser with a page saying it can be closed.
+/// one port of both loopback addresses, opens the browser when there is one (prints
+/// the URL either way), checks `state`, and answers the browser with a page saying it
+/// can be closed.
 pub async fn browser(
     account: &Account,
     http: &reqwest::Client,
@@ -295,8 +277,10 @@ pub async fn browser(
         account: account.name.clone(),
         detail: format!("loopback listener: {e}"),
     };
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
-    let port = listener.local_addr().map_err(io)?.port();
+    let (listeners, port) = loopback_listeners().await.map_err(io)?;
+    // `localhost`, as app registrations say (Microsoft's docs tell people to register
+    // `http://localhost`; an IP literal would not match it). The browser may resolve
+    // it to either loopback address, and both are ours.
     let redirect = format!("http://localhost:{port}/");
     let redirect_url = RedirectUrl::new(redirect.clone()).map_err(|e| AuthError::Endpoint {
         account: account.name.clone(),
@@ -312,7 +296,7 @@ pub async fn browser(
             url: "authorize_url".into(),
             detail: format!("{e} (set authorize_url for this provider)"),
         })?
-        .add_scopes(scopes(account))
+        .add_scopes(sign_in_scopes(account))
         .set_pkce_challenge(challenge)
         .add_extra_param("login_hint", account.email.clone())
         .url();
@@ -326,28 +310,58 @@ pub async fn browser(
         launch_browser(url.as_str());
     }
 
-    let code = tokio::time::timeout(BROWSER_TIMEOUT, wait_for_redirect(&listener, csrf.secret()))
-        .await
-        .map_err(|_| AuthError::Declined {
-            account: account.name.clone(),
-            detail: format!(
-                "nobody finished signing in within {} minutes",
-                BROWSER_TIMEOUT.as_secs() / 60
-            ),
-        })?
-        .map_err(|e| match e {
-            Redirect::Io(e) => io(e),
-            Redirect::Error { error, description } => {
-                AuthError::rejected(account, &error, &description)
-            }
-        })?;
+    let code = tokio::time::timeout(
+        BROWSER_TIMEOUT,
+        wait_for_redirect(&listeners, csrf.secret()),
+    )
+    .await
+    .map_err(|_| AuthError::Declined {
+        account: account.name.clone(),
+        detail: format!(
+            "nobody finished signing in within {} minutes",
+            BROWSER_TIMEOUT.as_secs() / 60
+        ),
+    })?
+    .map_err(|e| match e {
+        Redirect::Io(e) => io(e),
+        Redirect::Error { error, description } => AuthError::rejected(
+            account,
+            error_code(&error),
+            &reply::server_text(&description, &[]),
+        ),
+    })?;
+    drop(listeners);
     let r = c
-        .exchange_code(AuthorizationCode::new(code))
+        .exchange_code(AuthorizationCode::new(code.clone()))
         .set_pkce_verifier(verifier)
         .request_async(http)
         .await
-        .map_err(|e| classify(account, e))?;
+        .map_err(|e| classify(account, TOKEN_ENDPOINT, &[&code], e))?;
     Ok(grant_from(account, &r))
+}
+
+/// One port on 127.0.0.1 and, where this machine has it, on [::1]: the redirect URI
+/// names `localhost`, which a browser may resolve to either, so both must be ours, or
+/// another local user could listen on the other one and take the code. A port whose
+/// [::1] side is taken is given up for another.
+async fn loopback_listeners() -> std::io::Result<(Vec<TcpListener>, u16)> {
+    for _ in 0..16 {
+        let v4 = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = v4.local_addr()?.port();
+        match TcpListener::bind(("::1", port)).await {
+            Ok(v6) => return Ok((vec![v4, v6], port)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            // No IPv6 loopback here: nobody can listen there, and no browser connect.
+            Err(e) => {
+                tracing::debug!("no listener on [::1]:{port}: {e}");
+                return Ok((vec![v4], port));
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no port is free on both 127.0.0.1 and [::1]",
+    ))
 }
 
 enum Redirect {
@@ -355,72 +369,115 @@ enum Redirect {
     Error { error: String, description: String },
 }
 
+/// How long one connection to the loopback listener may take to send its request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog until one is done.
+const MAX_CONNECTIONS: usize = 32;
+
 /// Serves the loopback redirect until one carries our `state` with a code or an error.
-/// Other requests (favicon, a stale tab, a forged state) get a page and are ignored.
-async fn wait_for_redirect(listener: &TcpListener, state: &str) -> Result<String, Redirect> {
+/// Connections are served side by side, each within [`REQUEST_DEADLINE`], so one that
+/// sends nothing (a browser's speculative connection, another local program) does not
+/// hold off the real redirect. Other requests (favicon, a stale tab, a forged state)
+/// get a page and are ignored.
+async fn wait_for_redirect(listeners: &[TcpListener], state: &str) -> Result<String, Redirect> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let mut serving = tokio::task::JoinSet::new();
     loop {
-        let (mut stream, _) = listener.accept().await.map_err(Redirect::Io)?;
-        let mut buf = vec![0u8; 8192];
-        let mut len = 0;
-        // The request line and headers fit in 8 KiB; the body is irrelevant.
-        while len < buf.len() {
-            let n =
-                match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf[len..]))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => 0,
-                };
-            if n == 0 {
-                break;
+        while serving.try_join_next().is_some() {}
+        let accept = async {
+            if serving.len() >= MAX_CONNECTIONS {
+                // Wait for one to finish before taking another.
+                let _ = serving.join_next().await;
+                return None;
             }
-            len += n;
+            let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
+            Some(futures::future::select_all(accepts).await.0)
+        };
+        tokio::select! {
+            result = rx.recv() => {
+                if let Some(result) = result {
+                    return result;
+                }
+            }
+            accepted = accept => match accepted {
+                None => {}
+                Some(Ok((stream, _))) => {
+                    let (state, tx) = (state.to_owned(), tx.clone());
+                    serving.spawn(async move {
+                        if let Some(result) = serve_redirect(stream, &state).await {
+                            let _ = tx.send(result).await;
+                        }
+                    });
+                }
+                Some(Err(e)) => return Err(Redirect::Io(e)),
+            },
+        }
+    }
+}
+
+/// Reads one request (within [`REQUEST_DEADLINE`]) and answers it; what it carried, if
+/// it is the redirect with our `state`.
+async fn serve_redirect(
+    mut stream: tokio::net::TcpStream,
+    state: &str,
+) -> Option<Result<String, Redirect>> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    // The request line and headers fit in 8 KiB; the body is irrelevant.
+    let _ = tokio::time::timeout(REQUEST_DEADLINE, async {
+        while len < buf.len() {
+            match stream.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
             if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
                 break;
             }
         }
-        let request = String::from_utf8_lossy(&buf[..len]);
-        let target = request
-            .lines()
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("/");
-        let params = query_params(target);
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let (status, page, result) = if get("state").as_deref() != Some(state) {
-            (
-                "400 Bad Request",
-                "This is not the sign-in mailsync is waiting for. Start again from the link mailsync printed.",
-                None,
-            )
-        } else if let Some(code) = get("code") {
-            (
-                "200 OK",
-                "Signed in. mailsync has what it needs: you can close this tab.",
-                Some(Ok(code)),
-            )
-        } else {
-            let error = get("error").unwrap_or_else(|| "no_code".into());
-            let description = get("error_description").unwrap_or_default();
-            (
-                "400 Bad Request",
-                "Sign-in failed. mailsync shows why in the terminal; you can close this tab.",
-                Some(Err(Redirect::Error { error, description })),
-            )
-        };
-        let body = format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>mailsync</title></head><body><p>{page}</p></body></html>"
-        );
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+    })
+    .await;
+    let request = String::from_utf8_lossy(&buf[..len]);
+    let target = request
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/");
+    let params = query_params(target);
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (status, page, result) = if get("state").as_deref() != Some(state) {
+        (
+            "400 Bad Request",
+            "This is not the sign-in mailsync is waiting for. Start again from the link mailsync printed.",
+            None,
+        )
+    } else if let Some(code) = get("code") {
+        (
+            "200 OK",
+            "Signed in. mailsync has what it needs: you can close this tab.",
+            Some(Ok(code)),
+        )
+    } else {
+        let error = get("error").unwrap_or_else(|| "no_code".into());
+        let description = get("error_description").unwrap_or_default();
+        (
+            "400 Bad Request",
+            "Sign-in failed. mailsync shows why in the terminal; you can close this tab.",
+            Some(Err(Redirect::Error { error, description })),
+        )
+    };
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>mailsync</title></head><body><p>{page}</p></body></html>"
+    );
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REQUEST_DEADLINE, async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
-        if let Some(result) = result {
-            return result;
-        }
-    }
+    })
+    .await;
+    result
 }
 
 fn query_params(target: &str) -> Vec<(String, String)> {
@@ -446,17 +503,38 @@ fn launch_browser(url: &str) {
         .spawn();
 }
 
+/// Which endpoint answered, for messages.
+const TOKEN_ENDPOINT: &str = "the token endpoint";
+const DEVICE_ENDPOINT: &str = "the device authorization endpoint";
+
+/// An `error` code from the identity provider as shown: the RFC 6749 form (letters,
+/// digits, `_`), else a stand-in, since anything else is no code.
+fn error_code(code: &str) -> &str {
+    let plain = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain { code } else { "invalid_error_code" }
+}
+
+/// `sent`: the credentials the request carried, kept out of the server text shown.
 fn classify<RE: std::error::Error + 'static>(
     account: &Account,
+    endpoint: &str,
+    sent: &[&str],
     error: RequestTokenError<RE, BasicErrorResponse>,
 ) -> AuthError {
     match error {
         RequestTokenError::ServerResponse(r) => AuthError::rejected(
             account,
-            r.error().as_ref(),
-            r.error_description().map(String::as_str).unwrap_or(""),
+            error_code(r.error().as_ref()),
+            &reply::server_text(
+                r.error_description().map(String::as_str).unwrap_or(""),
+                sent,
+            ),
         ),
-        other => transport(account, other),
+        other => transport(account, endpoint, other),
     }
 }
 
@@ -466,8 +544,9 @@ fn classify_device<RE: std::error::Error + 'static>(
 ) -> AuthError {
     match error {
         RequestTokenError::ServerResponse(r) => {
-            let code = r.error().as_ref().to_owned();
-            let description = r.error_description().cloned().unwrap_or_default();
+            let code = error_code(r.error().as_ref()).to_owned();
+            let description =
+                reply::server_text(r.error_description().map_or("", String::as_str), &[]);
             match code.as_str() {
                 "authorization_declined" | "access_denied" => AuthError::Declined {
                     account: account.name.clone(),
@@ -480,27 +559,55 @@ fn classify_device<RE: std::error::Error + 'static>(
                 _ => AuthError::rejected(account, &code, &description),
             }
         }
-        other => transport(account, other),
+        other => transport(account, TOKEN_ENDPOINT, other),
     }
 }
 
+/// A failure other than an OAuth error reply. The reply's text is never quoted: a
+/// reply that cannot be read is described by [`reply::unreadable`].
 fn transport<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'static>(
     account: &Account,
+    endpoint: &str,
     error: RequestTokenError<RE, T>,
 ) -> AuthError {
-    let detail = match error {
-        RequestTokenError::Request(e) => error_chain(&e),
-        RequestTokenError::Parse(e, body) => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            // A non-JSON answer is usually an HTTP 5xx page from a proxy or the IdP.
-            format!("unreadable answer ({e}): {text}")
-        }
-        RequestTokenError::Other(e) => e,
-        RequestTokenError::ServerResponse(r) => format!("{r:?}"),
-    };
-    AuthError::Transient {
+    let transient = |detail: String| AuthError::Transient {
         account: account.name.clone(),
         detail,
+    };
+    match error {
+        RequestTokenError::Request(e) => match super::http::refused_address(&e) {
+            Some(refused) => AuthError::Endpoint {
+                account: account.name.clone(),
+                url: if endpoint == DEVICE_ENDPOINT {
+                    account.oauth.device_url.clone().unwrap_or_default()
+                } else {
+                    account.oauth.token_url.clone()
+                },
+                detail: refused.to_string(),
+            },
+            None => transient(error_chain(&e)),
+        },
+        RequestTokenError::Parse(e, body) => {
+            let why = reply::unreadable(endpoint, &e.path().to_string(), &body);
+            if why.json {
+                AuthError::BadReply {
+                    account: account.name.clone(),
+                    detail: why.detail,
+                }
+            } else {
+                // Usually an error page from a proxy or the provider: it may pass.
+                transient(why.detail)
+            }
+        }
+        // The oauth2 crate's own words; the one quoting the reply's Content-Type is
+        // put in ours.
+        RequestTokenError::Other(e) if e.contains("Content-Type") => transient(format!(
+            "{endpoint}'s reply is not JSON (its Content-Type is not application/json)"
+        )),
+        RequestTokenError::Other(e) => transient(format!("{endpoint}: {e}")),
+        RequestTokenError::ServerResponse(_) => {
+            transient(format!("{endpoint} answered with an error"))
+        }
     }
 }
 
@@ -549,9 +656,11 @@ mod tests {
 
     #[test]
     fn id_token_is_never_debug_printed() {
-        let f = IdTokenField {
-            id_token: Some("eyJ.secret.x".into()),
-        };
-        assert!(!format!("{f:?}").contains("secret"));
+        let r: TokenReply = serde_json::from_str(
+            r#"{"access_token":"AT","token_type":"Bearer","id_token":"eyJ.secret.x"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id_token(), Some("eyJ.secret.x"));
+        assert!(!format!("{r:?}").contains("secret"));
     }
 }

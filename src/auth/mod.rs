@@ -7,6 +7,8 @@
 pub mod crypto;
 pub mod diagnose;
 pub mod flows;
+pub mod http;
+pub mod reply;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -65,6 +67,10 @@ pub enum AuthError {
         expected: String,
         actual: String,
     },
+    /// The identity provider answered something mailsync cannot read (the wrong JSON
+    /// shape): asking again at once will not help.
+    #[error("account {account}: cannot use the identity provider's answer: {detail}")]
+    BadReply { account: String, detail: String },
     #[error(
         "account {account}: the identity provider is unreachable or failing ({detail}); will retry"
     )]
@@ -219,10 +225,11 @@ impl TokenSource {
         if !grant.scopes.is_empty() {
             self.scopes = grant.scopes.clone();
         }
-        let expires = Instant::now() + grant.expires_in;
         self.store(&grant);
         let token = grant.access_token.clone();
-        self.cached = Some(Cached {
+        // A lifetime beyond the clock's reach is a token not kept: the next call asks
+        // again (flows bound it well below that).
+        self.cached = grant.expires().map(|expires| Cached {
             token: grant.access_token,
             expires,
         });
@@ -296,7 +303,10 @@ impl TokenSource {
                 return None;
             }
         };
-        let left = Duration::from_secs(u64::try_from(stored.expires - unix_now()).ok()?);
+        // Bounded like a new token's lifetime: the row may come from an older mailsync
+        // that stored whatever the identity provider said.
+        let left = u64::try_from(stored.expires.saturating_sub(unix_now())).ok()?;
+        let left = Duration::from_secs(left).min(reply::MAX_TOKEN_LIFETIME);
         if left <= REFRESH_MARGIN {
             return None;
         }
@@ -306,7 +316,7 @@ impl TokenSource {
         }
         self.cached = Some(Cached {
             token: stored.token.clone(),
-            expires: Instant::now() + left,
+            expires: Instant::now().checked_add(left)?,
         });
         Some(stored.token)
     }
@@ -338,7 +348,7 @@ impl TokenSource {
         }
         let token = StoredAccessToken {
             token: grant.access_token.clone(),
-            expires: unix_now() + grant.expires_in.as_secs() as i64,
+            expires: grant.expires_at(),
             scopes: self.scopes.clone(),
         };
         let saved = self.open_store().and_then(|(mut state, key)| {
@@ -416,7 +426,7 @@ impl TokenSource {
             }
             Err(e) => return Err(e),
         };
-        let expires_at = unix_now() + grant.expires_in.as_secs() as i64;
+        let expires_at = grant.expires_at();
         // The rotated refresh token is durable before the access token is used: a
         // crash now must not leave only the old (already spent) one.
         match &grant.refresh_token {

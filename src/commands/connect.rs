@@ -379,7 +379,7 @@ fn store(config: &Config, account: &Account, grant: &Grant) -> Result<(), Connec
     let state_dir = &config.daemon.state_dir;
     let mut state = State::open(state_dir).map_err(|e| err(&e))?;
     let key = TokenKey::load_or_create(state_dir).map_err(|e| err(&e))?;
-    let expires = crate::state::unix_now() + grant.expires_in.as_secs() as i64;
+    let expires = grant.expires_at();
     state
         .save_grant(
             &key,

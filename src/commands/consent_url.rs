@@ -46,8 +46,14 @@ pub fn admin_consent_url(account: &Account) -> Option<String> {
             Flow::ClientCredentials => APP_ONLY_SCOPE.to_owned(),
             _ => DELEGATED_SCOPES.to_owned(),
         }
+    } else if account.flow.is_delegated() {
+        // What a person signs in with is what must be consented to.
+        crate::auth::flows::sign_in_scopes(account)
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
     } else {
-        // What the account asks for is what must be consented to.
         account.oauth.scopes.join(" ")
     };
     Some(format!(
@@ -229,7 +235,7 @@ scopes = ["imap"]
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0/adminconsent\
              ?client_id=11111111-2222-3333-4444-555555555555\
              &redirect_uri=http%3A%2F%2Flocalhost\
-             &scope=https%3A%2F%2Foutlook.office.com%2FIMAP.AccessAsUser.All%20offline_access"
+             &scope=https%3A%2F%2Foutlook.office.com%2FIMAP.AccessAsUser.All%20offline_access%20openid%20profile"
         );
     }
 

@@ -360,14 +360,20 @@ fn token_line(g: GrantSummary) -> TokenLine {
     }
 }
 
-/// Unix seconds as RFC 3339 UTC, e.g. `2025-03-01T09:30:00Z`.
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const LAST_RFC3339_SECOND: i64 = 253_402_300_799;
+
+/// Unix seconds as RFC 3339 UTC, e.g. `2025-03-01T09:30:00Z`. A time outside what
+/// RFC 3339 can write (a row from a broken identity provider, a skewed clock) is shown
+/// as the nearest it can: 1970 or the end of 9999.
 pub(super) fn rfc3339(t: i64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)).to_string()
+    let secs = t.clamp(0, LAST_RFC3339_SECOND) as u64;
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 /// "3 min ago", "in 52 min".
 fn relative(now: i64, t: i64) -> String {
-    let d = (now - t).unsigned_abs();
+    let d = now.abs_diff(t);
     let amount = match d {
         0..5 => return "just now".to_owned(),
         5..60 => format!("{d} s"),
@@ -596,5 +602,21 @@ mod tests {
         assert_eq!(relative(100_000, 100_000 - 7200), "2 h ago");
         assert_eq!(relative(1_000_000, 1_000_000 - 3 * 86400), "3 d ago");
         assert_eq!(when(0, None), "-");
+        // What a broken identity provider got stored (10^12 s from now, 2^64-1 s read
+        // as -1) shows, rather than panics.
+        assert_eq!(
+            rfc3339(1_700_000_000 + 1_000_000_000_000),
+            "9999-12-31T23:59:59Z"
+        );
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(i64::MIN), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            relative(0, i64::MAX),
+            format!("in {} d", i64::MAX as u64 / 86400)
+        );
+        assert_eq!(
+            relative(i64::MAX, i64::MIN),
+            format!("{} d ago", u64::MAX / 86400)
+        );
     }
 }

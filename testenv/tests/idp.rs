@@ -110,7 +110,21 @@ async fn client_credentials_errors_and_introspection() {
     )
     .await;
     assert_eq!((s, v["error_codes"][0].as_u64()), (400, Some(53003)));
-    assert_eq!(idp.token_calls(), 6);
+    let raw = r#"{"access_token":"x","expires_in":"3599"}"#;
+    idp.fail_next_token_calls(
+        1,
+        TokenFailure::Raw {
+            status: 200,
+            body: raw.into(),
+        },
+    );
+    let (s, v) = post(
+        &url,
+        &form("right", "https://outlook.office365.com/.default"),
+    )
+    .await;
+    assert_eq!((s, v), (200, serde_json::from_str::<Value>(raw).unwrap()));
+    assert_eq!(idp.token_calls(), 7);
     assert!(idp.issued_secrets().contains(&token));
 }
 
@@ -198,14 +212,14 @@ async fn authorize_with_pkce() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let authorize = |hint: &'static str| {
+    let authorize_for = |hint: &'static str, scope: &'static str| {
         client
             .get(idp.authorize_url("common"))
             .query(&[
                 ("client_id", "public"),
                 ("response_type", "code"),
                 ("redirect_uri", "http://127.0.0.1:9/cb"),
-                ("scope", "offline_access"),
+                ("scope", scope),
                 ("state", "st8"),
                 ("code_challenge", challenge.as_str()),
                 ("code_challenge_method", "S256"),
@@ -213,6 +227,7 @@ async fn authorize_with_pkce() {
             ])
             .send()
     };
+    let authorize = |hint: &'static str| authorize_for(hint, "openid email offline_access");
     idp.set_signed_in_user(Some("bob@example.com"));
     let resp = authorize("jane@example.com").await.unwrap();
     assert_eq!(resp.status().as_u16(), 302);
@@ -232,9 +247,22 @@ async fn authorize_with_pkce() {
     form[4].1 = verifier;
     let (s, v) = post(&idp.token_url("common"), &form).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(
-        payload(v["id_token"].as_str().unwrap())["email"],
-        "bob@example.com"
+    let id = payload(v["id_token"].as_str().unwrap());
+    assert_eq!(id["email"], "bob@example.com");
+    assert_eq!(id["preferred_username"], Value::Null, "no profile scope");
+
+    // Like Microsoft: no `openid`, no id_token.
+    let resp = authorize_for("jane@example.com", "offline_access")
+        .await
+        .unwrap();
+    let location = reqwest::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    form[2].1 = q["code"].as_str();
+    let (s, v) = post(&idp.token_url("common"), &form).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["access_token"].is_string() && v.get("id_token").is_none(),
+        "{v}"
     );
     idp.set_consent_required(true);
     let resp = authorize("jane@example.com").await.unwrap();

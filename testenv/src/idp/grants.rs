@@ -113,32 +113,61 @@ fn user_tokens(
 ) -> Value {
     let (access, expires_in) = issue_access(store, client_id, Some(email), scope);
     let refresh = issue_refresh(store, client_id, email, scope);
-    json!({
+    let mut reply = json!({
         "token_type": "Bearer",
         "scope": scope,
         "expires_in": expires_in,
         "ext_expires_in": expires_in,
         "access_token": access,
         "refresh_token": refresh,
-        "id_token": jwt::id_token(base_url, tenant, client_id, email),
-    })
+    });
+    // Like Microsoft: an id_token only for OpenID Connect.
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if scopes.contains(&"openid") {
+        reply["id_token"] = json!(jwt::id_token(base_url, tenant, client_id, email, &scopes));
+    }
+    reply
 }
 
-/// Builds the error of an injected failure.
-pub fn injected(failure: &TokenFailure, p: &Params, tenant: &str) -> OAuthError {
+/// What the token endpoint answers instead of tokens.
+#[derive(Debug)]
+pub enum TokenError {
+    /// An OAuth error reply.
+    OAuth(OAuthError),
+    /// A reply as the test wrote it ([`TokenFailure::Raw`]).
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// The reply's bytes.
+        body: String,
+    },
+}
+
+impl From<OAuthError> for TokenError {
+    fn from(e: OAuthError) -> TokenError {
+        TokenError::OAuth(e)
+    }
+}
+
+/// Builds the answer of an injected failure.
+pub fn injected(failure: &TokenFailure, p: &Params, tenant: &str) -> TokenError {
     match failure {
         TokenFailure::Unavailable(status) => {
             let mut e = OAuthError::aadsts(90033, &ctx(p, tenant));
             e.status = *status;
-            e
+            e.into()
         }
-        TokenFailure::Aadsts(code) => OAuthError::aadsts(*code, &ctx(p, tenant)),
+        TokenFailure::Aadsts(code) => OAuthError::aadsts(*code, &ctx(p, tenant)).into(),
+        TokenFailure::Raw { status, body } => TokenError::Raw {
+            status: *status,
+            body: body.clone(),
+        },
         TokenFailure::Custom {
             status,
             error,
             code,
             message,
-        } => OAuthError::new(*status, error, *code, message.clone()),
+        } => OAuthError::new(*status, error, *code, message.clone()).into(),
     }
 }
 
@@ -148,7 +177,7 @@ pub fn token(
     base_url: &str,
     tenant: &str,
     p: &Params,
-) -> Result<Value, OAuthError> {
+) -> Result<Value, TokenError> {
     store.token_calls += 1;
     store
         .token_requests
@@ -156,7 +185,7 @@ pub fn token(
     if let Some(failure) = store.failures.pop_front() {
         return Err(injected(&failure, p, tenant));
     }
-    match param(p, "grant_type")? {
+    let reply = match param(p, "grant_type")? {
         "client_credentials" => client_credentials(store, tenant, p),
         "refresh_token" => refresh_token(store, base_url, tenant, p),
         "authorization_code" => authorization_code(store, base_url, tenant, p),
@@ -167,7 +196,8 @@ pub fn token(
             70003,
             format!("The app requested an unsupported grant type '{other}'."),
         )),
-    }
+    };
+    Ok(reply?)
 }
 
 fn client_credentials(store: &mut Store, tenant: &str, p: &Params) -> Result<Value, OAuthError> {

@@ -33,25 +33,38 @@ pub fn tenant_id(tenant: &str) -> String {
     }
 }
 
-/// An `id_token` for `email`, issued to `client_id` in `tenant`.
-pub fn id_token(base_url: &str, tenant: &str, client_id: &str, email: &str) -> String {
+/// An `id_token` for `email`, issued to `client_id` in `tenant`, with the claims the
+/// granted `scopes` allow, as Microsoft v2.0 does: `name` and `preferred_username` for
+/// `profile`, `email` for `email`.
+pub fn id_token(
+    base_url: &str,
+    tenant: &str,
+    client_id: &str,
+    email: &str,
+    scopes: &[&str],
+) -> String {
     let now = chrono::Utc::now().timestamp();
     let tid = tenant_id(tenant);
     let name = email.split('@').next().unwrap_or(email);
-    encode(&json!({
+    let mut claims = json!({
         "aud": client_id,
         "iss": format!("{base_url}/{tid}/v2.0"),
         "iat": now,
         "nbf": now,
         "exp": now + 3600,
-        "name": name,
-        "preferred_username": email,
-        "email": email,
         "oid": stable_guid(&format!("user:{email}")),
         "sub": random::token(32),
         "tid": tid,
         "ver": "2.0",
-    }))
+    });
+    if scopes.contains(&"profile") {
+        claims["name"] = json!(name);
+        claims["preferred_username"] = json!(email);
+    }
+    if scopes.contains(&"email") {
+        claims["email"] = json!(email);
+    }
+    encode(&claims)
 }
 
 /// An access token for `email` (or an app-only token when `email` is `None`).

@@ -3,6 +3,9 @@
 //! with PKCE, device code), device code, authorize, and RFC 7662 introspection for
 //! Dovecot's `oauth2` passdb; plus a test-only control API on [`Idp`].
 //!
+//! Like Microsoft's, it issues an `id_token` only when the scope has `openid`, with
+//! `name` and `preferred_username` only for `profile` and `email` only for `email`.
+//!
 //! The server runs on its own thread with its own Tokio runtime, so it keeps answering
 //! Dovecot even while a test blocks its own runtime (e.g. waiting on a child process).
 
@@ -30,6 +33,15 @@ pub enum TokenFailure {
     /// 7000112, 70008, 700082, 50173, 70043, 50076, 50079, 53003, 50057, …), with its
     /// usual `error` string and HTTP status; see [`OAuthError::aadsts`].
     Aadsts(u32),
+    /// This reply as it is, whatever it says: HTTP `status` with `body` as
+    /// `application/json` (e.g. `expires_in` as a string, or 2^64-1), for hostile and
+    /// broken identity providers.
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// The reply's bytes.
+        body: String,
+    },
     /// Anything else.
     Custom {
         /// HTTP status.

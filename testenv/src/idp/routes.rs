@@ -11,7 +11,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::grants::{self, AuthorizeOutcome, Params};
+use super::grants::{self, AuthorizeOutcome, Params, TokenError};
 use super::store::Store;
 
 /// State shared by the handlers and the [`crate::Idp`] control API.
@@ -58,7 +58,16 @@ async fn token(
             axum::Json(v),
         )
             .into_response(),
-        Err(e) => e.into_response(),
+        Err(TokenError::OAuth(e)) => e.into_response(),
+        Err(TokenError::Raw { status, body }) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            [
+                (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store, no-cache"),
+            ],
+            body,
+        )
+            .into_response(),
     }
 }
 
