@@ -8,6 +8,7 @@ mod bad_input;
 mod connect;
 mod crash;
 mod daemon;
+mod hostile;
 mod pull;
 mod secrets;
 mod session;
