@@ -118,17 +118,23 @@ impl Body {
             }
             Body::Generated(len) => {
                 let (len, header) = (*len, Body::generated_header(*len));
+                let h = header.len() as u64;
+                // The pattern repeated, long enough to slice any chunk from.
+                let block = PATTERN.repeat(CHUNK / PATTERN.len() + 2);
                 let chunks = len.div_ceil(CHUNK as u64);
                 Box::new((0..chunks).map(move |i| {
                     let (start, end) = (i * CHUNK as u64, ((i + 1) * CHUNK as u64).min(len));
-                    (start..end)
-                        .map(|p| match header.get(p as usize) {
-                            Some(b) => *b,
-                            None => {
-                                PATTERN[((p - header.len() as u64) % PATTERN.len() as u64) as usize]
-                            }
-                        })
-                        .collect()
+                    let mut out = Vec::with_capacity((end - start) as usize);
+                    let mut p = start;
+                    while p < end.min(h) {
+                        out.push(header[p as usize]);
+                        p += 1;
+                    }
+                    if p < end {
+                        let at = ((p - h) % PATTERN.len() as u64) as usize;
+                        out.extend_from_slice(&block[at..at + (end - p) as usize]);
+                    }
+                    out
                 }))
             }
         }
@@ -983,6 +989,11 @@ mod tests {
         let b = Body::Generated(200_000);
         let all: Vec<u8> = b.chunks().flatten().collect();
         assert_eq!(all.len(), 200_000);
+        let h = Body::generated_header(200_000).len();
+        let expected: Vec<u8> = (h..200_000)
+            .map(|p| PATTERN[(p - h) % PATTERN.len()])
+            .collect();
+        assert_eq!(&all[h..], &expected[..]);
         assert!(all.starts_with(b"Message-ID: <generated-200000@hostile.test>\r\n"));
         assert_eq!(
             b.message_id_fields(),

@@ -26,8 +26,11 @@ pub const ATTEMPTS: u32 = 12;
 pub const SLACK: Duration = Duration::from_secs(15);
 /// A run still going after this long is killed and reported as a hang.
 pub const KILL_AFTER: Duration = Duration::from_secs(75);
-/// Peak RSS allowed, in MB.
+/// Peak RSS allowed, in MiB.
 pub const RSS_LIMIT_MB: u64 = 64;
+/// The address space a run may reserve: a memory bomb aborts there instead of taking
+/// the machine (a normal run reserves well under 1 GiB).
+pub const ADDRESS_SPACE_CAP: u64 = 4 << 30;
 
 pub struct HostileEnv {
     pub idp: Idp,
@@ -35,6 +38,10 @@ pub struct HostileEnv {
     pub dir: tempfile::TempDir,
     /// (local folder, remote folder or role).
     pub mappings: Vec<(String, String)>,
+    /// The port in the config, if not the scripted server's.
+    pub imap_port: Option<u16>,
+    /// The config's `command_timeout` ([`COMMAND_TIMEOUT`] unless a test needs more).
+    pub command_timeout: Duration,
 }
 
 /// A measured `mailsync` run.
@@ -92,6 +99,8 @@ impl HostileEnv {
             server,
             dir,
             mappings: vec![("Inbox".into(), "INBOX".into())],
+            imap_port: None,
+            command_timeout: COMMAND_TIMEOUT,
         };
         env.write_config();
         env
@@ -137,10 +146,10 @@ scopes = ["https://outlook.office365.com/.default"]
 [accounts.work.folders]
 {folders}"#,
             state = path("state"),
-            timeout = COMMAND_TIMEOUT.as_secs(),
+            timeout = self.command_timeout.as_secs(),
             secret = path("work.secret"),
             mail = path("Mail"),
-            port = self.server.port(),
+            port = self.imap_port.unwrap_or(self.server.port()),
             tls = if self.server.tls() {
                 "implicit"
             } else {
@@ -161,6 +170,14 @@ scopes = ["https://outlook.office365.com/.default"]
         tokio::task::spawn_blocking(move || measure(&dir, &config, args, trace))
             .await
             .unwrap()
+    }
+
+    /// Back to sane behaviour: the next sync must succeed and leave the Maildir
+    /// holding exactly the server's messages.
+    pub async fn converges(&self) {
+        self.server.clear_hook();
+        self.sync_ok().await;
+        self.assert_in_sync();
     }
 
     /// A `sync` against sane behaviour, which must succeed.
@@ -250,6 +267,9 @@ fn measure(dir: &Path, config: &Path, args: Vec<String>, trace: bool) -> Measure
         .arg("%e %U %S %M")
         .arg("-o")
         .arg(&time_file)
+        .arg("prlimit")
+        .arg(format!("--as={ADDRESS_SPACE_CAP}"))
+        .arg("--")
         .arg(env!("CARGO_BIN_EXE_mailsync"))
         .arg("--config")
         .arg(config)
@@ -269,16 +289,21 @@ fn measure(dir: &Path, config: &Path, args: Vec<String>, trace: bool) -> Measure
         .spawn()
         .expect("run /usr/bin/time (scripts/deps installs it)");
     let mut hung = false;
+    let mut peak_kb = None;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break Some(s);
         }
         if started.elapsed() > KILL_AFTER {
             hung = true;
+            // The whole process group: GNU time, prlimit's exec and mailsync.
+            let group = child.id();
+            assert!(group > 1, "no process group to kill");
+            peak_kb = peak_rss_in_group(group);
             let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(format!("-{}", child.id()))
+                .args(["-s", "KILL", "--", &format!("-{group}")])
                 .status();
+            let _ = child.kill();
             let _ = child.wait();
             break None;
         }
@@ -302,9 +327,28 @@ fn measure(dir: &Path, config: &Path, args: Vec<String>, trace: bool) -> Measure
         stderr: read(&err),
         wall,
         cpu: if f.len() == 4 { f[1] + f[2] } else { 0.0 },
-        rss_kb: (f.len() == 4 && !hung).then(|| f[3] as u64),
+        rss_kb: if hung {
+            peak_kb
+        } else {
+            (f.len() == 4).then(|| f[3] as u64)
+        },
         hung,
     }
+}
+
+/// The largest VmHWM (peak RSS, kB) of the processes whose parent is `parent` (GNU
+/// time's child: mailsync, exec'd by prlimit), read before a hung run is killed.
+fn peak_rss_in_group(parent: u32) -> Option<u64> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .max()
 }
 
 /// (path, sorted flag letters) of each message file in a Maildir folder.
@@ -350,18 +394,51 @@ fn same_bytes(path: &Path, body: &Body) -> bool {
 
 /// What a user expects of a `sync` against a misbehaving server.
 pub struct Expect<'a> {
+    pub outcome: Outcome,
     /// The error line names the cause: it contains one of these (case-insensitive).
     pub cause: &'a [&'a str],
-    /// Peak RSS allowed, in MB.
+    /// Peak RSS allowed, in MiB.
     pub rss_mb: u64,
 }
 
-impl Default for Expect<'_> {
-    fn default() -> Self {
+/// The exit code expected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// 1 or 2, with one error line.
+    Fails,
+    /// 0: mailsync copes (falls back, ignores what is irrelevant).
+    Succeeds,
+    /// Either, as long as every other promise holds.
+    Either,
+}
+
+impl<'a> Expect<'a> {
+    /// Fails with one line naming one of `cause`.
+    pub fn fails(cause: &'a [&'a str]) -> Self {
         Expect {
+            outcome: Outcome::Fails,
+            cause,
+            rss_mb: RSS_LIMIT_MB,
+        }
+    }
+    pub fn succeeds() -> Self {
+        Expect {
+            outcome: Outcome::Succeeds,
             cause: &[],
             rss_mb: RSS_LIMIT_MB,
         }
+    }
+    /// Succeeds, or fails with one line naming one of `cause`.
+    pub fn either(cause: &'a [&'a str]) -> Self {
+        Expect {
+            outcome: Outcome::Either,
+            cause,
+            rss_mb: RSS_LIMIT_MB,
+        }
+    }
+    pub fn rss_mb(mut self, mb: u64) -> Self {
+        self.rss_mb = mb;
+        self
     }
 }
 
@@ -369,7 +446,19 @@ impl HostileEnv {
     /// Runs `mailsync -q sync` against the misbehaving server and `mailsync status`
     /// after it, and checks every promise; with `trace`, a second run at
     /// RUST_LOG=trace is checked for secrets too. Panics listing every broken one.
-    pub async fn sync_fails_cleanly(&self, expect: Expect<'_>, trace: bool) -> Measured {
+    pub async fn check_sync(&self, expect: Expect<'_>, trace: bool) -> Measured {
+        let (run, broken, report) = self.check_sync_collect(expect, trace).await;
+        assert!(broken.is_empty(), "BROKEN: {}\n{report}", broken.join("; "));
+        run
+    }
+
+    /// [`HostileEnv::check_sync`], returning what broke (and the report) instead of
+    /// panicking, for a test with checks of its own to make first.
+    pub async fn check_sync_collect(
+        &self,
+        expect: Expect<'_>,
+        trace: bool,
+    ) -> (Measured, Vec<String>, String) {
         let run = self.run(&["-q", "sync"], false).await;
         let mut broken = self.judge(&run, &expect);
         let lines: Vec<&str> = run
@@ -377,7 +466,9 @@ impl HostileEnv {
             .lines()
             .filter(|l| !l.trim().is_empty())
             .collect();
-        if lines.len() != 1 {
+        if run.code == 0 || run.hung {
+            // Judged by `judge`.
+        } else if lines.len() != 1 {
             broken.push(format!(
                 "stderr has {} lines, not one error line",
                 lines.len()
@@ -415,14 +506,21 @@ impl HostileEnv {
                 broken.push(format!("{} holds secret {s}", f.display()));
             }
         }
-        assert!(broken.is_empty(), "BROKEN: {}\n{report}", broken.join("; "));
-        run
+        eprintln!(
+            "hostile sync: exit {}{}, {:.1} s, cpu {:.1} s, peak RSS {} MB",
+            run.code,
+            if run.hung { " (hung, killed)" } else { "" },
+            run.wall.as_secs_f64(),
+            run.cpu,
+            run.rss_kb.map_or("?".into(), |k| (k / 1024).to_string())
+        );
+        (run, broken, report)
     }
 
     /// The promises one run must keep, as a list of what broke.
     fn judge(&self, run: &Measured, expect: &Expect<'_>) -> Vec<String> {
         let mut broken = Vec::new();
-        let bound = COMMAND_TIMEOUT * ATTEMPTS + SLACK;
+        let bound = self.command_timeout * ATTEMPTS + SLACK;
         if run.hung {
             broken.push(format!("hang: killed after {} s", KILL_AFTER.as_secs()));
         } else if run.wall > bound {
@@ -433,8 +531,21 @@ impl HostileEnv {
                 SLACK.as_secs()
             ));
         }
-        if !(run.hung || run.code == 1 || run.code == 2) {
-            broken.push(format!("exit code {}, not 1 or 2", run.code));
+        let failed = run.code == 1 || run.code == 2;
+        match expect.outcome {
+            _ if run.hung => {}
+            _ if run.code == -1 => broken.push(format!(
+                "killed by a signal (an abort at the {} GiB address-space cap is a memory bomb)",
+                ADDRESS_SPACE_CAP >> 30
+            )),
+            Outcome::Fails if !failed => broken.push(format!("exit code {}, not 1 or 2", run.code)),
+            Outcome::Succeeds if run.code != 0 => {
+                broken.push(format!("exit code {}, not 0", run.code))
+            }
+            Outcome::Either if !(failed || run.code == 0) => {
+                broken.push(format!("exit code {}, not 0, 1 or 2", run.code))
+            }
+            _ => {}
         }
         if run.code == 101 || run.stderr.contains("panicked") {
             broken.push("panic".into());
