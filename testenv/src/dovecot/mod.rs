@@ -11,7 +11,7 @@ mod mail;
 mod maildir;
 mod messages;
 mod options;
-mod tls;
+pub(crate) mod tls;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
