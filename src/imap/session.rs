@@ -1151,6 +1151,7 @@ impl Session {
         folder: &str,
         uidvalidity: u32,
         batches: &[&[u32]],
+        max_body: Option<u64>,
         mut on: F,
         pace: P,
     ) -> Result<(), ImapError>
@@ -1185,6 +1186,7 @@ impl Session {
         let mut seen_uidvalidity: Option<u32> = None;
         let mut selected = !select;
         let mismatch = |seen: Option<u32>| seen.is_some_and(|v| v != uidvalidity);
+        self.wire.set_literal_limit(max_body);
         let result = self
             .exec_pipelined(
                 &commands,
@@ -1270,6 +1272,7 @@ impl Session {
                 pace,
             )
             .await;
+        self.wire.set_literal_limit(None);
         if select
             && selected
             && let Some(v) = seen_uidvalidity
@@ -1577,6 +1580,12 @@ pub(super) fn wire_error(error: WireError, command: &str) -> ImapError {
             detail: format!(
                 "a response line longer than {} KiB; the server is broken or hostile",
                 limit / 1024
+            ),
+        },
+        WireError::LiteralBeyond { size, limit } => ImapError::Protocol {
+            command,
+            detail: format!(
+                "the server sent {size} bytes for messages whose listed sizes allow at most {limit}; it is broken or hostile"
             ),
         },
         WireError::LiteralTooLarge(size) => ImapError::Protocol {

@@ -56,6 +56,11 @@ pub enum WireError {
     LineTooLong(usize),
     /// A literal larger than [`MAX_LITERAL`] was announced.
     LiteralTooLarge(u64),
+    /// A literal larger than the caller's limit (what the data's listed size allows).
+    LiteralBeyond {
+        size: u64,
+        limit: u64,
+    },
 }
 
 /// One response, as bytes, with its large literals apart.
@@ -137,6 +142,11 @@ pub struct Wire {
     deadline: Option<Instant>,
     /// How long lines may be (see [`LINE_LIMIT`]).
     line_limit: usize,
+    /// How large a literal may be, below [`MAX_LITERAL`], if the caller knows.
+    literal_limit: Option<u64>,
+    /// Whether anything arrived since the deadline was set: a deadline passed in
+    /// silence is a silent server, not a stalled command.
+    heard: bool,
 }
 
 impl std::fmt::Debug for Wire {
@@ -158,6 +168,8 @@ impl Wire {
             idle,
             deadline: None,
             line_limit: LINE_LIMIT,
+            literal_limit: None,
+            heard: false,
         }
     }
 
@@ -203,6 +215,7 @@ impl Wire {
     /// Sets when the command now oldest in flight must complete: `after` from now.
     pub fn set_deadline(&mut self, after: Duration) {
         self.deadline = Some(Instant::now() + after);
+        self.heard = false;
     }
 
     /// No deadline (IDLE, which waits as long as its caller says).
@@ -215,6 +228,11 @@ impl Wire {
         if let Some(d) = &mut self.deadline {
             *d += by;
         }
+    }
+
+    /// Lowers (or restores, with `None`) how large a literal may be.
+    pub fn set_literal_limit(&mut self, limit: Option<u64>) {
+        self.literal_limit = limit;
     }
 
     /// Raises (or restores, with [`LINE_LIMIT`]) how long a response's lines may be.
@@ -277,6 +295,11 @@ impl Wire {
             let size = literal?;
             if size > MAX_LITERAL {
                 return Err(WireError::LiteralTooLarge(size));
+            }
+            if let Some(limit) = self.literal_limit
+                && size > limit
+            {
+                return Err(WireError::LiteralBeyond { size, limit });
             }
             let size = size as usize;
             if size >= LARGE_LITERAL {
@@ -351,7 +374,17 @@ impl Wire {
 
     /// One read, within the idle timeout and the deadline.
     async fn timed(&mut self, into: ReadInto<'_>) -> Result<usize, WireError> {
-        let idle_end = Instant::now() + self.idle;
+        let now = Instant::now();
+        // Checked before reading too: a server that always has more to send would
+        // never let a read time out.
+        if self.deadline.is_some_and(|d| d <= now) {
+            return Err(if self.heard {
+                WireError::Deadline(self.idle)
+            } else {
+                WireError::Idle(self.idle)
+            });
+        }
+        let idle_end = now + self.idle;
         let (until, by_deadline) = match self.deadline {
             Some(d) if d < idle_end => (d, true),
             _ => (idle_end, false),
@@ -363,8 +396,12 @@ impl Wire {
             }
         };
         match tokio::time::timeout_at(until, read).await {
-            Ok(r) => r.map_err(WireError::Io),
-            Err(_) if by_deadline => Err(WireError::Deadline(self.idle)),
+            Ok(r) => {
+                let n = r.map_err(WireError::Io)?;
+                self.heard |= n > 0;
+                Ok(n)
+            }
+            Err(_) if by_deadline && self.heard => Err(WireError::Deadline(self.idle)),
             Err(_) => Err(WireError::Idle(self.idle)),
         }
     }

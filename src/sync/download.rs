@@ -42,6 +42,9 @@ pub(super) struct Folder {
     pub selected: Option<imap::Selected>,
     /// New messages, in UID order.
     pub uids: Vec<u32>,
+    /// RFC822.SIZE of new messages, where the listing asked for it: what bounds the
+    /// data a server may send for them.
+    pub sizes: HashMap<u32, u64>,
 }
 
 /// What came of one folder's downloads.
@@ -542,11 +545,19 @@ async fn download(
     // Selecting the folder rides along with the first FETCH; if its UIDVALIDITY is
     // not the listed one (changed since), nothing is filed under it: the next pass
     // re-pairs.
+    // A message may come larger than its listed size (Exchange's sizes are not exact),
+    // but not without bound: a server that listed 100 bytes does not send 100 MB.
+    let max_body = uids
+        .iter()
+        .map(|uid| f.sizes.get(uid).copied())
+        .try_fold(0u64, |max, size| size.map(|s| max.max(s)))
+        .map(|largest| largest.saturating_mul(2).saturating_add(1 << 20));
     let result = session
         .fetch_bodies(
             &f.remote,
             uidvalidity,
             &batches,
+            max_body,
             |step| {
                 let m = match step {
                     BodyStep::Sending(i) => {

@@ -481,6 +481,11 @@ pub async fn sync_account_with(
             maildir: t.maildir.clone(),
             selected: t.selected.clone(),
             uids: fetches.remove(&i).unwrap_or_default(),
+            sizes: t
+                .new_sizes
+                .as_ref()
+                .map(|(_, sizes)| sizes.clone())
+                .unwrap_or_default(),
         })
         .collect();
     let downloaded = download::run(
