@@ -447,11 +447,13 @@ async fn browser_redirect_is_served_beside_a_silent_connection() {
     assert!(problems.is_empty(), "{problems:?}");
 }
 
-/// Connects `work` with the device flow (approved at once) for the life-cycle tests.
+/// Connects `work` with the device flow (approved at once) for the life-cycle tests,
+/// as a Microsoft account with its default scopes (whose sign-in names who signed in).
 pub(crate) async fn connected(profile: Profile) -> Env {
     let (env, _) = fresh(profile).await;
     let idp = env.idp.clone();
-    let (code, out, err) = run_connect(&env, "device", move |line| {
+    let device = connect_args_for(&env, "device", "microsoft");
+    let (code, out, err) = run_connect_with(&env, device, move |line| {
         if line.contains("enter the code") {
             let user_code = line.rsplit(' ').next().unwrap().to_owned();
             assert!(idp.approve_device_code(Some(&user_code), USER));
@@ -559,7 +561,9 @@ async fn revoked_refresh_token_needs_connect() {
     );
     std::fs::write(env.config_path(), &config).unwrap();
     let idp = env.idp.clone();
-    let (code, out, err) = run_connect(&env, "device", move |line| {
+    // As `connected` did.
+    let device = connect_args_for(&env, "device", "microsoft");
+    let (code, out, err) = run_connect_with(&env, device, move |line| {
         if line.contains("enter the code") {
             assert!(idp.approve_device_code(Some(line.rsplit(' ').next().unwrap()), USER));
         }

@@ -5,7 +5,7 @@
 //! line naming the cause, no panic, and no token or client secret in the output (at
 //! trace level too), in `status` or in the state directory.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
@@ -355,6 +355,122 @@ async fn a_localhost_name_resolving_elsewhere_gets_nothing() {
     );
     sink.assert_untouched();
     assert_no_secret(&env, &bad.to_string(), &[CLIENT_SECRET]);
+}
+
+/// IMAP with `tls = "plain"` is allowed towards loopback only, and that is checked on
+/// the address connected to: a `*.localhost` name resolving elsewhere gets no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imap_localhost_name_resolving_elsewhere_gets_no_token() {
+    let Some(elsewhere) = non_loopback_address() else {
+        eprintln!("SKIPPED: this machine has no non-loopback address to resolve to");
+        return;
+    };
+    let env = Env::start(Profile::Full).await;
+    // What a server there would get: it greets like Dovecot and records every byte.
+    let listener = TcpListener::bind((elsewhere, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let r = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.write_all(
+                b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2 AUTH=PLAIN] ready\r\n",
+            );
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                r.lock().unwrap().extend_from_slice(&buf[..n]);
+                let _ = stream.write_all(b"* BYE no\r\n");
+            }
+        }
+    });
+    let with_imap = |host: &str, port: u16| {
+        let text = env
+            .config_text("")
+            .replace(
+                "imap_host = \"localhost\"",
+                &format!("imap_host = \"{host}\""),
+            )
+            .replace(
+                &format!("imap_port = {}", env.dovecot.imaps_port()),
+                &format!("imap_port = {port}"),
+            )
+            .replace("tls = \"implicit\"", "tls = \"plain\"");
+        std::fs::write(env.config_path(), text).unwrap();
+    };
+    let hosts = format!("{elsewhere} mail.localhost\n127.0.0.1 good.localhost");
+
+    // The control: a `localhost` name for this machine works in plain text.
+    with_imap("good.localhost", env.dovecot.imap_port());
+    let Some(good) = run_with_hosts(&env, &hosts, &["sync"]) else {
+        return;
+    };
+    assert_eq!(good.code, 0, "{good}");
+
+    with_imap("mail.localhost", port);
+    let bad = run_with_hosts(&env, &hosts, &["sync"]).unwrap();
+    let got = received.lock().unwrap().clone();
+    assert!(
+        !String::from_utf8_lossy(&got).contains("AUTHENTICATE"),
+        "the server elsewhere was sent a token: {:?}",
+        String::from_utf8_lossy(&got)
+            .split(' ')
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(bad.code, 2, "{bad}");
+    let lines = said(&bad);
+    assert_eq!(lines.len(), 1, "{bad}");
+    assert!(
+        lines[0].contains(&format!("mail.localhost resolved to {elsewhere}"))
+            && lines[0].contains("not a loopback address"),
+        "{bad}"
+    );
+    assert_no_secret(&env, &bad.to_string(), &[CLIENT_SECRET]);
+}
+
+/// A token endpoint that answers with a reply far larger than any token reply is read
+/// no further than 1 MiB: the run fails in one line naming it, in bounded memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_token_reply_is_not_read_whole() {
+    let env = Env::start(Profile::Full).await;
+    let token = env.idp.issue_access_token(CLIENT_ID, USER);
+    // 200 MB of JSON that would parse, if it were read: a long padding field.
+    let body = format!(
+        r#"{{"token_type":"Bearer","expires_in":3599,"padding":"{}","access_token":"{token}"}}"#,
+        "x".repeat(200 << 20)
+    );
+    env.idp.fail_next_token_calls(10, raw(body));
+    let mut cmd = Command::new("/usr/bin/time");
+    let inner = env.command(&["sync"]);
+    cmd.args(["-f", "peak-rss-kb %M"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env_remove("RUST_LOG")
+        .env_remove("MAILSYNC_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(std::process::Stdio::null());
+    let run = Run::from(
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(run.code, 2, "{run}");
+    let lines = said(&run);
+    assert_eq!(lines.len(), 1, "{run}");
+    assert!(lines[0].contains("larger than 1024 KiB"), "{run}");
+    let rss_kb: u64 = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kb "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("GNU time's peak RSS");
+    assert!(rss_kb < 64 * 1024, "peak RSS {rss_kb} KiB: {run}");
+    assert_no_secret(&env, &run.to_string(), &[&token, CLIENT_SECRET]);
 }
 
 /// Plain http to the identity provider on this machine never goes through a proxy

@@ -188,7 +188,7 @@ pub async fn client_credentials(
     let r = c
         .exchange_client_credentials()
         .add_scopes(scopes(account))
-        .request_async(http)
+        .request_async(&super::http::Bounded(http))
         .await
         .map_err(|e| classify(account, TOKEN_ENDPOINT, &[secret.expose()], e))?;
     Ok(grant_from(account, &r))
@@ -206,7 +206,7 @@ pub async fn refresh(
     let r = c
         .exchange_refresh_token(&token)
         .add_scopes(scopes(account))
-        .request_async(http)
+        .request_async(&super::http::Bounded(http))
         .await
         .map_err(|e| classify(account, TOKEN_ENDPOINT, &[refresh_token.expose()], e))?;
     Ok(grant_from(account, &r))
@@ -231,7 +231,7 @@ pub async fn device(
         .add_scopes(sign_in_scopes(account))
         .add_extra_param("login_hint", account.email.clone());
     let details: StandardDeviceAuthorizationResponse = request
-        .request_async(http)
+        .request_async(&super::http::Bounded(http))
         .await
         .map_err(|e| classify(account, DEVICE_ENDPOINT, &[], e))?;
     let _ = writeln!(
@@ -257,7 +257,7 @@ pub async fn device(
     let poll = |interval: Duration| tokio::time::sleep(interval.min(MAX_POLL_INTERVAL));
     let r = c
         .exchange_device_access_token(&details)
-        .request_async(http, poll, Some(waiting))
+        .request_async(&super::http::Bounded(http), poll, Some(waiting))
         .await
         .map_err(|e| classify_device(account, e))?;
     Ok(grant_from(account, &r))
@@ -334,7 +334,7 @@ pub async fn browser(
     let r = c
         .exchange_code(AuthorizationCode::new(code.clone()))
         .set_pkce_verifier(verifier)
-        .request_async(http)
+        .request_async(&super::http::Bounded(http))
         .await
         .map_err(|e| classify(account, TOKEN_ENDPOINT, &[&code], e))?;
     Ok(grant_from(account, &r))

@@ -135,6 +135,73 @@ pub fn refused_address<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&
     None
 }
 
+/// The most an identity provider's reply may hold: a token reply is a few KiB, and
+/// a reply read whole into memory must not be able to take all of it.
+pub const MAX_REPLY: usize = 1 << 20;
+
+/// The HTTP client as the oauth2 crate calls it, reading at most [`MAX_REPLY`] bytes
+/// of a reply (its own reqwest integration reads any body whole, however large).
+pub struct Bounded<'a>(pub &'a reqwest::Client);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Bounded<'_> {
+    type Error = oauth2::HttpClientError<reqwest::Error>;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<oauth2::HttpResponse, Self::Error>>
+                + Send
+                + Sync
+                + 'c,
+        >,
+    >;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request = request.try_into().map_err(Box::new)?;
+            let mut response = self.0.execute(request).await.map_err(Box::new)?;
+            let mut reply = oauth2::http::Response::builder()
+                .status(response.status())
+                .version(response.version());
+            for (name, value) in response.headers() {
+                reply = reply.header(name, value);
+            }
+            let body = match read_bounded(&mut response).await {
+                Ok(body) => body,
+                Err(ReadError::Http(e)) => return Err(Box::new(e).into()),
+                Err(ReadError::TooLarge) => {
+                    return Err(oauth2::HttpClientError::Other(too_large()));
+                }
+            };
+            reply.body(body).map_err(oauth2::HttpClientError::Http)
+        })
+    }
+}
+
+/// Why [`read_bounded`] failed.
+pub enum ReadError {
+    Http(reqwest::Error),
+    TooLarge,
+}
+
+/// What a reply larger than [`MAX_REPLY`] is called.
+pub fn too_large() -> String {
+    format!(
+        "its reply is larger than {} KiB, far more than a token reply",
+        MAX_REPLY / 1024
+    )
+}
+
+/// A reply's body, at most [`MAX_REPLY`] bytes of it.
+pub async fn read_bounded(response: &mut reqwest::Response) -> Result<Vec<u8>, ReadError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Http)? {
+        if body.len() + chunk.len() > MAX_REPLY {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -560,7 +560,7 @@ async fn revoke_at(http: &reqwest::Client, url: &str, token: &Secret) -> Result<
             .append_pair("token", token.expose())
             .finish(),
     );
-    let response = http
+    let mut response = http
         .post(url)
         .header(
             reqwest::header::CONTENT_TYPE,
@@ -574,12 +574,23 @@ async fn revoke_at(http: &reqwest::Client, url: &str, token: &Secret) -> Result<
     if status.is_success() {
         return Ok(());
     }
-    let text = response.text().await.unwrap_or_default();
+    let text = match crate::auth::http::read_bounded(&mut response).await {
+        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+        Err(crate::auth::http::ReadError::TooLarge) => crate::auth::http::too_large(),
+        Err(crate::auth::http::ReadError::Http(_)) => String::new(),
+    };
     // Already revoked or expired: the goal is reached.
     if status == reqwest::StatusCode::BAD_REQUEST && text.contains("invalid_token") {
         return Ok(());
     }
-    let first = text.lines().next().unwrap_or("").trim();
+    let first: String = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(300)
+        .collect();
     Err(format!("HTTP {status}: {first}"))
 }
 
