@@ -351,3 +351,45 @@ async fn refused_extra_connections_are_done_without(profile: Profile) {
     env.assert_in_sync().await;
 }
 on_both_profiles!(refused_extra_connections_are_done_without);
+
+/// A mapping edited to point at another remote folder, whose UIDVALIDITY happens to be
+/// the old one's (servers that use creation times or constants give such pairs): the
+/// records of the old folder must not stand for the new one's UIDs. The new folder's
+/// messages arrive, the old folder's files leave the local folder, nothing twice.
+async fn mapping_moved_to_a_folder_with_the_same_uidvalidity(profile: Profile) {
+    let mut env = Env::start(profile).await;
+    seed(&env, "Archive", 0..3, &["\\Seen"]).await;
+    env.dovecot.create_folder(USER, "Old").await.unwrap();
+    let validity = env.dovecot.uidvalidity(USER, "Archive").await.unwrap();
+    env.dovecot
+        .doveadm(&[
+            "mailbox",
+            "update",
+            "-u",
+            USER,
+            "--uid-validity",
+            &validity.to_string(),
+            "Old",
+        ])
+        .unwrap();
+    seed(&env, "Old", 10..13, &[]).await;
+    assert_eq!(
+        env.dovecot.uidvalidity(USER, "Old").await.unwrap(),
+        validity
+    );
+    env.sync().await;
+    env.assert_in_sync().await;
+
+    for (local, remote) in env.mappings.iter_mut() {
+        if local == "Archive" {
+            *remote = "Old".into();
+        }
+    }
+    env.write_config();
+    let summary = env.sync().await;
+    assert_eq!(summary.folder("Archive").fetched, 3, "{summary:?}");
+    env.assert_in_sync().await;
+    let again = env.sync().await;
+    assert_eq!(again.total(), Default::default());
+}
+on_both_profiles!(mapping_moved_to_a_folder_with_the_same_uidvalidity);
