@@ -1,6 +1,7 @@
 //! Crash safety: `mailsync sync` killed with SIGKILL at many instants of an initial
-//! sync, then run to completion, leaves the Maildir equal to the server: nothing
-//! missing, nothing twice, nothing left in tmp/.
+//! sync, or of the pass that re-pairs a folder whose mapping moved, then run to
+//! completion, leaves the Maildir equal to the server: nothing missing, nothing twice,
+//! nothing left in tmp/.
 
 use std::time::{Duration, Instant};
 
@@ -118,3 +119,91 @@ async fn killed_initial_sync_converges(profile: Profile) {
     );
 }
 on_both_profiles!(killed_initial_sync_converges);
+
+/// A mapping moved to another remote folder with the same UIDVALIDITY (issue 11, item
+/// 7): the old folder's records are set apart and re-paired, messages both folders
+/// hold are moved in place, the rest fetched or removed. Killed with SIGKILL at random
+/// instants of that pass, then run to the end, the local folder equals the new remote
+/// one: nothing missing, nothing twice.
+async fn killed_remap_converges(profile: Profile) {
+    let mut env = Env::start(profile).await;
+    let old: Vec<SeedMessage> = (0..600)
+        .map(|i| SeedMessage::new(message(i), &["\\Seen"]))
+        .collect();
+    env.dovecot.seed_fast(USER, "Archive", old).await.unwrap();
+    env.dovecot.create_folder(USER, "Old").await.unwrap();
+    let validity = env.dovecot.uidvalidity(USER, "Archive").await.unwrap();
+    env.dovecot
+        .doveadm(&[
+            "mailbox",
+            "update",
+            "-u",
+            USER,
+            "--uid-validity",
+            &validity.to_string(),
+            "Old",
+        ])
+        .unwrap();
+    // 200 messages the two folders share, 600 only the new one has.
+    let new: Vec<SeedMessage> = (400..1200)
+        .map(|i| SeedMessage::new(message(i), &[]))
+        .collect();
+    env.dovecot.seed_fast(USER, "Old", new).await.unwrap();
+    let run = env.run(&["sync"]).await;
+    assert_eq!(run.code, 0, "{run}");
+
+    for (local, remote) in env.mappings.iter_mut() {
+        if local == "Archive" {
+            *remote = "Old".into();
+        }
+    }
+    env.write_config();
+    // Each run is killed a little later than the one before (with some jitter), so
+    // the kills walk through the pass until one run gets to its end.
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut kills = 0;
+    for i in 0..KILLS as u64 * 4 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(20 + 25 * i + seed % 40);
+        let mut cmd = env.command(&["sync"]);
+        let killed = tokio::task::spawn_blocking(move || {
+            let mut child = cmd
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(delay);
+            match child.try_wait().unwrap() {
+                Some(_) => false,
+                None => {
+                    child.kill().unwrap(); // SIGKILL
+                    child.wait().unwrap();
+                    true
+                }
+            }
+        })
+        .await
+        .unwrap();
+        if !killed {
+            break;
+        }
+        kills += 1;
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} runs were killed: the pass is too quick to test"
+    );
+    eprintln!(
+        "{}: {kills} runs killed before one completed",
+        profile.name()
+    );
+    let run = env.run(&["sync"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    env.assert_in_sync().await;
+    assert_eq!(local_messages(&env.maildir("Archive")).len(), 800);
+    let again = env.sync().await;
+    assert_eq!(again.total(), Default::default(), "after {kills} kills");
+}
+on_both_profiles!(killed_remap_converges);

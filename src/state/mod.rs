@@ -460,7 +460,9 @@ impl State {
             for m in moves {
                 let r = m.record;
                 clear.execute(params![m.folder.0, m.uidvalidity, m.uid])?;
-                let moved_from = (r.folder != m.folder).then_some(r.folder.0);
+                // In place too (a re-pair after a UIDVALIDITY change): the rebound
+                // record may carry new flags its file does not have yet.
+                let moved_from = r.folder.0;
                 rebind.execute(params![
                     r.folder.0,
                     r.uidvalidity,

@@ -869,6 +869,19 @@ fn recover(state: &mut State, account: &str, root: &std::path::Path) -> Result<(
                 path: to.root().to_owned(),
                 source,
             })?;
+        // The file may be in its folder under the flags it had before the record was
+        // rebound (a re-pair in place killed before its rename): give it the record's.
+        if let Some(path) = &in_place {
+            to.set_flags(path, &r.base, r.flags)
+                .map_err(|source| SyncError::Maildir {
+                    path: path.clone(),
+                    source,
+                })?;
+            to.sync_dirs().map_err(|source| SyncError::Maildir {
+                path: to.root().to_owned(),
+                source,
+            })?;
+        }
         if in_place.is_none()
             && let Some(path) =
                 from.locate(&r.base, r.flags)
