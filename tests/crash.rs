@@ -21,6 +21,29 @@ fn message(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Starts `mailsync sync` and SIGKILLs it after `delay`; false if it ended first.
+async fn sync_killed_after(env: &Env, delay: Duration) -> bool {
+    let mut cmd = env.command(&["sync"]);
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        match child.try_wait().unwrap() {
+            Some(_) => false,
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                true
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
 async fn killed_initial_sync_converges(profile: Profile) {
     let env = Env::start(profile).await;
     let split = [
@@ -53,25 +76,7 @@ async fn killed_initial_sync_converges(profile: Profile) {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let delay = Duration::from_millis(30 + seed % 1200);
-        let mut cmd = env.command(&["sync"]);
-        let killed = tokio::task::spawn_blocking(move || {
-            let mut child = cmd
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            std::thread::sleep(delay);
-            match child.try_wait().unwrap() {
-                Some(_) => false,
-                None => {
-                    child.kill().unwrap(); // SIGKILL
-                    child.wait().unwrap();
-                    true
-                }
-            }
-        })
-        .await
-        .unwrap();
+        let killed = sync_killed_after(&env, delay).await;
         if killed {
             kills += 1;
             let n: usize = ["Inbox", "Archive", "Deleted Items"]
@@ -133,17 +138,7 @@ async fn killed_remap_converges(profile: Profile) {
     env.dovecot.seed_fast(USER, "Archive", old).await.unwrap();
     env.dovecot.create_folder(USER, "Old").await.unwrap();
     let validity = env.dovecot.uidvalidity(USER, "Archive").await.unwrap();
-    env.dovecot
-        .doveadm(&[
-            "mailbox",
-            "update",
-            "-u",
-            USER,
-            "--uid-validity",
-            &validity.to_string(),
-            "Old",
-        ])
-        .unwrap();
+    env.dovecot.set_uidvalidity(USER, "Old", validity).unwrap();
     // 200 messages the two folders share, 600 only the new one has.
     let new: Vec<SeedMessage> = (400..1200)
         .map(|i| SeedMessage::new(message(i), &[]))
@@ -167,25 +162,7 @@ async fn killed_remap_converges(profile: Profile) {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let delay = Duration::from_millis(20 + 25 * i + seed % 40);
-        let mut cmd = env.command(&["sync"]);
-        let killed = tokio::task::spawn_blocking(move || {
-            let mut child = cmd
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            std::thread::sleep(delay);
-            match child.try_wait().unwrap() {
-                Some(_) => false,
-                None => {
-                    child.kill().unwrap(); // SIGKILL
-                    child.wait().unwrap();
-                    true
-                }
-            }
-        })
-        .await
-        .unwrap();
+        let killed = sync_killed_after(&env, delay).await;
         if !killed {
             break;
         }

@@ -361,17 +361,7 @@ async fn mapping_moved_to_a_folder_with_the_same_uidvalidity(profile: Profile) {
     seed(&env, "Archive", 0..3, &["\\Seen"]).await;
     env.dovecot.create_folder(USER, "Old").await.unwrap();
     let validity = env.dovecot.uidvalidity(USER, "Archive").await.unwrap();
-    env.dovecot
-        .doveadm(&[
-            "mailbox",
-            "update",
-            "-u",
-            USER,
-            "--uid-validity",
-            &validity.to_string(),
-            "Old",
-        ])
-        .unwrap();
+    env.dovecot.set_uidvalidity(USER, "Old", validity).unwrap();
     seed(&env, "Old", 10..13, &[]).await;
     assert_eq!(
         env.dovecot.uidvalidity(USER, "Old").await.unwrap(),

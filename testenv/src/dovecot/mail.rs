@@ -300,6 +300,20 @@ impl Dovecot {
             .ok_or_else(|| anyhow!("no UIDNEXT for {folder}"))
     }
 
+    /// Gives `folder` the UIDVALIDITY `validity` (`doveadm mailbox update`).
+    pub fn set_uidvalidity(&self, user: &str, folder: &str, validity: u32) -> Result<()> {
+        self.doveadm(&[
+            "mailbox",
+            "update",
+            "-u",
+            user,
+            "--uid-validity",
+            &validity.to_string(),
+            folder,
+        ])?;
+        Ok(())
+    }
+
     /// Fetches every message, deletes the folder, creates it again and appends the
     /// messages back with their flags and INTERNALDATE: same messages, new UIDVALIDITY.
     /// INBOX cannot be deleted, so it is emptied and given a new UIDVALIDITY instead.
@@ -322,15 +336,7 @@ impl Dovecot {
         let mut validity = self.uidvalidity(user, folder).await?;
         if validity == old_validity {
             validity = old_validity.wrapping_add(1).max(1);
-            self.doveadm(&[
-                "mailbox",
-                "update",
-                "-u",
-                user,
-                "--uid-validity",
-                &validity.to_string(),
-                folder,
-            ])?;
+            self.set_uidvalidity(user, folder, validity)?;
         }
         let seeds: Vec<SeedMessage> = messages.iter().map(SeedMessage::from).collect();
         if !seeds.is_empty() {
