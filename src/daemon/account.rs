@@ -22,6 +22,53 @@ use crate::sync::login::login;
 /// What each account is doing, for systemd's STATUS= line.
 pub type Board = Arc<Mutex<std::collections::BTreeMap<String, String>>>;
 
+/// When an account task must next show a sign of life. Every step it takes says how
+/// long it may be quiet after (a pass: until its next message or folder; IDLE: its
+/// timeout; a backoff: its delay), and the supervisor restarts a task still quiet
+/// past that. Everything on the network has a deadline of its own; this is the net
+/// under them, for what has none (a hung file system, a bug).
+#[derive(Clone, Debug)]
+pub struct Heartbeat(Arc<Mutex<Instant>>);
+
+impl Heartbeat {
+    /// A heartbeat due `within` from now.
+    pub fn new(within: Duration) -> Heartbeat {
+        Heartbeat(Arc::new(Mutex::new(Instant::now() + within)))
+    }
+
+    /// Alive now; the next sign is due `within` from now.
+    pub fn beat(&self, within: Duration) {
+        if let Ok(mut due) = self.0.lock() {
+            *due = Instant::now() + within;
+        }
+    }
+
+    /// How long past due the task is, if it is.
+    pub fn overdue(&self) -> Option<Duration> {
+        let due = *self.0.lock().ok()?;
+        let now = Instant::now();
+        (now > due).then(|| now - due)
+    }
+}
+
+/// How long a task doing `state` may be quiet before it counts as stuck.
+fn quiet_for(state: RunState, config: &Config) -> Duration {
+    let d = &config.daemon;
+    // Work: a command may take its timeout, and more while data arrives; one large
+    // message on a slow link takes minutes without a message delivered.
+    let work = (d.command_timeout * 10).max(Duration::from_secs(600));
+    match state {
+        RunState::Idle => d.idle_timeout + d.command_timeout * 2 + MARGIN,
+        RunState::Polling => d.poll_interval + MARGIN,
+        // The longest backoff: a server's throttling hint, at most an hour.
+        RunState::Backoff | RunState::NeedsConnect => Duration::from_secs(3600) + MARGIN,
+        _ => work,
+    }
+}
+
+/// Slack on every heartbeat bound.
+const MARGIN: Duration = Duration::from_secs(60);
+
 /// Tells an account task to stop; `stopped()` completes when it is asked to.
 #[derive(Clone)]
 pub struct Stop {
@@ -71,6 +118,7 @@ impl Stop {
 }
 
 struct Task {
+    heartbeat: Heartbeat,
     config: Arc<Config>,
     account: Account,
     stop: Stop,
@@ -84,9 +132,16 @@ struct Task {
 /// Runs until stopped. Never returns an error: every failure is logged, recorded for
 /// `status`, and retried after backoff — or, when only `mailsync connect` can fix it,
 /// waited out until the token store changes.
-pub async fn run(config: Arc<Config>, account: Account, stop: Stop, board: Board) {
+pub async fn run(
+    config: Arc<Config>,
+    account: Account,
+    stop: Stop,
+    board: Board,
+    heartbeat: Heartbeat,
+) {
     let span = tracing::info_span!("account", name = %account.name);
     let mut task = Task {
+        heartbeat,
         state: State::open(&config.daemon.state_dir).ok(),
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
         config,
@@ -100,6 +155,7 @@ pub async fn run(config: Arc<Config>, account: Account, stop: Stop, board: Board
 
 impl Task {
     fn set(&mut self, state: RunState, detail: Option<&str>) {
+        self.heartbeat.beat(quiet_for(state, &self.config));
         let line = match detail {
             Some(d) => format!("{}: {} {d}", self.account.name, state.as_str()),
             None => format!("{}: {}", self.account.name, state.as_str()),
@@ -171,6 +227,8 @@ impl Task {
         let progress: Arc<dyn Progress> = Arc::new(BoardProgress {
             account: self.account.name.clone(),
             board: self.board.clone(),
+            heartbeat: self.heartbeat.clone(),
+            quiet: quiet_for(RunState::Syncing, &self.config),
             folders: Mutex::new(std::collections::HashMap::new()),
         });
         let options = SyncOptions {
@@ -407,12 +465,16 @@ fn imap_error(account: &Account, source: crate::imap::ImapError) -> SyncError {
 struct BoardProgress {
     account: String,
     board: Board,
+    /// Beaten on every message and folder.
+    heartbeat: Heartbeat,
+    quiet: Duration,
     /// Messages fetched and to fetch, per folder being downloaded.
     folders: Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 impl BoardProgress {
     fn show(&self, local: &str, (done, total): (u64, u64)) {
+        self.heartbeat.beat(self.quiet);
         if let Ok(mut b) = self.board.lock() {
             b.insert(
                 self.account.clone(),
@@ -471,6 +533,8 @@ mod tests {
         let p = BoardProgress {
             account: "work".into(),
             board: board.clone(),
+            heartbeat: Heartbeat::new(Duration::from_secs(60)),
+            quiet: Duration::from_secs(60),
             folders: Mutex::new(std::collections::HashMap::new()),
         };
         p.folder_started("Deleted Items", 0);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::account::{self, Board, StopHandle};
+use super::account::{self, Board, Heartbeat, StopHandle};
 use super::notify::Notifier;
 use crate::commands::{CommandError, Exit};
 use crate::config::{self, Account, Config};
@@ -33,7 +33,11 @@ struct Running {
     account: Account,
     stop: StopHandle,
     task: JoinHandle<()>,
+    heartbeat: Heartbeat,
 }
+
+/// How often the supervisor looks for accounts that stopped showing signs of life.
+const CHECK_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn run(path: &Path) -> Result<Exit, CommandError> {
     let notifier = Notifier::from_env();
@@ -58,7 +62,17 @@ pub async fn run(path: &Path) -> Result<Exit, CommandError> {
     let _watchdog = notifier.clone().spawn_watchdog();
     let status_task = spawn_status(notifier.clone(), board.clone());
 
-    while let Some(control) = rx.recv().await {
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let control = tokio::select! {
+            control = rx.recv() => control,
+            _ = check.tick() => {
+                restart_stuck(&mut running, |a| start(&config, a, &board));
+                continue;
+            }
+        };
+        let Some(control) = control else { break };
         match control {
             Control::Reload => {
                 notifier.reloading();
@@ -96,16 +110,44 @@ pub async fn run(path: &Path) -> Result<Exit, CommandError> {
 
 fn start(config: &Arc<Config>, account: &Account, board: &Board) -> Running {
     let (stop, signal) = account::stop_pair();
+    // Until the task's first step says otherwise: as long as a pass may be quiet.
+    let heartbeat = Heartbeat::new((config.daemon.command_timeout * 10).max(STARTUP_QUIET));
     let task = tokio::spawn(account::run(
         config.clone(),
         account.clone(),
         signal,
         board.clone(),
+        heartbeat.clone(),
     ));
     Running {
         account: account.clone(),
         stop,
         task,
+        heartbeat,
+    }
+}
+
+/// How long a new task may take to show its first sign of life, at least.
+const STARTUP_QUIET: Duration = Duration::from_secs(600);
+
+/// Restarts every account task that is past due with its heartbeat (stuck where
+/// nothing has a deadline) or that ended without being asked to (a panic). Aborting
+/// it is like a kill -9 of that account alone: its journal makes the next pass
+/// finish or undo what it was doing.
+fn restart_stuck(running: &mut BTreeMap<String, Running>, start: impl Fn(&Account) -> Running) {
+    for r in running.values_mut() {
+        let why = match r.heartbeat.overdue() {
+            _ if r.task.is_finished() => "its task ended".to_owned(),
+            Some(late) => format!(
+                "it showed no sign of progress for {}s past its bound",
+                late.as_secs()
+            ),
+            None => continue,
+        };
+        tracing::error!(account = %r.account.name, "{why}; restarting it");
+        r.stop.stop();
+        r.task.abort();
+        *r = start(&r.account);
     }
 }
 
@@ -219,5 +261,97 @@ pub fn absolute(path: &Path) -> PathBuf {
         std::env::current_dir()
             .map(|d| d.join(path))
             .unwrap_or_else(|_| path.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account() -> Account {
+        let text = r#"
+[daemon]
+state_dir = "/nonexistent/mailsync-test"
+[accounts.work]
+provider = "custom"
+email = "jane@example.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+flow = "client-credentials"
+client_secret_file = "/nonexistent/secret"
+maildir = "/nonexistent/Mail"
+imap_host = "localhost"
+imap_port = 993
+tls = "implicit"
+token_url = "https://login.example.com/token"
+[accounts.work.folders]
+Inbox = "INBOX"
+"#;
+        let config = config::parse(text, Path::new("config.toml")).unwrap();
+        config.accounts["work"].clone()
+    }
+
+    /// A task stuck where nothing has a deadline of its own (the test's: a future
+    /// that never completes), due `within`.
+    fn stuck(account: &Account, within: Duration) -> Running {
+        let (stop, _signal) = account::stop_pair();
+        Running {
+            account: account.clone(),
+            stop,
+            task: tokio::spawn(std::future::pending()),
+            heartbeat: Heartbeat::new(within),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_account_past_its_heartbeat_is_restarted_and_only_then() {
+        let work = account();
+        let mut running =
+            BTreeMap::from([("work".to_owned(), stuck(&work, Duration::from_secs(60)))]);
+        let first = running["work"].task.id();
+        let restarts = std::sync::atomic::AtomicUsize::new(0);
+        let start = |a: &Account| {
+            restarts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            stuck(a, Duration::from_secs(600))
+        };
+
+        tokio::time::advance(Duration::from_secs(59)).await;
+        restart_stuck(&mut running, start);
+        assert_eq!(
+            running["work"].task.id(),
+            first,
+            "restarted within its bound"
+        );
+
+        // A beat pushes the bound back.
+        running["work"].heartbeat.beat(Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        restart_stuck(&mut running, start);
+        assert_eq!(running["work"].task.id(), first, "restarted though it beat");
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        restart_stuck(&mut running, start);
+        assert_ne!(
+            running["work"].task.id(),
+            first,
+            "not restarted past its bound"
+        );
+        assert_eq!(restarts.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(running["work"].heartbeat.overdue().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_task_is_aborted_before_its_successor_starts() {
+        let work = account();
+        let mut running = BTreeMap::from([("work".to_owned(), stuck(&work, Duration::ZERO))]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // The old task holds `tx` until it is dropped: aborting drops it.
+        running.get_mut("work").unwrap().task = tokio::spawn(async move {
+            let _held = tx;
+            std::future::pending::<()>().await
+        });
+        restart_stuck(&mut running, |a| stuck(a, Duration::from_secs(600)));
+        let ended = tokio::time::timeout(Duration::from_secs(1), rx).await;
+        assert!(matches!(ended, Ok(Err(_))), "the old task still runs");
     }
 }
