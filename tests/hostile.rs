@@ -43,7 +43,6 @@ async fn sane_scripted_server_syncs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn garbage_greeting() {
     let env = server_with(&[], 2);
     env.server.set_hook(|c, _| {
@@ -94,7 +93,6 @@ async fn silent_after_select() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn endless_untagged_ok_in_answer_to_select() {
     let env = server_with(&[], 2);
     env.server
@@ -104,7 +102,6 @@ async fn endless_untagged_ok_in_answer_to_select() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn endless_untagged_fetch_in_answer_to_select() {
     let env = server_with(&[], 2);
     env.server
@@ -115,7 +112,6 @@ async fn endless_untagged_fetch_in_answer_to_select() {
 
 /// SELECT says 2 messages (UIDNEXT 3); the listing goes on forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn endless_listing_beyond_exists() {
     let env = server_with(&[], 2);
     env.server.set_hook(|c, _| {
@@ -148,7 +144,6 @@ async fn huge_literal_announced() {
 
 /// RFC822.SIZE says 100 bytes; the body sent is a 100 MB literal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn literal_larger_than_announced_size() {
     let env = server_with(&[], 2);
     env.check_sync(Expect::succeeds(), false).await;
@@ -191,7 +186,6 @@ async fn vanished_earlier_up_to_2_pow_32() {
 
 /// Each range under any per-range cap, 2^32 UIDs in all, in one 8 KB line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn vanished_earlier_many_ranges_in_one_line() {
     let max = u64::from(u32::MAX);
     let ranges: Vec<String> = (0u64..)
@@ -205,7 +199,6 @@ async fn vanished_earlier_many_ranges_in_one_line() {
 /// A server without CONDSTORE (Exchange): every sync lists all UIDs and flags. A flag
 /// list imap-proto cannot parse must not make a listed message count as gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn unparsable_flags_in_full_listing_keep_the_local_copy() {
     let env = server_with(&[], 3);
     env.check_sync(Expect::succeeds(), false).await;
@@ -228,7 +221,6 @@ async fn unparsable_flags_in_full_listing_keep_the_local_copy() {
 /// With CONDSTORE, a changed message whose FLAGS cannot be parsed: the change must not
 /// be lost behind a watermark committed past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn unparsable_flags_on_changedsince_path_lose_no_change() {
     let env = server_with(&["CONDSTORE"], 3);
     env.check_sync(Expect::succeeds(), false).await;
@@ -255,7 +247,6 @@ async fn unparsable_flags_on_changedsince_path_lose_no_change() {
 
 /// A folder (found by role) whose name holds CR LF and a command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn crlf_in_folder_name_injects_no_command() {
     let mut env = server_with(&["SPECIAL-USE"], 2);
     env.server
@@ -305,35 +296,26 @@ fn echo_token(c: &Command, text: impl Fn(&str, &str) -> String) -> Option<Reply>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn token_echoed_in_tagged_bad() {
-    let env = server_with(&[], 2);
-    env.server.set_hook(|c, _| {
-        echo_token(c, |token, b64| {
-            format!("BAD Invalid SASL response {b64} (token {token})")
-        })
-    });
-    env.check_sync(
-        Expect::fails(&["authenticat", "login", "AUTHENTICATE"]),
-        true,
-    )
+    echoed_credential_is_not_repeated(|token, b64| {
+        format!("BAD Invalid SASL response {b64} (token {token})")
+    })
     .await;
-    assert!(
-        !env.server.tokens().is_empty(),
-        "no token reached the server"
-    );
-    env.converges().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn token_echoed_in_alert() {
+    echoed_credential_is_not_repeated(|token, _| {
+        format!("NO [ALERT] Bearer {token} is not valid for this mailbox")
+    })
+    .await;
+}
+
+/// The server answers AUTHENTICATE with `text(token, base64 payload)`: the run fails
+/// on the login (checked at trace level too) and repeats neither.
+async fn echoed_credential_is_not_repeated(text: fn(&str, &str) -> String) {
     let env = server_with(&[], 2);
-    env.server.set_hook(|c, _| {
-        echo_token(c, |token, _| {
-            format!("NO [ALERT] Bearer {token} is not valid for this mailbox")
-        })
-    });
+    env.server.set_hook(move |c, _| echo_token(c, text));
     env.check_sync(
         Expect::fails(&["authenticat", "login", "AUTHENTICATE"]),
         true,
@@ -348,7 +330,6 @@ async fn token_echoed_in_alert() {
 
 /// 10 MB of one line with no CRLF in answer to SELECT, then silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn ten_mb_line_without_crlf() {
     let env = server_with(&[], 2);
     env.server.set_hook(|c, _| {
@@ -365,7 +346,6 @@ async fn ten_mb_line_without_crlf() {
 
 /// CONDSTORE advertised, CHANGEDSINCE refused: a full listing instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn refused_changedsince_falls_back_to_full_listing() {
     let env = server_with(&["CONDSTORE"], 3);
     env.check_sync(Expect::succeeds(), false).await;
@@ -383,7 +363,6 @@ async fn refused_changedsince_falls_back_to_full_listing() {
 /// QRESYNC advertised and enabled, `SELECT … (QRESYNC …)` refused: a plain SELECT and
 /// a full listing instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn refused_select_qresync_falls_back_to_full_listing() {
     let env = server_with(&["CONDSTORE", "QRESYNC"], 3);
     env.check_sync(Expect::succeeds(), false).await;
@@ -399,7 +378,6 @@ async fn refused_select_qresync_falls_back_to_full_listing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn uid_zero_is_a_protocol_error() {
     let env = server_with(&[], 0);
     env.server.append_uid("INBOX", 0, small_message(1), &[]);
@@ -423,7 +401,6 @@ async fn uid_zero_is_a_protocol_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn uidvalidity_zero_is_a_protocol_error() {
     let env = server_with(&[], 2);
     env.server.set_uidvalidity("INBOX", 0);
@@ -434,7 +411,6 @@ async fn uidvalidity_zero_is_a_protocol_error() {
 
 /// A 200 MB message, generated as it is sent: peak RSS at most 1.1 x its size + 64 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn message_of_200_mb_needs_one_copy_in_memory() {
     let mut env = server_with(&[], 1);
     // Time to move 200 MB through TLS in a debug build: this test is about memory.

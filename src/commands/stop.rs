@@ -583,15 +583,9 @@ async fn revoke_at(http: &reqwest::Client, url: &str, token: &Secret) -> Result<
     if status == reqwest::StatusCode::BAD_REQUEST && text.contains("invalid_token") {
         return Ok(());
     }
-    let first: String = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .chars()
-        .take(300)
-        .collect();
-    Err(format!("HTTP {status}: {first}"))
+    // One line of at most 300 characters, without the token just sent.
+    let said = crate::auth::reply::server_text(text.trim(), &[token.expose()]);
+    Err(format!("HTTP {status}: {said}"))
 }
 
 /// What [`purge`] did.

@@ -288,7 +288,7 @@ impl Session {
                 "the server's greeting is not IMAP ({excerpt}); check imap_host, imap_port and tls"
             ),
         };
-        let response = match readable(&mut bytes).and_then(|()| parsed(&bytes)) {
+        let response = match repair_then_parse(&mut bytes) {
             Ok(r) => r,
             Err(_) => return Err(not_imap(wire::excerpt(&bytes))),
         };
@@ -520,7 +520,7 @@ impl Session {
                 Err(e) => return Err(self.wire_error(e, &name, bye)),
             };
             let (mut bytes, mut literals) = frame.split();
-            let response = match readable(&mut bytes).and_then(|()| parsed(&bytes)) {
+            let response = match repair_then_parse(&mut bytes) {
                 Ok(response) => response,
                 Err(detail) => {
                     // The frame's end is known, so the session stays in step: the
@@ -1413,12 +1413,10 @@ impl Session {
             .await
             .map_err(|e| wire_error(e, command))?;
         let (mut bytes, _) = frame.split();
-        let response = readable(&mut bytes)
-            .and_then(|()| parsed(&bytes))
-            .map_err(|detail| ImapError::Protocol {
-                command: command.to_owned(),
-                detail: self.scrub.clean(&detail),
-            })?;
+        let response = repair_then_parse(&mut bytes).map_err(|detail| ImapError::Protocol {
+            command: command.to_owned(),
+            detail: self.scrub.clean(&detail),
+        })?;
         Ok(f(self, &response))
     }
 
@@ -1598,34 +1596,23 @@ pub(super) fn wire_error(error: WireError, command: &str) -> ImapError {
     }
 }
 
-/// Makes a whole response readable, or says why it is not. A FETCH whose flag list
-/// holds keywords imap-proto refuses (with `%`, `*`, `"` or non-UTF-8 bytes, which
-/// some servers let users create) is repaired in place, those keywords' odd bytes
-/// replaced: keywords are not synced, and the UID and system flags are what matters.
-/// Anything else unreadable is an error with a short excerpt, never an absence.
-pub(super) fn readable(bytes: &mut [u8]) -> Result<(), String> {
-    // Repaired first: imap-proto may read such a FETCH as one without FLAGS.
+/// A whole response, with its flag lists repaired ([`repair_flags`]) and parsed
+/// once; anything unreadable is an error with a short excerpt, never an absence.
+pub(super) fn repair_then_parse(bytes: &mut [u8]) -> Result<Response<'_>, String> {
     repair_flags(bytes);
-    if matches!(Response::parse(bytes), Ok((rest, _)) if rest.is_empty()) {
-        Ok(())
-    } else {
-        Err(format!("unreadable response: {}", wire::excerpt(bytes)))
-    }
-}
-
-/// A response [`readable`] accepted.
-pub(super) fn parsed(bytes: &[u8]) -> Result<Response<'_>, String> {
+    let bytes = &*bytes;
     match Response::parse(bytes) {
-        Ok((_, response)) => Ok(response),
-        Err(_) => Err(format!("unreadable response: {}", wire::excerpt(bytes))),
+        Ok(([], response)) => Ok(response),
+        _ => Err(format!("unreadable response: {}", wire::excerpt(bytes))),
     }
 }
 
 /// In every `FLAGS (…)` list outside literals, replaces the bytes a flag may not hold
 /// by `_`, in place (same length, so large literals' places stay where they were).
-/// Returns whether anything changed.
-fn repair_flags(bytes: &mut [u8]) -> bool {
-    let mut changed = false;
+/// Some servers let users create keywords with `%`, `*`, `"` or non-UTF-8 bytes, which
+/// imap-proto refuses, or reads as a FETCH without FLAGS (the message would count as
+/// gone); keywords are not synced, and the UID and system flags are what matters.
+fn repair_flags(bytes: &mut [u8]) {
     let mut i = 0;
     while i < bytes.len() {
         // Skip a literal's bytes: `{n}\r\n` then n bytes.
@@ -1659,7 +1646,6 @@ fn repair_flags(bytes: &mut [u8]) -> bool {
                         || (b.is_ascii_graphic() && !b"(){%*\"\\".contains(b));
                     if !allowed {
                         *b = b'_';
-                        changed = true;
                     }
                 }
             }
@@ -1667,7 +1653,6 @@ fn repair_flags(bytes: &mut [u8]) -> bool {
         }
         i = end;
     }
-    changed
 }
 
 #[cfg(test)]

@@ -697,6 +697,12 @@ struct LocalCounts {
     removed: u64,
 }
 
+/// Names `path` in a Maildir error: `.map_err(maildir_err(path))`.
+fn maildir_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> SyncError {
+    let path = path.into();
+    move |source| SyncError::Maildir { path, source }
+}
+
 /// Applies relocations, flag changes and removals: no network needed. Actions for
 /// folders not in `folders` (failed ones) are skipped.
 fn apply_local(
@@ -704,7 +710,6 @@ fn apply_local(
     folders: &HashMap<FolderId, LocalFolder>,
     actions: &[Action],
 ) -> Result<HashMap<FolderId, LocalCounts>, SyncError> {
-    let maildir_err = |path: PathBuf| move |source| SyncError::Maildir { path, source };
     let mut counts: HashMap<FolderId, LocalCounts> = HashMap::new();
     // Relocations: journal them all (rebind + moved_from), rename, clear the journal.
     let relocations: Vec<Relocation<'_>> = actions
@@ -737,7 +742,7 @@ fn apply_local(
             let to = &folders[&m.folder].maildir;
             if let Some(path) = from
                 .locate(&r.base, r.flags)
-                .map_err(maildir_err(from.root().to_owned()))?
+                .map_err(maildir_err(from.root()))?
             {
                 from.move_to(&path, to, &r.base, m.flags)
                     .map_err(maildir_err(path.clone()))?;
@@ -750,7 +755,7 @@ fn apply_local(
         for f in folders.values() {
             f.maildir
                 .sync_dirs()
-                .map_err(maildir_err(f.maildir.root().to_owned()))?;
+                .map_err(maildir_err(f.maildir.root()))?;
         }
         state.finish_moves(&done_moves)?;
     }
@@ -776,7 +781,7 @@ fn apply_local(
             let flags = new_flags[&(folder, record.uid)];
             maildir
                 .retag(&record.base, record.flags, flags)
-                .map_err(maildir_err(maildir.root().to_owned()))?;
+                .map_err(maildir_err(maildir.root()))?;
             flag_rows.push((folder, record.uidvalidity, record.uid, flags));
             counts.entry(folder).or_default().flag_updates += 1;
         }
@@ -795,7 +800,7 @@ fn apply_local(
         if let Some(path) = f
             .maildir
             .locate(&record.base, record.flags)
-            .map_err(maildir_err(f.maildir.root().to_owned()))?
+            .map_err(maildir_err(f.maildir.root()))?
         {
             f.maildir.remove(&path).map_err(maildir_err(path.clone()))?;
         }
@@ -806,7 +811,7 @@ fn apply_local(
         for f in folders.values() {
             f.maildir
                 .sync_dirs()
-                .map_err(maildir_err(f.maildir.root().to_owned()))?;
+                .map_err(maildir_err(f.maildir.root()))?;
         }
         state.remove(&removed)?;
     }
@@ -834,20 +839,11 @@ fn recover(state: &mut State, account: &str, root: &std::path::Path) -> Result<(
         if let Some(m) = maildir_of(p.folder) {
             let found = m
                 .locate(&p.base, Flags::empty())
-                .map_err(|source| SyncError::Maildir {
-                    path: m.root().to_owned(),
-                    source,
-                })?;
+                .map_err(maildir_err(m.root()))?;
             if let Some(path) = found {
                 tracing::info!(file = %path.display(), "removing a delivery a previous run did not commit");
-                m.remove(&path).map_err(|source| SyncError::Maildir {
-                    path: path.clone(),
-                    source,
-                })?;
-                m.sync_dirs().map_err(|source| SyncError::Maildir {
-                    path: m.root().to_owned(),
-                    source,
-                })?;
+                m.remove(&path).map_err(maildir_err(path.clone()))?;
+                m.sync_dirs().map_err(maildir_err(m.root()))?;
             }
             let tmp = m.tmp().join(&p.base);
             let _ = std::fs::remove_file(tmp);
@@ -865,41 +861,23 @@ fn recover(state: &mut State, account: &str, root: &std::path::Path) -> Result<(
         };
         let in_place = to
             .locate(&r.base, r.flags)
-            .map_err(|source| SyncError::Maildir {
-                path: to.root().to_owned(),
-                source,
-            })?;
+            .map_err(maildir_err(to.root()))?;
         // The file may be in its folder under the flags it had before the record was
         // rebound (a re-pair in place killed before its rename): give it the record's.
         if let Some(path) = &in_place {
             to.set_flags(path, &r.base, r.flags)
-                .map_err(|source| SyncError::Maildir {
-                    path: path.clone(),
-                    source,
-                })?;
-            to.sync_dirs().map_err(|source| SyncError::Maildir {
-                path: to.root().to_owned(),
-                source,
-            })?;
+                .map_err(maildir_err(path.clone()))?;
+            to.sync_dirs().map_err(maildir_err(to.root()))?;
         }
         if in_place.is_none()
-            && let Some(path) =
-                from.locate(&r.base, r.flags)
-                    .map_err(|source| SyncError::Maildir {
-                        path: from.root().to_owned(),
-                        source,
-                    })?
+            && let Some(path) = from
+                .locate(&r.base, r.flags)
+                .map_err(maildir_err(from.root()))?
         {
             from.move_to(&path, &to, &r.base, r.flags)
-                .map_err(|source| SyncError::Maildir { path, source })?;
-            to.sync_dirs().map_err(|source| SyncError::Maildir {
-                path: to.root().to_owned(),
-                source,
-            })?;
-            from.sync_dirs().map_err(|source| SyncError::Maildir {
-                path: from.root().to_owned(),
-                source,
-            })?;
+                .map_err(maildir_err(path))?;
+            to.sync_dirs().map_err(maildir_err(to.root()))?;
+            from.sync_dirs().map_err(maildir_err(from.root()))?;
         }
         finished.push((r.folder, r.uidvalidity, r.uid));
     }
