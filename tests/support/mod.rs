@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod hostile_env;
 
 use std::collections::BTreeMap;
