@@ -34,6 +34,7 @@ async fn initial_sync(profile: Profile) {
     // Mail in a folder that is not mapped must stay on the server only.
     seed(&env, "Sent Items", 50..53, &["\\Seen"]).await;
 
+    let server_before = server_state(&env).await;
     let summary = env.sync().await;
     assert_eq!(summary.folder("Inbox").fetched, 20);
     assert_eq!(summary.folder("Archive").fetched, 25);
@@ -43,11 +44,46 @@ async fn initial_sync(profile: Profile) {
         !env.mail_root().join("Sent Items").exists(),
         "an unmapped folder was synced"
     );
+    // A pull leaves the server as it was: no flag set by reading (BODY[] sets
+    // \Seen, BODY.PEEK[] does not), no message moved, expunged or added.
+    let server_after = server_state(&env).await;
+    let changed = server_after
+        .iter()
+        .zip(&server_before)
+        .find(|(a, b)| a != b);
+    assert!(
+        changed.is_none() && server_after.len() == server_before.len(),
+        "the sync changed the server: {changed:?}, {} messages before, {} after",
+        server_before.len(),
+        server_after.len()
+    );
 
-    // A second pass changes nothing and downloads nothing.
+    // A second pass changes nothing and downloads nothing, as the server counts.
+    let mark = env.log_lines();
     let again = env.sync().await;
     assert_eq!(again.total(), Default::default(), "{again:?}");
+    assert_eq!(
+        env.server_bodies_sent(mark),
+        0,
+        "the second pass downloaded"
+    );
     env.assert_in_sync().await;
+}
+
+/// Every folder's (UID, flags, size, hash of the bytes), as the server holds them.
+async fn server_state(env: &Env) -> Vec<(String, u32, Vec<String>, usize, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut out = Vec::new();
+    for folder in ["INBOX", "Archive", "Deleted Items", "Sent Items"] {
+        for m in env.dovecot.messages(USER, folder).await.unwrap() {
+            let mut flags = m.flags.clone();
+            flags.sort();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            m.body.hash(&mut h);
+            out.push((folder.to_owned(), m.uid, flags, m.body.len(), h.finish()));
+        }
+    }
+    out
 }
 on_both_profiles!(initial_sync);
 

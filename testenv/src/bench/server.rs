@@ -171,9 +171,9 @@ impl Server {
     /// Waits until `doveadm who` shows no session (tools may still be logging out).
     pub fn wait_idle(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.dovecot.who().is_empty() {
+        while !self.dovecot.who()?.is_empty() {
             if Instant::now() > deadline {
-                bail!("sessions still open: {:?}", self.dovecot.who());
+                bail!("sessions still open: {:?}", self.dovecot.who()?);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -74,6 +74,8 @@ ssl_dh = </usr/share/dovecot/dh.pem
 auth_cache_size = 0
 auth_failure_delay = 0
 auth_verbose = yes
+verbose_proctitle = yes
+login_log_format_elements = user=<%u> method=%m rip=%r lip=%l lport=%{{local_port}} mpid=%e %c session=<%{{session}}>
 auth_master_user_separator = *
 mail_location = maildir:~/Maildir
 mail_fsync = never

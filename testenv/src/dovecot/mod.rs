@@ -337,11 +337,10 @@ impl Dovecot {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Users with live IMAP connections (`doveadm who`).
-    pub fn who(&self) -> Vec<String> {
-        let Ok(out) = self.doveadm(&["who"]) else {
-            return Vec::new();
-        };
+    /// Users with live IMAP connections (`doveadm who`). Fails if doveadm does, so
+    /// that "nobody is connected" can never be read from a failed command.
+    pub fn who(&self) -> Result<Vec<String>> {
+        let out = self.doveadm(&["who"])?;
         let mut users: Vec<String> = out
             .lines()
             .skip(1)
@@ -350,7 +349,46 @@ impl Dovecot {
             .collect();
         users.sort();
         users.dedup();
-        users
+        Ok(users)
+    }
+
+    /// What each of this server's IMAP sessions is doing, from the process titles
+    /// Dovecot sets (`verbose_proctitle`): `[user ip COMMAND]`, e.g.
+    /// `[jane@example.com 127.0.0.1 IDLE]`. Read from /proc, so it is the server's own
+    /// view of the session, not the client's.
+    pub fn session_titles(&self) -> Vec<String> {
+        let Some(master) = self.master_pid() else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut titles = Vec::new();
+        for e in entries.flatten() {
+            let dir = e.path();
+            let Ok(stat) = fs::read_to_string(dir.join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid …: comm may hold spaces, so split after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid != Some(master) {
+                continue;
+            }
+            let Ok(cmdline) = fs::read(dir.join("cmdline")) else {
+                continue;
+            };
+            let title = String::from_utf8_lossy(&cmdline)
+                .trim_end_matches('\0')
+                .replace('\0', " ");
+            // `INSTANCE/imap [user ip COMMAND]`; not imap-login's.
+            if let Some((_, rest)) = title.split_once("/imap [") {
+                titles.push(format!("[{}", rest.trim()));
+            }
+        }
+        titles
     }
 
     /// Disconnects every IMAP connection of `user` (`doveadm kick`).
