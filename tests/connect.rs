@@ -59,7 +59,7 @@ fn connect_args(env: &Env, flow: &str) -> Vec<String> {
 
 /// `connect work` arguments for `provider`: a Microsoft account (its endpoints pointed
 /// at the test environment) gets the provider's default scopes.
-fn connect_args_for(env: &Env, flow: &str, provider: &str) -> Vec<String> {
+pub(crate) fn connect_args_for(env: &Env, flow: &str, provider: &str) -> Vec<String> {
     let d = env.dir.path();
     let mut args: Vec<String> = [
         "connect",
@@ -110,7 +110,7 @@ fn connect_args_for(env: &Env, flow: &str, provider: &str) -> Vec<String> {
 }
 
 /// Starts an environment whose config has no `work` account yet, and seeds mail.
-async fn fresh(profile: Profile) -> (Env, String) {
+pub(crate) async fn fresh(profile: Profile) -> (Env, String) {
     let env = Env::start(profile).await;
     env.idp.set_device_code_interval(Duration::from_secs(1));
     let text = hand_written(&env);
@@ -147,12 +147,32 @@ where
 }
 
 /// [`run_connect`] with these arguments.
-async fn run_connect_with<F>(env: &Env, args: Vec<String>, mut drive: F) -> (i32, String, String)
+pub(crate) async fn run_connect_with<F>(
+    env: &Env,
+    args: Vec<String>,
+    drive: F,
+) -> (i32, String, String)
+where
+    F: FnMut(&str) + Send + 'static,
+{
+    run_connect_logged(env, args, None, drive).await
+}
+
+/// [`run_connect_with`], with `RUST_LOG` set to `rust_log` if given.
+pub(crate) async fn run_connect_logged<F>(
+    env: &Env,
+    args: Vec<String>,
+    rust_log: Option<&str>,
+    mut drive: F,
+) -> (i32, String, String)
 where
     F: FnMut(&str) + Send + 'static,
 {
     let mut cmd = env.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
     cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     tokio::task::spawn_blocking(move || {
         let mut child = cmd.spawn().unwrap();
@@ -276,7 +296,7 @@ on_both_profiles!(client_credentials_flow);
 
 /// Plays the browser for the authorization URL in `line`, if it is one: follows the
 /// identity provider's redirect to mailsync's loopback listener.
-fn follow_authorize_url(line: &str) {
+pub(crate) fn follow_authorize_url(line: &str) {
     let url = line.trim().to_owned();
     if url.starts_with("http://127.0.0.1") && url.contains("/authorize?") {
         std::thread::spawn(move || {
@@ -292,7 +312,7 @@ fn follow_authorize_url(line: &str) {
 }
 
 /// Approves the device code in `line`, if it shows one, as `who`.
-fn approve_as(idp: &std::sync::Arc<mailsync_testenv::Idp>, line: &str, who: &str) {
+pub(crate) fn approve_as(idp: &std::sync::Arc<mailsync_testenv::Idp>, line: &str, who: &str) {
     if line.contains("enter the code") {
         assert!(idp.approve_device_code(Some(line.rsplit(' ').next().unwrap()), who));
     }
