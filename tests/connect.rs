@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use mailsync_testenv::TokenFailure;
 use mailsync_testenv::dovecot::{Profile, SeedMessage};
+use mailsync_testenv::idp::{Rotation, SecretKind};
 
 use crate::on_both_profiles;
 use crate::support::{CLIENT_ID, CLIENT_SECRET, Env, USER, toml_string};
@@ -546,6 +547,129 @@ async fn crash_right_after_a_refresh() {
     env.assert_in_sync().await;
 }
 
+/// The unsafe window of a refresh: the identity provider has issued the new refresh
+/// token, but mailsync has not stored it — SIGKILLed while the reply is on its way.
+/// Microsoft keeps the old token valid, so the next run simply works. Where the old
+/// one is spent (the test IdP's strict mode), the grant is gone: the next run says in
+/// one line that `mailsync connect work` is needed, exits 2, asks nothing again, and
+/// keeps every message; `connect` brings the account back. Nothing leaks either way.
+/// (The server profile plays no part before the login: one profile.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_provider_rotated_before_mailsync_stored() {
+    for rotation in [Rotation::KeepOld, Rotation::SpendOnUse] {
+        let env = connected(Profile::Full).await;
+        env.idp.set_refresh_rotation(rotation);
+        // Shorter than the refresh margin: every run refreshes.
+        env.idp.set_access_token_lifetime(Duration::from_secs(60));
+        let first = env.run(&["sync", "work"]).await;
+        assert_eq!(first.code, 0, "{first}");
+        env.dovecot
+            .append(USER, "INBOX", b"Subject: later\r\n\r\nx\r\n", &[], None)
+            .await
+            .unwrap();
+        let local_before = all_local(&env).await;
+
+        env.idp.stall_next_token_replies(1);
+        let (stalled, issued) = (
+            env.idp.stalled_token_replies(),
+            env.idp.issued_secrets().len(),
+        );
+        let mut cmd = env.command(&["-vv", "sync", "work"]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let started = std::time::Instant::now();
+        while env.idp.stalled_token_replies() == stalled {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{rotation:?}: mailsync ended before the refresh was issued"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{rotation:?}: no refresh reached the identity provider"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill().unwrap(); // SIGKILL: the new refresh token is issued, not stored
+        let killed = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        env.idp.release_stalled_token_replies();
+        let rotated = env.idp.issued_secret_kinds()[issued..]
+            .iter()
+            .filter(|(k, _)| *k == SecretKind::Refresh)
+            .count();
+        assert_eq!(rotated, 1, "{rotation:?}: the provider did not rotate");
+
+        let calls = env.idp.token_calls();
+        let next = env.run(&["sync", "work"]).await;
+        let mut outputs = vec![
+            crate::support::Run::from(killed).to_string(),
+            next.to_string(),
+        ];
+        match rotation {
+            Rotation::KeepOld => {
+                assert_eq!(next.code, 0, "{rotation:?}: {next}");
+                assert_eq!(next.summary().folder("Inbox").fetched, 1, "{next}");
+                env.assert_in_sync().await;
+            }
+            Rotation::SpendOnUse => {
+                assert_eq!(next.code, 2, "{rotation:?}: {next}");
+                let said: Vec<&str> = next
+                    .stderr
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .collect();
+                assert_eq!(said.len(), 1, "not one line: {next}");
+                assert!(said[0].contains("mailsync connect work"), "{next}");
+                assert_eq!(all_local(&env).await, local_before, "mail was lost: {next}");
+                assert_eq!(env.idp.token_calls() - calls, 1, "{next}");
+                let again = env.run(&["sync", "work"]).await;
+                assert_eq!(again.code, 2, "{again}");
+                assert!(again.stderr.contains("mailsync connect work"), "{again}");
+                assert_eq!(
+                    env.idp.token_calls() - calls,
+                    1,
+                    "a dead grant was asked again"
+                );
+                assert_eq!(
+                    all_local(&env).await,
+                    local_before,
+                    "mail was lost: {again}"
+                );
+                outputs.push(again.to_string());
+
+                let idp = env.idp.clone();
+                let device = connect_args_for(&env, "device", "microsoft");
+                let (code, out, err) =
+                    run_connect_with(&env, device, move |line| approve_as(&idp, line, USER)).await;
+                assert_eq!(code, 0, "{out}\n{err}");
+                outputs.push(format!("{out}{err}"));
+                let run = env.run(&["sync", "work"]).await;
+                assert_eq!(run.code, 0, "{run}");
+                outputs.push(run.to_string());
+                env.assert_in_sync().await;
+            }
+        }
+        let mut secrets = env.idp.issued_secrets();
+        secrets.push(CLIENT_SECRET.to_owned());
+        for text in &outputs {
+            crate::secrets::assert_no_secret_in(&secrets, &format!("{rotation:?}"), text);
+        }
+    }
+}
+
+/// Every message file in the mapped local folders, as (folder, bytes, flags), sorted.
+async fn all_local(env: &Env) -> Vec<(String, Vec<u8>, String)> {
+    let mut all = Vec::new();
+    for (local, _) in env.resolved_mappings().await {
+        for (bytes, flags) in crate::support::local_messages(&env.maildir(&local)) {
+            all.push((local.clone(), bytes, flags));
+        }
+    }
+    all.sort();
+    all
+}
+
 /// A revoked refresh token: "needs connect" with the reason, and no retry loop — the
 /// token endpoint is asked once, and not again by the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,6 +682,11 @@ async fn revoked_refresh_token_needs_connect() {
     assert!(
         run.stderr.contains("AADSTS50173") && run.stderr.contains("mailsync connect work"),
         "{run}"
+    );
+    assert_eq!(
+        run.stderr.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "said more than once: {run}"
     );
     assert_eq!(
         env.idp.token_calls() - before,
