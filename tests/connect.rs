@@ -217,9 +217,23 @@ async fn device_flow(profile: Profile) {
         if line.contains("enter the code") {
             let user_code = line.rsplit(' ').next().unwrap().to_owned();
             let idp = idp.clone();
-            // Approve a little later, so the client has to poll.
+            // Approve once the client has polled (and been told to wait), so it has
+            // to poll again.
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(1500));
+                let polled = || {
+                    idp.token_requests().iter().any(|r| {
+                        r.iter()
+                            .any(|(k, v)| k == "grant_type" && v.ends_with(":device_code"))
+                    })
+                };
+                let started = std::time::Instant::now();
+                while !polled() {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(120),
+                        "the client never polled"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 assert!(idp.approve_device_code(Some(&user_code), USER));
             });
         }
@@ -437,28 +451,49 @@ async fn browser_redirect_is_served_beside_a_silent_connection() {
             Err(e) => eprintln!("SKIPPED the [::1] check: no IPv6 loopback here ({e})"),
         }
         // A client that connects and trickles a byte now and then, never finishing
-        // its request, for 25 s.
-        let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // its request, until the redirect has been served. Served one after the other,
+        // another request would wait until mailsync gave up on this one and closed
+        // it: a favicon request must be answered while it is still open.
+        let silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trickling = served.clone();
+        let mut writer = silent.try_clone().unwrap();
         std::thread::spawn(move || {
-            for _ in 0..25 {
-                let _ = std::io::Write::write_all(&mut silent, b"G");
-                std::thread::sleep(Duration::from_secs(1));
+            for _ in 0..300 {
+                if trickling.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let _ = std::io::Write::write_all(&mut writer, b"G");
+                std::thread::sleep(Duration::from_millis(500));
             }
         });
         let seen = seen.clone();
         std::thread::spawn(move || {
             let http = reqwest::blocking::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(15))
                 .build()
                 .unwrap();
+            let favicon = format!("{}favicon.ico", redirect);
+            let _ = http.get(&favicon).send().and_then(|r| r.text());
+            silent.set_nonblocking(true).unwrap();
+            let open = matches!(
+                silent.peek(&mut [0u8; 1]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            );
+            if !open {
+                seen.lock().unwrap().push(
+                    "another request was served only after the silent connection was closed".into(),
+                );
+            }
             let r = http.get(&url).send().unwrap();
             let location = r.headers()["location"].to_str().unwrap().to_owned();
             assert!(location.starts_with(&redirect), "{location}");
-            if let Err(e) = http.get(&location).send().and_then(|r| r.text()) {
-                seen.lock().unwrap().push(format!(
-                    "the redirect was not served beside a silent connection: {e}"
-                ));
+            let page = http.get(&location).send().and_then(|r| r.text());
+            served.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Err(e) = page {
+                seen.lock()
+                    .unwrap()
+                    .push(format!("the redirect was not served: {e}"));
             }
         });
     })
@@ -734,12 +769,24 @@ async fn revoked_refresh_token_needs_connect() {
 async fn imap_unavailable_is_retried() {
     let env = connected(Profile::Exchange).await;
     env.idp.fail_introspection(true);
-    let idp = env.idp.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
-        idp.fail_introspection(false);
-    });
-    let run = env.run(&["sync", "work"]).await;
+    let mut cmd = env.command(&["sync", "work"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The server could not check the token at least once: now it can again.
+    let started = std::time::Instant::now();
+    while env.idp.introspection_failures_served() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the server never asked the identity provider"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.idp.fail_introspection(false);
+    let run = crate::support::Run::from(
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap(),
+    );
     assert_eq!(run.code, 0, "{run}");
     assert!(
         run.stderr.contains("UNAVAILABLE") || run.stderr.contains("temporarily"),
@@ -756,6 +803,11 @@ async fn transient_token_failures_are_retried() {
         .fail_next_token_calls(2, TokenFailure::Unavailable(503));
     let run = env.run(&["sync", "work"]).await;
     assert_eq!(run.code, 0, "{run}");
+    assert_eq!(
+        env.idp.token_failures_served(),
+        2,
+        "the failures were not served: {run}"
+    );
     env.assert_in_sync().await;
 }
 
@@ -832,7 +884,12 @@ async fn every_aadsts_code_is_diagnosed() {
         env.idp.clear_token_failures();
         env.idp
             .fail_next_token_calls(5, TokenFailure::Aadsts(*code));
+        let served = env.idp.token_failures_served();
         let run = env.run(&["test", "work"]).await;
+        assert!(
+            env.idp.token_failures_served() > served,
+            "AADSTS{code} was never served: {run}"
+        );
         assert_ne!(run.code, 0, "AADSTS{code}: {run}");
         let text = format!("{}{}", run.stdout, run.stderr);
         assert!(
