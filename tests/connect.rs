@@ -812,10 +812,10 @@ async fn transient_token_failures_are_retried() {
 }
 
 /// The access token expires during a long sync and the server drops the session (as
-/// Exchange does): mailsync reconnects with a fresh token and completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_expiring_during_a_long_sync() {
-    let env = connected(Profile::Exchange).await;
+/// Exchange does): mailsync reconnects with a fresh token and completes. On both
+/// profiles: the download resumes by each one's own means (with and without QRESYNC).
+async fn token_expiring_during_a_long_sync(profile: Profile) {
+    let env = connected(profile).await;
     let batch: Vec<SeedMessage> = (0..8000)
         .map(|i| {
             SeedMessage::new(
@@ -859,6 +859,7 @@ async fn token_expiring_during_a_long_sync() {
         "no second token was requested"
     );
 }
+on_both_profiles!(token_expiring_during_a_long_sync);
 
 /// Every AADSTS code of the diagnosis table produces its cause and fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
