@@ -87,6 +87,7 @@ async fn expires_in_as_a_string_of_digits_is_read() {
     let run = env.run(&["sync"]).await;
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(env.idp.token_calls(), 1, "the reply was not used: {run}");
+    assert_eq!(env.idp.token_failures_served(), 1, "{run}");
     let text = visible(&env, &[&run]).await;
     assert_no_secret(&env, &text, &[&token, CLIENT_SECRET]);
 }
@@ -117,6 +118,11 @@ async fn an_unreadable_token_reply_is_named_not_echoed() {
     );
     assert_eq!(trace.code, 2, "{trace}");
     assert!(trace.stderr.contains("TRACE"), "no trace output: {trace}");
+    assert_eq!(
+        env.idp.token_failures_served(),
+        2,
+        "each run was not given the reply"
+    );
     let text = visible(&env, &[&run, &trace]).await;
     assert_no_secret(
         &env,
@@ -136,10 +142,15 @@ async fn huge_expires_in_is_bounded() {
         let token = env.idp.issue_access_token(CLIENT_ID, USER);
         env.idp
             .fail_next_token_calls(1, raw(azure_v1_reply(&token, expires_in)));
-        let calls = env.idp.token_calls();
+        let (calls, served) = (env.idp.token_calls(), env.idp.token_failures_served());
         let run = env.run(&["sync", "work"]).await;
         assert_eq!(run.code, 0, "expires_in {expires_in}: {run}");
         assert_eq!(env.idp.token_calls() - calls, 1, "{run}");
+        assert_eq!(
+            env.idp.token_failures_served() - served,
+            1,
+            "expires_in {expires_in}: the reply was not served: {run}"
+        );
 
         let status = env.run(&["status", "--json", "work"]).await;
         assert_eq!(status.code, 0, "{status}");
@@ -460,6 +471,10 @@ async fn a_huge_token_reply_is_not_read_whole() {
             .unwrap(),
     );
     assert_eq!(run.code, 2, "{run}");
+    assert!(
+        env.idp.token_failures_served() >= 1,
+        "the huge reply was never served"
+    );
     let lines = said(&run);
     assert_eq!(lines.len(), 1, "{run}");
     assert!(lines[0].contains("larger than 1024 KiB"), "{run}");

@@ -4,6 +4,7 @@
 
 use mailsync_testenv::dovecot::Profile;
 
+use crate::on_both_profiles;
 use crate::support::{Env, USER};
 
 async fn new_mail(env: &Env, subject: &str) {
@@ -19,9 +20,10 @@ async fn new_mail(env: &Env, subject: &str) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_sync_asks_for_no_token_and_a_refused_one_is_replaced() {
-    let env = crate::connect::connected(Profile::Full).await;
+/// On both profiles: the runs after the first are incremental passes, each profile's
+/// own way.
+async fn a_second_sync_asks_for_no_token_and_a_refused_one_is_replaced(profile: Profile) {
+    let env = crate::connect::connected(profile).await;
     let calls = env.idp.token_calls();
     let first = env.run(&["sync", "work"]).await;
     assert_eq!(first.code, 0, "{first}");
@@ -61,3 +63,4 @@ async fn a_second_sync_asks_for_no_token_and_a_refused_one_is_replaced() {
     );
     env.assert_in_sync().await;
 }
+on_both_profiles!(a_second_sync_asks_for_no_token_and_a_refused_one_is_replaced);

@@ -421,7 +421,9 @@ impl TokenSource {
                 state
                     .mark_needs_connect(&account.name, &reason)
                     .map_err(|e| self.store_err(e))?;
-                tracing::error!(account = %account.name, "{e}");
+                // Reported once, by whoever asked (the command's last line, the
+                // daemon's log): an error line here as well said it twice.
+                tracing::debug!(account = %account.name, "the grant is dead: marked needs connect");
                 return Err(e);
             }
             Err(e) => return Err(e),

@@ -10,7 +10,7 @@ use super::aadsts::{ErrorContext, OAuthError};
 use super::store::{
     AccessToken, AuthCode, DeviceCode, DeviceState, RefreshState, RefreshToken, Store,
 };
-use super::{TokenFailure, jwt};
+use super::{Rotation, SecretKind, TokenFailure, jwt};
 use crate::random;
 
 /// A decoded form body or query string.
@@ -82,7 +82,7 @@ pub fn issue_access(
             revoked: false,
         },
     );
-    store.issued.push(token.clone());
+    store.issued.push((SecretKind::Access, token.clone()));
     (token, secs)
 }
 
@@ -98,7 +98,7 @@ pub fn issue_refresh(store: &mut Store, client_id: &str, email: &str, scope: &st
             state: RefreshState::Active,
         },
     );
-    store.issued.push(token.clone());
+    store.issued.push((SecretKind::Refresh, token.clone()));
     token
 }
 
@@ -124,7 +124,9 @@ fn user_tokens(
     // Like Microsoft: an id_token only for OpenID Connect.
     let scopes: Vec<&str> = scope.split_whitespace().collect();
     if scopes.contains(&"openid") {
-        reply["id_token"] = json!(jwt::id_token(base_url, tenant, client_id, email, &scopes));
+        let id_token = jwt::id_token(base_url, tenant, client_id, email, &scopes);
+        store.issued.push((SecretKind::IdToken, id_token.clone()));
+        reply["id_token"] = json!(id_token);
     }
     reply
 }
@@ -183,6 +185,7 @@ pub fn token(
         .token_requests
         .push(p.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     if let Some(failure) = store.failures.pop_front() {
+        store.failures_served += 1;
         return Err(injected(&failure, p, tenant));
     }
     let reply = match param(p, "grant_type")? {
@@ -239,7 +242,9 @@ fn refresh_token(
         RefreshState::Revoked => return Err(OAuthError::aadsts(50173, &ctx(p, tenant))),
         RefreshState::Expired => return Err(OAuthError::aadsts(700082, &ctx(p, tenant))),
     }
-    rt.state = RefreshState::Rotated;
+    if store.rotation == Rotation::SpendOnUse {
+        rt.state = RefreshState::Rotated;
+    }
     let email = rt.email.clone();
     let scope = p
         .get("scope")
@@ -269,6 +274,9 @@ fn authorization_code(
     let code = param(p, "code")?;
     let redirect_uri = param(p, "redirect_uri")?;
     let verifier = param(p, "code_verifier")?;
+    store
+        .issued
+        .push((SecretKind::PkceVerifier, verifier.to_string()));
     let Some(c) = store.codes.get_mut(code) else {
         return Err(OAuthError::aadsts(70000, &ctx(p, tenant)));
     };
@@ -372,6 +380,9 @@ pub fn devicecode(
         .unwrap_or_else(|| DEFAULT_USER_SCOPE.to_string());
     let user_code = user_code();
     let device_code = format!("DAQABAAEAAAD{}", random::token(64));
+    store
+        .issued
+        .push((SecretKind::DeviceCode, device_code.clone()));
     let verification_uri = format!("{base_url}/devicelogin");
     let d = DeviceCode {
         device_code: device_code.clone(),
@@ -482,6 +493,7 @@ pub fn authorize(store: &mut Store, tenant: &str, p: &Params) -> AuthorizeOutcom
         .cloned()
         .unwrap_or_else(|| DEFAULT_USER_SCOPE.to_string());
     let code = format!("0.AXEA{}", random::token(64));
+    store.issued.push((SecretKind::AuthCode, code.clone()));
     store.codes.insert(
         code.clone(),
         AuthCode {
@@ -507,6 +519,7 @@ pub fn authorize(store: &mut Store, tenant: &str, p: &Params) -> AuthorizeOutcom
 pub fn introspect(store: &mut Store, p: &Params) -> Option<Value> {
     store.introspect_calls += 1;
     if store.fail_introspection {
+        store.introspection_failures_served += 1;
         return None;
     }
     let token = p.get("token").map(String::as_str).unwrap_or_default();

@@ -6,6 +6,10 @@
 //! Like Microsoft's, it issues an `id_token` only when the scope has `openid`, with
 //! `name` and `preferred_username` only for `profile` and `email` only for `email`.
 //!
+//! Unlike Microsoft's by default, a refresh spends the refresh token it was given
+//! ([`Rotation::SpendOnUse`]): a client that failed to store the rotated one is caught
+//! at its next refresh. [`Rotation::KeepOld`] is what Microsoft does.
+//!
 //! The server runs on its own thread with its own Tokio runtime, so it keeps answering
 //! Dovecot even while a test blocks its own runtime (e.g. waiting on a child process).
 
@@ -23,6 +27,38 @@ pub use aadsts::{ErrorContext, KNOWN_CODES, OAuthError};
 pub use grants::{DEFAULT_USER_SCOPE, s256};
 use routes::Shared;
 use store::{App, DeviceState, RefreshState, Store};
+
+/// What a refresh does to the refresh token it was given (the reply always carries a
+/// new one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rotation {
+    /// The old token is spent: presenting it again is AADSTS70008. Stricter than
+    /// Microsoft, so a client that loses the rotated token is caught.
+    #[default]
+    SpendOnUse,
+    /// The old token stays valid (until revoked or expired), as with Microsoft
+    /// identity platform: "The Microsoft identity platform doesn't revoke old refresh
+    /// tokens when used to fetch new access tokens"
+    /// (<https://learn.microsoft.com/en-us/entra/identity-platform/refresh-tokens>).
+    KeepOld,
+}
+
+/// What a secret recorded by [`Idp::issued_secret_kinds`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SecretKind {
+    /// An access token (a bearer credential for IMAP).
+    Access,
+    /// A refresh token.
+    Refresh,
+    /// An OpenID Connect `id_token`.
+    IdToken,
+    /// A device code (the client's half; the user code is shown to the person).
+    DeviceCode,
+    /// An authorization code, as `/authorize` redirects with it.
+    AuthCode,
+    /// A PKCE code verifier, as a client redeemed a code with it.
+    PkceVerifier,
+}
 
 /// What [`Idp::fail_next_token_calls`] makes the token endpoint answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +115,7 @@ impl Idp {
         let shared = Arc::new(Shared {
             base_url: format!("http://{addr}"),
             store: Mutex::new(Store::default()),
+            release: tokio::sync::Notify::new(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = routes::router(shared.clone());
@@ -266,6 +303,12 @@ impl Idp {
         }
     }
 
+    /// What a refresh does to the refresh token it spends (default
+    /// [`Rotation::SpendOnUse`]).
+    pub fn set_refresh_rotation(&self, rotation: Rotation) {
+        self.store().rotation = rotation;
+    }
+
     /// Revokes the refresh tokens of `email` (next use: AADSTS50173).
     pub fn revoke_refresh_tokens(&self, email: &str) {
         for t in self.store().refresh.values_mut() {
@@ -310,6 +353,35 @@ impl Idp {
         }
     }
 
+    /// Injected token failures ([`Idp::fail_next_token_calls`]) answered so far.
+    pub fn token_failures_served(&self) -> u64 {
+        self.store().failures_served
+    }
+
+    /// `/introspect` calls failed by [`Idp::fail_introspection`] so far.
+    pub fn introspection_failures_served(&self) -> u64 {
+        self.store().introspection_failures_served
+    }
+
+    /// The next `n` token replies are held after their tokens are issued (a refresh
+    /// has then rotated the refresh token): the client waits, as on a connection that
+    /// stalls, until [`Idp::release_stalled_token_replies`] (or 300 s, or the IdP is
+    /// dropped). [`Idp::stalled_token_replies`] says when one is held.
+    pub fn stall_next_token_replies(&self, n: usize) {
+        self.store().stall_next += n;
+    }
+
+    /// Token replies held so far by [`Idp::stall_next_token_replies`], counted once
+    /// their tokens were issued.
+    pub fn stalled_token_replies(&self) -> u64 {
+        self.store().stalled
+    }
+
+    /// Sends the replies held now.
+    pub fn release_stalled_token_replies(&self) {
+        self.shared.release.notify_waiters();
+    }
+
     /// Clears queued token failures.
     pub fn clear_token_failures(&self) {
         self.store().failures.clear();
@@ -348,14 +420,21 @@ impl Idp {
         self.store().token_requests.clone()
     }
 
-    /// Every access and refresh token ever issued (to grep logs for leaks).
+    /// Every secret issued or received so far (to grep logs for leaks): access,
+    /// refresh and id tokens, device and authorization codes, PKCE verifiers.
     pub fn issued_secrets(&self) -> Vec<String> {
+        self.store().issued.iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// [`Idp::issued_secrets`], each with what it is, in the order issued.
+    pub fn issued_secret_kinds(&self) -> Vec<(SecretKind, String)> {
         self.store().issued.clone()
     }
 }
 
 impl Drop for Idp {
     fn drop(&mut self) {
+        self.release_stalled_token_replies();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

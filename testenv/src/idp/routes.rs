@@ -21,7 +21,12 @@ pub struct Shared {
     pub base_url: String,
     /// All IdP state.
     pub store: Mutex<Store>,
+    /// Wakes the token replies held by `stall_next_token_replies`.
+    pub release: tokio::sync::Notify,
 }
+
+/// The longest a token reply is held.
+const MAX_STALL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The router for all endpoints.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -48,10 +53,24 @@ async fn token(
     body: Bytes,
 ) -> Response {
     let p = parse(&body);
-    let result = {
+    let (result, stall) = {
         let mut store = shared.store.lock().unwrap();
-        grants::token(&mut store, &shared.base_url, &tenant, &p)
+        let result = grants::token(&mut store, &shared.base_url, &tenant, &p);
+        let stall = result.is_ok() && store.stall_next > 0;
+        if stall {
+            store.stall_next -= 1;
+        }
+        (result, stall)
     };
+    if stall {
+        // Registered before it is counted, so a release right after the count is seen
+        // is not missed.
+        let released = shared.release.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        shared.store.lock().unwrap().stalled += 1;
+        let _ = tokio::time::timeout(MAX_STALL, released).await;
+    }
     match result {
         Ok(v) => (
             [(header::CACHE_CONTROL, "no-store, no-cache")],

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::TokenFailure;
+use super::{Rotation, SecretKind, TokenFailure};
 
 /// A registered application (client).
 #[derive(Clone, Debug)]
@@ -35,7 +35,7 @@ pub struct AccessToken {
 pub enum RefreshState {
     /// Usable.
     Active,
-    /// Used once; rotation replaced it (AADSTS70008).
+    /// Used once; rotation replaced it (AADSTS70008 under [`Rotation::SpendOnUse`]).
     Rotated,
     /// Revoked (AADSTS50173).
     Revoked,
@@ -103,12 +103,23 @@ pub struct Store {
     pub device_interval: Duration,
     pub device_lifetime: Duration,
     pub failures: VecDeque<TokenFailure>,
+    /// Injected token failures answered so far.
+    pub failures_served: u64,
     pub fail_introspection: bool,
+    /// `/introspect` calls answered with HTTP 500 so far.
+    pub introspection_failures_served: u64,
+    /// What a refresh does to the refresh token it spends.
+    pub rotation: Rotation,
+    /// Token replies still to be held after their tokens are issued.
+    pub stall_next: usize,
+    /// Token replies held so far (issued, then not sent until released).
+    pub stalled: u64,
     pub consent_required: bool,
     pub signed_in_user: Option<String>,
     pub token_calls: u64,
     pub introspect_calls: u64,
-    pub issued: Vec<String>,
+    /// Every secret issued or received, with what it is.
+    pub issued: Vec<(SecretKind, String)>,
     pub token_requests: Vec<Vec<(String, String)>>,
 }
 
@@ -125,7 +136,12 @@ impl Default for Store {
             device_interval: Duration::from_secs(5),
             device_lifetime: Duration::from_secs(900),
             failures: VecDeque::new(),
+            failures_served: 0,
             fail_introspection: false,
+            introspection_failures_served: 0,
+            rotation: Rotation::SpendOnUse,
+            stall_next: 0,
+            stalled: 0,
             consent_required: false,
             signed_in_user: None,
             token_calls: 0,
