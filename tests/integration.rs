@@ -1,6 +1,7 @@
 //! The integration tests, built as one binary. Every test talks to a real Dovecot on
 //! loopback (TLS, XOAUTH2 validated by the test identity provider) and runs the real
-//! `mailsync` binary; every sync test runs on both server profiles.
+//! `mailsync` binary; every test whose outcome can depend on the server runs on both
+//! server profiles.
 
 mod support;
 
