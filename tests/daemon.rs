@@ -816,7 +816,7 @@ async fn sd_notify_ready_status_watchdog() {
     let mut seen = String::new();
     let started = Instant::now();
     let mut buf = [0u8; 4096];
-    while started.elapsed() < Duration::from_secs(15) {
+    while started.elapsed() < EVENT {
         if let Ok(n) = socket.recv(&mut buf) {
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
             seen.push('\n');
