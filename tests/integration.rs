@@ -9,6 +9,7 @@ mod bad_input;
 mod connect;
 mod crash;
 mod daemon;
+mod exchange;
 mod hostile;
 mod hostile_idp;
 mod pull;

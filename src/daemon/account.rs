@@ -289,10 +289,17 @@ impl Task {
             // calling the identity provider (the token store says "needs connect").
             return Duration::from_secs(30);
         }
+        if retry == Retry::NewToken
+            && let Some(tokens) = self.tokens.as_mut()
+        {
+            // The server ended the session because the token expired (Exchange's
+            // AccessTokenExpired): the next login asks for a new one.
+            tokens.invalidate();
+        }
         // Exchange's "Suggested Backoff Time" is a floor; the backoff still advances.
         let next = self.backoff.next().unwrap_or(Duration::from_secs(300));
         let delay = retry.delay(next);
-        if retry.is_transient() {
+        if retry.is_transient() || retry == Retry::NewToken {
             tracing::warn!("{text}; retrying in {}s", delay.as_secs());
         } else {
             tracing::error!("{text}; retrying in {}s", delay.as_secs());

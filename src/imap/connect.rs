@@ -497,7 +497,12 @@ impl Client {
         match session.authenticate(mechanism, &encoded, sasl_ir).await? {
             SaslEnd::Ok => Ok(session),
             SaslEnd::Refused { text, challenge } => {
-                if text.to_ascii_uppercase().contains("[UNAVAILABLE]") {
+                // A busy or throttling server (Exchange: `NO Request is throttled.
+                // Suggested Backoff Time: N milliseconds`) refused the login, not the
+                // token: another token now would only be throttled again.
+                if text.to_ascii_uppercase().contains("[UNAVAILABLE]")
+                    || crate::retry::throttle_hint(&text).is_some()
+                {
                     return Err(ImapError::Unavailable(text));
                 }
                 Err(ImapError::AuthFailed(AuthFailure {

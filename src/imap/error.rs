@@ -100,6 +100,10 @@ impl ImapError {
             | ImapError::Io(_) => Retry::Reconnect,
             ImapError::Bye(text) => match throttle_hint(text) {
                 Some(hint) => Retry::Later(Some(hint)),
+                // Exchange ends a session whose token expired with
+                // `* BYE Session invalidated - AccessTokenExpired`: the same token
+                // would be refused.
+                None if text.to_ascii_lowercase().contains("accesstokenexpired") => Retry::NewToken,
                 None => Retry::Reconnect,
             },
             ImapError::Connect { .. } | ImapError::Protocol { .. } => Retry::Later(None),
@@ -166,6 +170,10 @@ mod tests {
         assert_eq!(
             ImapError::Bye("shutting down".into()).retry(),
             Retry::Reconnect
+        );
+        assert_eq!(
+            ImapError::Bye("Session invalidated - AccessTokenExpired".into()).retry(),
+            Retry::NewToken
         );
         assert_eq!(
             ImapError::ConnectionLost("UID FETCH".into()).retry(),

@@ -941,8 +941,11 @@ impl Session {
             // A SELECT with CONDSTORE or QRESYNC refused by a server that offers them
             // (the folder exists, or the refusal would say so): select as a server
             // without them, and list every message's flags.
+            // A busy or throttling server's refusal says nothing about CONDSTORE.
             Err(e @ (ImapError::No { .. } | ImapError::Bad { .. }))
-                if with_modseq && !says_no_mailbox(&e) =>
+                if with_modseq
+                    && !says_no_mailbox(&e)
+                    && !matches!(e.retry(), crate::retry::Retry::Later(_)) =>
             {
                 self.give_up_modseq(&e);
                 let mut follow: Vec<FollowUp> = follow

@@ -436,10 +436,17 @@ async fn download_part(
                 if e.is_fatal_to_session() {
                     *session = None;
                 }
-                // Only a dropped or stalled connection is worth a new one now; a
-                // busy or throttling server is the next pass's (or the daemon's).
-                if !(e.retry() == Retry::Reconnect && reconnects < MAX_RECONNECTS) {
+                // Only a dropped or stalled connection, or one ended because the
+                // token expired, is worth a new one now; a busy or throttling server
+                // is the next pass's (or the daemon's).
+                let retry = e.retry();
+                if !(matches!(retry, Retry::Reconnect | Retry::NewToken)
+                    && reconnects < MAX_RECONNECTS)
+                {
                     return Err(PartError::Folder(e));
+                }
+                if retry == Retry::NewToken {
+                    ctx.tokens.lock().await.invalidate();
                 }
                 reconnects += 1;
                 tracing::warn!(account = %ctx.account.name, folder = %f.local, "{e}; reconnecting");

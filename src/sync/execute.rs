@@ -284,30 +284,44 @@ pub async fn sync_account_with(
 
     // Phase 1: what changed on the server.
     for t in targets.iter_mut() {
-        check_stop(options)?;
-        let span = tracing::info_span!("folder", name = %t.mapping.local);
-        // The records are read only when the folder changed: a no-op pass over a
-        // large folder then reads none (one indexed count instead).
-        let records = state.count_records(t.row.id)?;
-        let listed = match select_for_listing(&mut session, records, t)
-            .instrument(span.clone())
-            .await
-        {
-            Ok(Some(changes)) => {
-                let known = state.known(t.row.id)?;
-                list_folder(&mut session, known, t, changes)
-                    .instrument(span)
-                    .await
-            }
-            other => other.map(|_| ()),
-        };
-        match listed {
-            Ok(()) => {
-                if let Some(sel) = &t.selected {
-                    state.set_remote_exists(t.row.id, sel.exists)?;
+        let mut paused = false;
+        loop {
+            check_stop(options)?;
+            let span = tracing::info_span!("folder", name = %t.mapping.local);
+            // The records are read only when the folder changed: a no-op pass over a
+            // large folder then reads none (one indexed count instead).
+            let records = state.count_records(t.row.id)?;
+            let listed = match select_for_listing(&mut session, records, t)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(Some(changes)) => {
+                    let known = state.known(t.row.id)?;
+                    list_folder(&mut session, known, t, changes)
+                        .instrument(span)
+                        .await
                 }
+                other => other.map(|_| ()),
+            };
+            match listed {
+                Ok(()) => {
+                    if let Some(sel) = &t.selected {
+                        state.set_remote_exists(t.row.id, sel.exists)?;
+                    }
+                }
+                // A throttling server named its wait (Exchange answers SELECT with `NO
+                // Request is throttled. Suggested Backoff Time: N milliseconds`): nothing
+                // goes out before it ends, then the folder is tried once more.
+                Err(e) if !paused && throttle_pause(&e).is_some() => {
+                    let wait = throttle_pause(&e).unwrap_or_default();
+                    tracing::warn!(folder = %t.mapping.local, "{e}; trying again in {} ms", wait.as_millis());
+                    pause(options, wait).await?;
+                    paused = true;
+                    continue;
+                }
+                Err(e) => fail_folder(&mut state, t, &e)?,
             }
-            Err(e) => fail_folder(&mut state, t, &e)?,
+            break;
         }
     }
 
@@ -523,6 +537,29 @@ pub async fn sync_account_with(
         elapsed: started.elapsed(),
         token_requests,
     })
+}
+
+/// The longest wait a server names that a pass sits out: past it the folder fails for
+/// this pass, as a pass quiet for longer would look hung to the daemon.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// The wait a throttling server named in `e`, if a pass should sit it out.
+fn throttle_pause(e: &ImapError) -> Option<Duration> {
+    match e.retry() {
+        Retry::Later(Some(hint)) if hint <= MAX_PAUSE => Some(hint),
+        _ => None,
+    }
+}
+
+/// Sleeps `wait`, ending early (as interrupted) if the pass is asked to stop.
+async fn pause(options: &SyncOptions, wait: Duration) -> Result<(), SyncError> {
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        check_stop(options)?;
+        let left = until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+    }
+    check_stop(options)
 }
 
 pub(super) fn check_stop(options: &SyncOptions) -> Result<(), SyncError> {

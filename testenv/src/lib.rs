@@ -17,6 +17,7 @@
 pub mod corpus;
 pub mod delay;
 pub mod dovecot;
+pub mod exchange_proxy;
 pub mod hostile;
 pub mod idp;
 pub mod mailsync_config;
@@ -31,6 +32,7 @@ pub use dovecot::{
     Dovecot, DovecotOptions, EXCHANGE_CAPABILITIES, MailboxSpec, MoveMode, Profile, SeedMessage,
     ServerMessage,
 };
+pub use exchange_proxy::{ExchangeProxy, Fault};
 pub use hostile::{HostileOptions, HostileServer};
 pub use idp::{Idp, TokenFailure};
 pub use mailsync_config::{MailsyncConfig, write_mailsync_config};
