@@ -354,7 +354,16 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
         let sizes: Vec<f64> = new_mail.iter().map(|m| m.len() as f64).collect();
         let latency_md = report::latency(&latencies, &sizes, args.messages);
         println!("\n{latency_md}");
-        sections.push(format!("### New-mail latency\n\n{latency_md}"));
+        // Under the results' heading, or the report's first one when it runs alone.
+        let heading = if rows.is_empty() {
+            format!(
+                "## New-mail latency ({} messages on the server)",
+                args.messages
+            )
+        } else {
+            "### New-mail latency".to_string()
+        };
+        sections.push(format!("{heading}\n\n{latency_md}"));
     }
     let env = report::environment(work, &args.mailsync);
     let md = format!(
