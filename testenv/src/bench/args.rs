@@ -9,7 +9,14 @@ use super::tools::Tool;
 
 pub const USAGE: &str = "usage: mailsync-testenv bench [--messages N] [--runs R] \
 [--profiles full,exchange] [--tools mailsync,mbsync,offlineimap] [--offlineimap-initial-runs K] \
-[--mailsync PATH] [--rtt MS] [--out DIR]";
+[--mailsync PATH] [--rtt MS] [--out DIR] [--latency M] [--latency-only]
+
+  --latency M      also measure new-mail latency with M messages per profile (default 0:
+                   off): `mailsync run` (IDLE) against one `mbsync CHANNEL:INBOX` run
+                   started at each APPEND's OK; ~1.2 s per message and tool
+  --latency-only   skip scenarios a, b, c and the physical limit: sync once, then only
+                   the latency (M = 50 unless --latency says otherwise); OfflineIMAP is
+                   left out";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -31,6 +38,10 @@ pub struct BenchArgs {
     /// Round trip added between the tools and the server, in milliseconds (default 0:
     /// straight to Dovecot on loopback). Half of it each way, by a delay proxy.
     pub rtt_ms: u64,
+    /// New-mail latency: messages appended one at a time per profile and tool (0: off).
+    pub latency: usize,
+    /// Only the latency: no scenarios a, b, c, no physical limit.
+    pub latency_only: bool,
     /// The command line as given, for the report.
     pub command_line: String,
 }
@@ -54,6 +65,8 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<BenchArgs> {
         mailsync: default_mailsync(),
         out: PathBuf::from("target/bench"),
         rtt_ms: 0,
+        latency: 0,
+        latency_only: false,
         command_line: format!("mailsync-testenv bench {}", argv.join(" ")),
     };
     let mut it = argv.into_iter();
@@ -74,12 +87,20 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<BenchArgs> {
             "--mailsync" => args.mailsync = PathBuf::from(value("--mailsync")?),
             "--out" => args.out = PathBuf::from(value("--out")?),
             "--rtt" => args.rtt_ms = value("--rtt")?.parse()?,
+            "--latency" => args.latency = value("--latency")?.parse()?,
+            "--latency-only" => args.latency_only = true,
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
     if args.runs == 0 || args.messages == 0 || args.offlineimap_initial_runs == 0 {
         bail!("--runs, --messages and --offlineimap-initial-runs must be at least 1");
+    }
+    if args.latency_only {
+        if args.latency == 0 {
+            args.latency = 50;
+        }
+        args.tools.retain(|&t| super::latency::supports(t));
     }
     if args.profiles.is_empty() || args.tools.is_empty() {
         bail!("--profiles and --tools must name at least one");

@@ -7,11 +7,15 @@
 //! `--runs` times and the medians are reported with the wall-time ratio to mbsync;
 //! after each scenario the tool's Maildir is compared with mbsync's (bytes and flags).
 //! The "physical limit" (one connection fetching everything; the same bytes written as
-//! Maildir files) is measured once, on the first profile.
+//! Maildir files) is measured once, on the first profile. With `--latency M`, mailsync
+//! and mbsync then also take M new messages one at a time into the Inbox they synced,
+//! and the time each takes to land is reported (`latency`); `--latency-only` does just
+//! that, after one unmeasured sync.
 
 mod args;
 mod compare;
 mod fsutil;
+mod latency;
 mod limit;
 mod measure;
 mod report;
@@ -80,6 +84,37 @@ fn check_tools(args: &args::BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// One tool's measured runs; `record` prints each and writes it to `runs.tsv`.
+struct Runs<'a, R> {
+    setup: &'a Setup,
+    logs: &'a Path,
+    record: R,
+}
+
+impl<R: FnMut(usize, usize, &Run) -> Result<()>> Runs<'_, R> {
+    /// Runs the tool `n` times for scenario `s` (`prepare` before each run) and returns
+    /// the medians.
+    fn median(
+        &mut self,
+        s: usize,
+        n: usize,
+        server: &mut Server,
+        mut prepare: impl FnMut(&mut Server) -> Result<()>,
+    ) -> Result<Run> {
+        let tool = self.setup.tool.name();
+        let mut all = Vec::new();
+        for i in 0..n {
+            prepare(server)?;
+            let label = format!("{tool}-{}-{}", &SCENARIOS[s][..1], i + 1);
+            let r = measure::run(self.setup, server, self.logs, &label)
+                .with_context(|| format!("{tool} {}", SCENARIOS[s]))?;
+            (self.record)(s, i, &r)?;
+            all.push(r);
+        }
+        Ok(measure::median(&all))
+    }
+}
+
 /// `$MAILSYNC_TESTENV_TMPDIR`, else `/dev/shm` when it has room, else the temp dir.
 fn work_dir() -> Result<PathBuf> {
     let parent = std::env::var_os("MAILSYNC_TESTENV_TMPDIR")
@@ -118,6 +153,16 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
         started.elapsed(),
         work.display()
     );
+    // The new mail of the latency measurement: the corpus's sizes, another seed.
+    let new_mail: Vec<Vec<u8>> = Corpus::generate(&CorpusOptions {
+        seed: 4343,
+        count: args.latency,
+        max_size: None,
+    })
+    .into_iter()
+    .map(|m| m.bytes)
+    .collect();
+    let mut latencies = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut limit = None;
     let mut notes = Vec::new();
@@ -140,7 +185,7 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
         }
         println!("{line}");
         notes.push(line);
-        if limit.is_none() {
+        if limit.is_none() && !args.latency_only {
             let l = limit::measure(&server, &corpus, &work.join("limit")).await?;
             println!(
                 "[{}] physical limit: fetch {:.2}s ({:.1} MB), write {:.2}s",
@@ -158,108 +203,113 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
             let logs = work.join(profile.name()).join("logs");
             std::fs::create_dir_all(&logs)?;
             let setup = Setup::new(tool, &server, &dir, &args.mailsync)?;
-            let mut record = |scenario: usize, i: usize, r: &Run| -> Result<()> {
-                println!(
-                    "[{}] {:<11} {:<40} run {}: wall {:>7.2}s cpu {:>7.2}s server cpu {:>7.2}s rss {:>6.0} MB server {:>8.1} MB sessions {}",
-                    profile.name(),
-                    tool.name(),
-                    SCENARIOS[scenario],
-                    i + 1,
-                    r.wall,
-                    r.cpu,
-                    r.others_cpu,
-                    r.rss_mb,
-                    r.server_mb,
-                    r.sessions
-                );
-                writeln!(
-                    tsv,
-                    "{}\t{}\t{}\t{}\t{:.3}\t{:.3}\t{:.1}\t{:.3}\t{}\t{:.3}",
-                    profile.name(),
-                    tool.name(),
-                    &SCENARIOS[scenario][..1],
-                    i + 1,
-                    r.wall,
-                    r.cpu,
-                    r.rss_mb,
-                    r.server_mb,
-                    r.sessions,
-                    r.others_cpu
-                )?;
-                Ok(())
-            };
-            let label =
-                |s: usize, i: usize| format!("{}-{}-{}", tool.name(), &SCENARIOS[s][..1], i + 1);
-            // a: initial sync, a fresh store each run; the last run's store stays.
-            server.restore(Snapshot::Pristine)?;
-            let mut runs = Vec::new();
-            let initial_runs = if tool == Tool::Offlineimap {
-                args.offlineimap_initial_runs.min(args.runs)
-            } else {
-                args.runs
-            };
-            for i in 0..initial_runs {
+            if args.latency_only {
+                // The store the latency starts from: one sync of the pristine server.
+                server.restore(Snapshot::Pristine)?;
                 setup.make_fresh()?;
-                let r = measure::run(&setup, &server, &logs, &label(0, i))
-                    .with_context(|| format!("{} {}", tool.name(), SCENARIOS[0]))?;
-                record(0, i, &r)?;
-                runs.push(r);
-            }
-            medians.insert((0, tool), measure::median(&runs));
-            digests.insert((0, tool), compare::digest(&setup.folders)?);
-            // b: no-op resync on that store.
-            let mut runs = Vec::new();
-            for i in 0..args.runs {
-                let r = measure::run(&setup, &server, &logs, &label(1, i))
-                    .with_context(|| format!("{} {}", tool.name(), SCENARIOS[1]))?;
-                record(1, i, &r)?;
-                runs.push(r);
-            }
-            medians.insert((1, tool), measure::median(&runs));
-            digests.insert((1, tool), compare::digest(&setup.folders)?);
-            // c: from the synced store (copied aside once) and the server as a and b
-            // left it plus the change set (see `server`: Dovecot's cache decisions).
-            server.wait_idle()?;
-            server.snapshot_changed().await?;
-            if tool == args.tools[0] {
-                let (flags, expunges, new) = server.changes;
-                let line = format!(
-                    "{} profile: scenario c = {new} new, {flags} flag changes, {expunges} expunges, applied after each tool's a and b",
-                    profile.name()
+                measure::run(&setup, &server, &logs, &format!("{}-sync", tool.name()))
+                    .with_context(|| format!("{} sync before the latency", tool.name()))?;
+            } else {
+                let record = |scenario: usize, i: usize, r: &Run| -> Result<()> {
+                    println!(
+                        "[{}] {:<11} {:<40} run {}: wall {:>7.2}s cpu {:>7.2}s server cpu {:>7.2}s rss {:>6.0} MB server {:>8.1} MB sessions {}",
+                        profile.name(),
+                        tool.name(),
+                        SCENARIOS[scenario],
+                        i + 1,
+                        r.wall,
+                        r.cpu,
+                        r.others_cpu,
+                        r.rss_mb,
+                        r.server_mb,
+                        r.sessions
+                    );
+                    writeln!(
+                        tsv,
+                        "{}\t{}\t{}\t{}\t{:.3}\t{:.3}\t{:.1}\t{:.3}\t{}\t{:.3}",
+                        profile.name(),
+                        tool.name(),
+                        &SCENARIOS[scenario][..1],
+                        i + 1,
+                        r.wall,
+                        r.cpu,
+                        r.rss_mb,
+                        r.server_mb,
+                        r.sessions,
+                        r.others_cpu
+                    )?;
+                    Ok(())
+                };
+                let mut runs = Runs {
+                    setup: &setup,
+                    logs: &logs,
+                    record,
+                };
+                // a: initial sync, a fresh store each run; the last run's store stays.
+                server.restore(Snapshot::Pristine)?;
+                let initial_runs = if tool == Tool::Offlineimap {
+                    args.offlineimap_initial_runs.min(args.runs)
+                } else {
+                    args.runs
+                };
+                let m = runs.median(0, initial_runs, &mut server, |_| setup.make_fresh())?;
+                medians.insert((0, tool), m);
+                digests.insert((0, tool), compare::digest(&setup.folders)?);
+                // b: no-op resync on that store.
+                let m = runs.median(1, args.runs, &mut server, |_| Ok(()))?;
+                medians.insert((1, tool), m);
+                digests.insert((1, tool), compare::digest(&setup.folders)?);
+                // c: from the synced store (copied aside once) and the server as a and b
+                // left it plus the change set (see `server`: Dovecot's cache decisions).
+                server.wait_idle()?;
+                server.snapshot_changed().await?;
+                if tool == args.tools[0] {
+                    let (flags, expunges, new) = server.changes;
+                    let line = format!(
+                        "{} profile: scenario c = {new} new, {flags} flag changes, {expunges} expunges, applied after each tool's a and b",
+                        profile.name()
+                    );
+                    println!("{line}");
+                    notes.push(line);
+                }
+                let baseline = work
+                    .join(profile.name())
+                    .join(format!("{}.baseline", tool.name()));
+                copy_tree(&dir, &baseline)?;
+                let m = runs.median(2, args.runs, &mut server, |server| {
+                    server.restore(Snapshot::Changed)?;
+                    remove_tree(&dir)?;
+                    copy_tree(&baseline, &dir)
+                })?;
+                medians.insert((2, tool), m);
+                digests.insert((2, tool), compare::digest(&setup.folders)?);
+                println!(
+                    "[{}] {} messages per folder after a/b/c: {:?} {:?} {:?}",
+                    profile.name(),
+                    tool.name(),
+                    digests[&(0, tool)].counts(),
+                    digests[&(1, tool)].counts(),
+                    digests[&(2, tool)].counts()
                 );
-                println!("{line}");
-                notes.push(line);
+                remove_tree(&baseline)?;
             }
-            let baseline = work
-                .join(profile.name())
-                .join(format!("{}.baseline", tool.name()));
-            copy_tree(&dir, &baseline)?;
-            let mut runs = Vec::new();
-            for i in 0..args.runs {
-                server.restore(Snapshot::Changed)?;
-                remove_tree(&dir)?;
-                copy_tree(&baseline, &dir)?;
-                let r = measure::run(&setup, &server, &logs, &label(2, i))
-                    .with_context(|| format!("{} {}", tool.name(), SCENARIOS[2]))?;
-                record(2, i, &r)?;
-                runs.push(r);
+            if args.latency > 0 && latency::supports(tool) {
+                let l = latency::measure(&setup, &server, &logs, profile.name(), &new_mail)
+                    .await
+                    .with_context(|| format!("{} new-mail latency", tool.name()))?;
+                println!("[{}] {}", profile.name(), report::latency_line(&l));
+                latencies.push(l);
             }
-            medians.insert((2, tool), measure::median(&runs));
-            digests.insert((2, tool), compare::digest(&setup.folders)?);
-            println!(
-                "[{}] {} messages per folder after a/b/c: {:?} {:?} {:?}",
-                profile.name(),
-                tool.name(),
-                digests[&(0, tool)].counts(),
-                digests[&(1, tool)].counts(),
-                digests[&(2, tool)].counts()
-            );
-            remove_tree(&baseline)?;
             if std::env::var_os("MAILSYNC_BENCH_KEEP").is_none() {
                 remove_tree(&dir)?;
             }
         }
-        for s in 0..SCENARIOS.len() {
+        let measured = if args.latency_only {
+            0
+        } else {
+            SCENARIOS.len()
+        };
+        for s in 0..measured {
             let reference = medians.get(&(s, Tool::Mbsync)).copied();
             for &tool in &args.tools {
                 let m = medians[&(s, tool)];
@@ -285,15 +335,41 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
             remove_tree(&work.join(profile.name()))?;
         }
     }
-    let table = report::table(&rows, args.runs);
-    let limit_md = limit.map(|l| report::limit(&l)).unwrap_or_default();
+    let mut sections = Vec::new();
+    if !rows.is_empty() {
+        let table = report::table(&rows, args.runs);
+        println!("\n{table}");
+        sections.push(format!(
+            "## Results ({} messages, {corpus_mb:.1} MB)\n\n{table}",
+            args.messages
+        ));
+    }
+    if let Some(l) = limit {
+        let limit_md = report::limit(&l);
+        println!("{limit_md}");
+        sections.push(format!("### Physical limit\n\n{limit_md}"));
+    }
+    if !latencies.is_empty() {
+        latency::write_tsv(&out.join("latency.tsv"), &latencies)?;
+        let sizes: Vec<f64> = new_mail.iter().map(|m| m.len() as f64).collect();
+        let latency_md = report::latency(&latencies, &sizes, args.messages);
+        println!("\n{latency_md}");
+        // Under the results' heading, or the report's first one when it runs alone.
+        let heading = if rows.is_empty() {
+            format!(
+                "## New-mail latency ({} messages on the server)",
+                args.messages
+            )
+        } else {
+            "### New-mail latency".to_string()
+        };
+        sections.push(format!("{heading}\n\n{latency_md}"));
+    }
     let env = report::environment(work, &args.mailsync);
-    println!("\n{table}\n{limit_md}");
     let md = format!(
-        "## Results ({} messages, {corpus_mb:.1} MB)\n\n{table}\n### Physical limit\n\n{limit_md}\n\
-         ### Machine and versions\n\n{env}\n### Setup times\n\n{}\n\nTotal benchmark time: {:.0?}\n\n\
+        "{}\n### Machine and versions\n\n{env}\n### Setup times\n\n{}\n\nTotal benchmark time: {:.0?}\n\n\
          Command: `{}`\n",
-        args.messages,
+        sections.join("\n"),
         notes
             .iter()
             .map(|n| format!("- {n}"))

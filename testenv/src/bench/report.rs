@@ -1,12 +1,15 @@
 //! The report: the results table (scenario × profile × tool, medians), the physical
-//! limit, the machine, the versions, the date and the exact command, as Markdown.
+//! limit, the new-mail latency, the machine, the versions, the date and the exact
+//! command, as Markdown.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
+use super::latency::{Latency, quantile};
 use super::limit::Limit;
 use super::measure::Run;
+use super::tools::Tool;
 
 /// One table row.
 pub struct Row {
@@ -67,6 +70,120 @@ pub fn limit(l: &Limit) -> String {
         wm = l.write_mb,
         wr = l.write_mb / l.write_wall,
     )
+}
+
+/// One tool's latency figures on one line, for the console.
+pub fn latency_line(l: &Latency) -> String {
+    let ms = |v: &[f64], p: f64| quantile(v, p) * 1e3;
+    let mut line = format!(
+        "{:<11} new mail, APPEND OK → file in the Inbox over {} messages: median {:.1} ms, p95 {:.1} ms, max {:.1} ms; Dovecot's IDLE notice after {:.1} ms (median)",
+        l.tool.name(),
+        l.landed.len(),
+        ms(&l.landed, 0.5),
+        ms(&l.landed, 0.95),
+        ms(&l.landed, 1.0),
+        ms(&l.notice, 0.5),
+    );
+    if !l.exited.is_empty() {
+        line.push_str(&format!(
+            "; mbsync exited after {:.1} ms (median)",
+            ms(&l.exited, 0.5)
+        ));
+    }
+    line
+}
+
+/// Per message, `a[i] + sign × b[i]`.
+fn combine(a: &[f64], b: &[f64], sign: f64) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x + sign * y).collect()
+}
+
+/// "median / p95" in ms.
+fn median_p95(v: &[f64]) -> String {
+    format!(
+        "{:.0} / {:.0}",
+        quantile(v, 0.5) * 1e3,
+        quantile(v, 0.95) * 1e3
+    )
+}
+
+/// The new-mail latency tables in Markdown: per profile and tool, the median, 95th
+/// percentile and maximum; then per profile what they are made of. `sizes` are the new
+/// messages' sizes in bytes, `corpus` the number of messages the server held before.
+pub fn latency(all: &[Latency], sizes: &[f64], corpus: usize) -> String {
+    let mut t = String::from(
+        "| profile | tool | how new mail arrives | messages | median ms | p95 ms | max ms | median ÷ mbsync |\n\
+         |---|---|---|--:|--:|--:|--:|--:|\n",
+    );
+    let of =
+        |profile: &str, tool: Tool| all.iter().find(|r| r.profile == profile && r.tool == tool);
+    for l in all {
+        let reference = of(l.profile, Tool::Mbsync).map(|r| quantile(&r.landed, 0.5));
+        let median = quantile(&l.landed, 0.5);
+        let how = match l.tool {
+            Tool::Mailsync => "`mailsync run`, IDLE (poll 1 h)",
+            _ => "one `mbsync bench:INBOX` started at the APPEND's OK",
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {how} | {} | {:.1} | {:.1} | {:.1} | {} |",
+            l.profile,
+            l.tool.name(),
+            l.landed.len(),
+            median * 1e3,
+            quantile(&l.landed, 0.95) * 1e3,
+            quantile(&l.landed, 1.0) * 1e3,
+            reference.map_or("–".into(), |r| format!("{:.2}", median / r)),
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nEach figure is the time from the tagged OK of an APPEND to the server's INBOX (the \
+         harness's own connection, one message at a time, each ≥ 1.1 s after the previous one \
+         was handled) until the message is a file in the tool's local Inbox (`new/` or `cur/`, \
+         looked at every millisecond). Percentiles by nearest rank. mailsync: the daemon IDLEs \
+         on the Inbox and nothing else can deliver. mbsync has no IDLE: its figure is one run \
+         of the Inbox alone started the moment the APPEND is acknowledged, without waiting for \
+         any notice: the floor of a notifier such as goimapnotify starting mbsync. The server \
+         held the {corpus}-message corpus; the {} new messages are the corpus's size mix \
+         (median {:.1} KB, largest {:.1} KB).\n",
+        sizes.len(),
+        quantile(sizes, 0.5) / 1e3,
+        quantile(sizes, 1.0) / 1e3,
+    );
+    t.push_str(
+        "| profile | Dovecot's IDLE notice after the OK | mailsync after the notice | \
+         mbsync run to the file | mbsync run to its exit | notice + mbsync run to the file | \
+         mailsync ÷ (notice + mbsync), medians |\n|---|--:|--:|--:|--:|--:|--:|\n",
+    );
+    let mut profiles: Vec<&str> = all.iter().map(|l| l.profile).collect();
+    profiles.dedup();
+    for p in profiles {
+        let (Some(m), Some(b)) = (of(p, Tool::Mailsync), of(p, Tool::Mbsync)) else {
+            continue;
+        };
+        let notifier = combine(&b.notice, &b.landed, 1.0);
+        let _ = writeln!(
+            t,
+            "| {p} | {} | {} | {} | {} | {} | {:.2} |",
+            median_p95(&m.notice),
+            median_p95(&combine(&m.landed, &m.notice, -1.0)),
+            median_p95(&b.landed),
+            median_p95(&b.exited),
+            median_p95(&notifier),
+            quantile(&m.landed, 0.5) / quantile(&notifier, 0.5),
+        );
+    }
+    t.push_str(
+        "\nMedian / p95 in ms, per message. The notice is timed on a second harness connection \
+         IDLEing on INBOX (during mailsync's run; mbsync's run has its own): Dovecot holds an \
+         IDLE notice back 500 ms after it sees a change, so that part is the server's. \
+         \"mailsync after the notice\": from that notice to the file. \"notice + mbsync\": \
+         per message, the notice during mbsync's run plus its run to the file, what a \
+         notifier that starts mbsync on the notice could do at best (its own reaction and \
+         mbsync's start-up are not in it).\n",
+    );
+    t
 }
 
 fn sh(cmd: &str) -> String {

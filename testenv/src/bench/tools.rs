@@ -49,6 +49,8 @@ pub struct Setup {
     pub dir: PathBuf,
     /// The local Maildir folders for INBOX, Archive, "Deleted Items".
     pub folders: [PathBuf; 3],
+    /// The tool's config file.
+    pub config: PathBuf,
     /// The command to run (program first).
     pub argv: Vec<String>,
     /// What to delete for an initial sync (state and mail, not the config).
@@ -79,6 +81,7 @@ impl Setup {
                     dir: dir.to_path_buf(),
                     folders: ["Inbox", "Archive", "Deleted Items"].map(|f| mail.join(f)),
                     argv: vec![s(mailsync), "--config".into(), s(&path), "sync".into()],
+                    config: path,
                     fresh: vec![mail.clone(), dir.join("state")],
                 }
             }
@@ -113,6 +116,7 @@ impl Setup {
                         "-a".into(),
                     ],
                     fresh: vec![mail.clone()],
+                    config: rc,
                 }
             }
             Tool::Offlineimap => {
@@ -148,6 +152,7 @@ impl Setup {
                         "quiet".into(),
                     ],
                     fresh: vec![mail.clone(), meta],
+                    config: rc,
                 }
             }
         };
