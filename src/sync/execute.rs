@@ -897,3 +897,7 @@ fn toml_key(name: &str) -> String {
         format!("{name:?}")
     }
 }
+
+#[cfg(test)]
+#[path = "recover_tests.rs"]
+mod recover_tests;
