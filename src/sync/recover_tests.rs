@@ -219,3 +219,21 @@ fn a_journalled_delivery_without_its_record_is_undone() {
     assert_eq!(s.records(s.inbox.0), vec![(7, 1, Flags::SEEN)]);
     assert_eq!(s.state.pending_deliveries().unwrap(), vec![]);
 }
+
+#[test]
+fn a_journalled_flag_change_whose_rename_did_not_happen_is_applied() {
+    let mut s = Store::new();
+    let inbox = s.inbox.1.clone();
+    let record = s.committed((s.inbox.0, &inbox), 7, 5);
+    let new_flags = flags(&[Flags::SEEN, Flags::FLAGGED]);
+    // Killed after the journal's commit, before the rename.
+    s.state
+        .journal_flags(&[(s.inbox.0, 7, 5, new_flags)])
+        .unwrap();
+    assert_eq!(s.state.pending_moves().unwrap().len(), 1);
+
+    s.recover();
+    assert_eq!(files(&inbox, "cur"), vec![format!("{}:2,FS", record.base)]);
+    assert_eq!(s.records(s.inbox.0), vec![(7, 5, new_flags)]);
+    assert_eq!(s.state.pending_moves().unwrap(), vec![], "journal cleared");
+}
