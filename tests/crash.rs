@@ -575,9 +575,9 @@ fn lines_to_first_pass(log: &str) -> Option<usize> {
 /// can be missed when a pass is killed after the folder's HIGHESTMODSEQ is committed
 /// and before its flag renames are (issue 13): there the flags are reported, not held.
 async fn killed_daemon_converges(profile: Profile) {
-    const SEEDED: usize = 2400;
-    const INITIAL_KILLS: usize = 6;
-    const ROUNDS: usize = 14;
+    const SEEDED: usize = 1800;
+    const INITIAL_KILLS: usize = 5;
+    const ROUNDS: usize = 12;
     let started = Instant::now();
     let env = Env::start(profile).await;
     write_daemon_config(&env);
@@ -588,7 +588,7 @@ async fn killed_daemon_converges(profile: Profile) {
         .into_iter()
         .map(|(_, r)| r)
         .collect();
-    for (f, range) in folders.iter().zip([0..1000, 1000..2000, 2000..SEEDED]) {
+    for (f, range) in folders.iter().zip([0..700, 700..1400, 1400..SEEDED]) {
         seed(&env, f, range, 3).await;
     }
     let mut next = SEEDED;
@@ -634,7 +634,7 @@ async fn killed_daemon_converges(profile: Profile) {
     // runs, and the daemon is killed at a random instant.
     for _ in 0..ROUNDS {
         let before = Churn {
-            flag_flips: 600,
+            flag_flips: 400,
             expunges: 15,
             moves: 60,
             new: 20,
