@@ -485,7 +485,14 @@ async fn divergence(env: &Env) -> Divergence {
         for (body, copies) in &local_by_body {
             let there = remote_by_body.get(body).map(Vec::len).unwrap_or(0);
             for _ in there..copies.len() {
-                d.extra.push(format!("{local}: {}", subject(body)));
+                // Whether mailsync still holds a record of it here says which step a
+                // kill cut short: a file removed with its record gone, or a record
+                // no listing now reports as vanished.
+                let record = record_flags(env, &local, body);
+                d.extra.push(format!(
+                    "{local}: {} (its record here: {record:?})",
+                    subject(body)
+                ));
             }
         }
         for e in std::fs::read_dir(env.maildir(&local).join("tmp")).unwrap() {
