@@ -413,18 +413,24 @@ impl State {
         Ok(())
     }
 
-    /// Updates the flags of records whose files were renamed, in one transaction.
-    pub fn set_flags(&mut self, updates: &[(FolderId, u32, u32, Flags)]) -> Result<(), StateError> {
+    /// Journals flag changes about to be applied to files, in one transaction: each
+    /// record takes its new flags and is marked in flight (`moved_from` its own folder)
+    /// until [`State::finish_moves`]. A run killed among the renames leaves records
+    /// that recovery makes their files agree with; without the mark, a file renamed
+    /// before its record was would keep flags the server no longer has once the server
+    /// changes them back (the listing compares the server with the records only).
+    pub fn journal_flags(
+        &mut self,
+        updates: &[(FolderId, u32, u32, Flags)],
+    ) -> Result<(), StateError> {
         self.write(|tx| {
-        let mut stmt = tx
-            .prepare_cached(
-                "UPDATE messages SET flags = ?4 WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
-            )
-            ?;
-        for (folder, uidvalidity, uid, flags) in updates {
-            stmt.execute(params![folder.0, uidvalidity, uid, flags.bits()])
-                ?;
-        }
+            let mut stmt = tx.prepare_cached(
+                "UPDATE messages SET flags = ?4, moved_from = COALESCE(moved_from, folder)
+                 WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )?;
+            for (folder, uidvalidity, uid, flags) in updates {
+                stmt.execute(params![folder.0, uidvalidity, uid, flags.bits()])?;
+            }
             Ok(())
         })
     }

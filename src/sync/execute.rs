@@ -797,7 +797,8 @@ fn apply_local(
         state.finish_moves(&done_moves)?;
     }
 
-    // Flags: rename, then record. A crash in between is healed by `locate`.
+    // Flags: journal (the records take the new flags, marked in flight), rename,
+    // make the renames durable, clear the marks. `recover` renames what a kill left.
     let mut wanted: BTreeMap<FolderId, Vec<(u32, u32)>> = BTreeMap::new();
     let mut new_flags: HashMap<(FolderId, u32), Flags> = HashMap::new();
     for a in actions {
@@ -811,19 +812,33 @@ fn apply_local(
             new_flags.insert((*folder, *uid), *flags);
         }
     }
-    let mut flag_rows = Vec::new();
-    for (folder, keys) in wanted {
-        let maildir = &folders[&folder].maildir;
-        for record in state.records_for(folder, &keys)? {
-            let flags = new_flags[&(folder, record.uid)];
-            maildir
-                .retag(&record.base, record.flags, flags)
-                .map_err(maildir_err(maildir.root()))?;
-            flag_rows.push((folder, record.uidvalidity, record.uid, flags));
-            counts.entry(folder).or_default().flag_updates += 1;
+    let mut retags = Vec::new();
+    for (folder, keys) in &wanted {
+        for record in state.records_for(*folder, keys)? {
+            let flags = new_flags[&(*folder, record.uid)];
+            retags.push((record, flags));
         }
     }
-    state.set_flags(&flag_rows)?;
+    if !retags.is_empty() {
+        let rows: Vec<(FolderId, u32, u32, Flags)> = retags
+            .iter()
+            .map(|(r, flags)| (r.folder, r.uidvalidity, r.uid, *flags))
+            .collect();
+        state.journal_flags(&rows)?;
+        for (record, flags) in &retags {
+            let maildir = &folders[&record.folder].maildir;
+            maildir
+                .retag(&record.base, record.flags, *flags)
+                .map_err(maildir_err(maildir.root()))?;
+            counts.entry(record.folder).or_default().flag_updates += 1;
+        }
+        for folder in wanted.keys() {
+            let maildir = &folders[folder].maildir;
+            maildir.sync_dirs().map_err(maildir_err(maildir.root()))?;
+        }
+        let done: Vec<(FolderId, u32, u32)> = rows.iter().map(|&(f, v, u, _)| (f, v, u)).collect();
+        state.finish_moves(&done)?;
+    }
 
     // Removals: delete the file, then the record.
     let mut removed: Vec<Record> = Vec::new();
@@ -857,7 +872,8 @@ fn apply_local(
 
 /// Finishes what a killed run journalled: deliveries whose rows were never committed
 /// are undone (the file, if it got into place, is removed and the message will be
-/// fetched again), and moves whose file had not been renamed yet are completed.
+/// fetched again), and moves and flag changes whose file had not been renamed yet are
+/// completed (a flag change is journalled as a move within its folder).
 fn recover(state: &mut State, account: &str, root: &std::path::Path) -> Result<(), SyncError> {
     let folders: HashMap<FolderId, FolderRow> = state
         .folders(account)?
@@ -934,3 +950,7 @@ fn toml_key(name: &str) -> String {
         format!("{name:?}")
     }
 }
+
+#[cfg(test)]
+#[path = "recover_tests.rs"]
+mod recover_tests;
