@@ -253,6 +253,14 @@ mod tests {
                     found: '/',
                 },
             ),
+            // Unterminated, but the bad character is named, where it stands.
+            (
+                "ab&AP*",
+                InvalidBase64 {
+                    offset: 5,
+                    found: '*',
+                },
+            ),
             (
                 "&AP= -",
                 InvalidBase64 {
