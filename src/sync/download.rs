@@ -21,7 +21,7 @@ use crate::config::{Account, Config};
 use crate::imap::{self, BodyStep, ImapError, Session};
 use crate::maildir::Maildir;
 use crate::retry::Retry;
-use crate::state::{Headers, State, unix_now};
+use crate::state::{Headers, State};
 
 use super::execute::{FolderReport, SyncError, SyncOptions, check_stop, folder_failure};
 use super::login::{SharedTokens, login_shared};
@@ -58,7 +58,9 @@ pub(super) struct Outcome {
 
 /// Downloads every folder's new messages, on more than one connection for a large
 /// download (up to `max_connections`); `session` (the listing's) serves the first
-/// lane. Each folder is marked synced once all its messages are in. At the end one
+/// lane. The caller marks each folder synced once this and the pass's local changes
+/// are all in (a watermark committed earlier would hide from the next pass the changes
+/// a kill cut short). At the end one
 /// working session is handed back when `give_back` (the daemon's IDLE connection),
 /// the others log out as their lanes run dry. Returns each folder's outcome, in the
 /// order of `folders`.
@@ -77,13 +79,14 @@ pub(super) async fn run(
         .is_local()
         .then(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let lanes = lanes(to_fetch, config.daemon.max_connections, local_cores);
-    let mut state = State::open(&config.daemon.state_dir)?;
     let mut work = Vec::with_capacity(folders.len());
     for f in folders {
         let left = if f.uids.is_empty() || f.selected.is_none() {
             // Nothing new: done now, no lane will take it.
             options.progress.folder_started(&f.local, 0);
-            finish(&mut state, options, f, &report(f, &Outcome::default()))?;
+            options
+                .progress
+                .folder_finished(&report(f, &Outcome::default()));
             VecDeque::new()
         } else {
             f.uids.iter().copied().collect()
@@ -95,7 +98,6 @@ pub(super) async fn run(
             outcome: Outcome::default(),
         });
     }
-    drop(state);
     let ctx = Lanes {
         config,
         account,
@@ -340,32 +342,9 @@ async fn lane_parts(ctx: &Lanes<'_>, session: &mut Option<Session>) -> Result<()
             state.set_folder_error(f.id, text)?;
         }
         if let Some(report) = finished {
-            finish(state, options, f, &report)?;
+            options.progress.folder_finished(&report);
         }
     }
-}
-
-/// A folder whose messages are all in (or that failed): marked synced unless it
-/// failed, and reported.
-fn finish(
-    state: &mut State,
-    options: &SyncOptions,
-    f: &Folder,
-    report: &FolderReport,
-) -> Result<(), SyncError> {
-    if report.error.is_none()
-        && let Some(sel) = &f.selected
-    {
-        state.set_folder_synced(
-            f.id,
-            sel.uidvalidity,
-            sel.uidnext,
-            sel.highestmodseq,
-            unix_now(),
-        )?;
-    }
-    options.progress.folder_finished(report);
-    Ok(())
 }
 
 fn report(f: &Folder, outcome: &Outcome) -> FolderReport {

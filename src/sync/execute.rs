@@ -29,7 +29,7 @@ use crate::config::{Account, Config, Mapping};
 use crate::imap::{self, ImapError, Session};
 use crate::maildir::Maildir;
 use crate::retry::Retry;
-use crate::state::{AccountLock, FolderRow, LockError, Relocation, State, StateError};
+use crate::state::{AccountLock, FolderRow, LockError, Relocation, State, StateError, unix_now};
 
 use super::download;
 use super::login::login;
@@ -478,7 +478,8 @@ pub async fn sync_account_with(
         .collect();
     let local = tokio::task::spawn_blocking(move || {
         let mut state = state;
-        apply_local(&mut state, &local_folders, &actions)
+        let applied = apply_local(&mut state, &local_folders, &actions);
+        (applied, state)
     });
 
     // The new messages download meanwhile, on more than one connection for a large
@@ -506,10 +507,11 @@ pub async fn sync_account_with(
         config, account, options, tokens, session, give_back, &folders,
     )
     .await;
-    let local = local.await.map_err(|e| SyncError::Maildir {
+    let (local, mut state) = local.await.map_err(|e| SyncError::Maildir {
         path: account.maildir.clone(),
         source: std::io::Error::other(format!("local changes stopped: {e}")),
     })?;
+    let local = local?;
     for (f, outcome) in folders.iter().zip(downloaded?) {
         if let Some(t) = targets.iter_mut().find(|t| t.row.id == f.id) {
             t.report.fetched += outcome.fetched;
@@ -520,11 +522,26 @@ pub async fn sync_account_with(
             }
         }
     }
-    for (id, counts) in local? {
+    for (id, counts) in local {
         if let Some(t) = targets.iter_mut().find(|t| t.row.id == id) {
             t.report.moved_in += counts.moved_in;
             t.report.flag_updates += counts.flag_updates;
             t.report.removed += counts.removed;
+        }
+    }
+    // The watermark last: only now are the pass's downloads, renames and removals
+    // all committed. Written earlier, a kill in between would leave the next pass
+    // asking for changes since a point the records never reached (CHANGEDSINCE,
+    // VANISHED), and those changes would never be seen again.
+    for t in targets.iter().filter(|t| !t.failed) {
+        if let Some(sel) = &t.selected {
+            state.set_folder_synced(
+                t.row.id,
+                sel.uidvalidity,
+                sel.uidnext,
+                sel.highestmodseq,
+                unix_now(),
+            )?;
         }
     }
     let token_requests = tokens.token_requests();
