@@ -2,7 +2,7 @@
 //! [`Session::exec`], which applies the timeout, hands untagged data to the caller,
 //! and turns the tagged reply (and any BYE) into a typed result.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -1077,9 +1077,12 @@ impl Session {
         let mut out = Vec::with_capacity(uids.len());
         for chunk in uids.chunks(5000) {
             let command = format!("UID FETCH {} (UID RFC822.SIZE)", uid_set(chunk));
+            // Only the answers asked for, once each: see `fetch_fingerprints`.
+            let mut asked: HashSet<u32> = chunk.iter().copied().collect();
             self.exec(&command, |r| {
                 if let Response::Fetch(_, attrs) = r
                     && let Some(found) = size_of(attrs)
+                    && asked.remove(&found.0)
                 {
                     out.push(found);
                 }
@@ -1101,6 +1104,12 @@ impl Session {
                 "UID FETCH {} (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
                 uid_set(chunk)
             );
+            // A server reports other sessions' flag changes to the selected folder as
+            // unsolicited FETCH responses, with the UID once QRESYNC is enabled: taken
+            // for a fingerprint, a message already held would be fetched again and its
+            // record replaced, leaving its first file without one. Only the UIDs asked
+            // for count, each once, and only with the size asked for.
+            let mut asked: HashSet<u32> = chunk.iter().copied().collect();
             self.exec(&command, |r| {
                 if let Response::Fetch(_, attrs) = r {
                     let mut f = Fingerprinted {
@@ -1110,7 +1119,7 @@ impl Session {
                         internaldate: 0,
                         message_id: None,
                     };
-                    let mut have_uid = false;
+                    let (mut have_uid, mut have_size) = (false, false);
                     for a in attrs {
                         match a {
                             AttributeValue::Uid(u) => {
@@ -1118,7 +1127,10 @@ impl Session {
                                 have_uid = true;
                             }
                             AttributeValue::Flags(fl) => f.flags = parse_flags(fl),
-                            AttributeValue::Rfc822Size(s) => f.size = u64::from(*s),
+                            AttributeValue::Rfc822Size(s) => {
+                                f.size = u64::from(*s);
+                                have_size = true;
+                            }
                             AttributeValue::InternalDate(d) => {
                                 f.internaldate = parse_internaldate(d).unwrap_or(0)
                             }
@@ -1128,7 +1140,7 @@ impl Session {
                             _ => {}
                         }
                     }
-                    if have_uid {
+                    if have_uid && have_size && asked.remove(&f.uid) {
                         out.push(f);
                     }
                 }
@@ -1858,6 +1870,41 @@ mod tests {
             "* {exists} EXISTS\r\n* OK [UIDVALIDITY {uidvalidity}] ok\r\n* OK [UIDNEXT 100] ok\r\n{{tag}} OK [READ-WRITE] done\r\n"
         )
         .into_bytes()
+    }
+
+    /// Dovecot with QRESYNC enabled tells a session of another session's flag change
+    /// with an unsolicited `FETCH (UID n FLAGS ...)`: arriving during the fingerprint
+    /// fetch, it made a message already held look new, which was downloaded again and
+    /// took over its record, leaving the first file without one (the kill test's
+    /// extra copies).
+    #[tokio::test]
+    async fn unsolicited_flag_changes_are_not_fingerprints_or_sizes() {
+        let mut s = scripted("qresync.test", &["IMAP4rev1"], |c| {
+            if c.starts_with("SELECT") {
+                selected(3, 5)
+            } else if c.starts_with("UID FETCH 40 (UID FLAGS INTERNALDATE") {
+                let mut a = b"* 1 FETCH (UID 35 FLAGS (\\Seen) MODSEQ (9))\r\n".to_vec();
+                a.extend_from_slice(b"* 3 FETCH (UID 40 FLAGS () INTERNALDATE \"01-Jan-2024 00:00:00 +0000\" RFC822.SIZE 12 BODY[HEADER.FIELDS (MESSAGE-ID)] {19}\r\nMessage-ID: <a@b>\r\n)\r\n");
+                a.extend_from_slice(b"* 3 FETCH (UID 40 FLAGS (\\Flagged) MODSEQ (10))\r\n");
+                a.extend_from_slice(b"{tag} OK done\r\n");
+                a
+            } else if c.starts_with("UID FETCH 40 (UID RFC822.SIZE)") {
+                let mut a = b"* 3 FETCH (UID 40 RFC822.SIZE 12)\r\n".to_vec();
+                a.extend_from_slice(b"* 2 FETCH (UID 38 RFC822.SIZE 7)\r\n");
+                a.extend_from_slice(b"* 3 FETCH (UID 40 RFC822.SIZE 12)\r\n");
+                a.extend_from_slice(b"{tag} OK done\r\n");
+                a
+            } else {
+                b"{tag} OK done\r\n".to_vec()
+            }
+        })
+        .await;
+        s.select("INBOX").await.unwrap();
+        let prints = s.fetch_fingerprints(&[40]).await.unwrap();
+        let uids: Vec<(u32, u64)> = prints.iter().map(|p| (p.uid, p.size)).collect();
+        assert_eq!(uids, vec![(40, 12)]);
+        assert_eq!(prints[0].message_id.as_deref(), Some("a@b"));
+        assert_eq!(s.fetch_sizes(&[40]).await.unwrap(), vec![(40, 12)]);
     }
 
     #[tokio::test]
