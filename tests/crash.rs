@@ -806,12 +806,7 @@ fn journalled_moves(env: &Env) -> i64 {
 
 /// Sessions mailsync opened since line `mark` of Dovecot's log (OAuth logins).
 fn logins_since(env: &Env, mark: usize) -> usize {
-    env.dovecot
-        .log()
-        .lines()
-        .skip(mark)
-        .filter(|l| l.contains("Login: ") && l.contains("method=XOAUTH2"))
-        .count()
+    crate::support::oauth_logins(&env.dovecot.log(), mark).count()
 }
 
 /// 1,500 messages moved on the server between two mapped folders (1,000 one way, 500

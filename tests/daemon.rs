@@ -58,15 +58,9 @@ async fn bob_receives(env: &Env, daemon: &Daemon, tag: &str, total: usize) {
 
 /// Mailsync's logins as `user` in the Dovecot log after line `since`.
 fn logins_of(env: &Env, user: &str, since: usize) -> usize {
-    env.dovecot
-        .log()
-        .lines()
-        .skip(since)
-        .filter(|l| {
-            l.contains("Login: ")
-                && l.contains(&format!("user=<{user}>"))
-                && (l.contains("method=XOAUTH2") || l.contains("method=OAUTHBEARER"))
-        })
+    let user = format!("user=<{user}>");
+    crate::support::oauth_logins(&env.dovecot.log(), since)
+        .filter(|l| l.contains(&user))
         .count()
 }
 

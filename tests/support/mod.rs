@@ -461,15 +461,17 @@ impl Run {
     }
 }
 
-/// The `<session>` ids of mailsync's logins (OAuth, not the harness's PLAIN ones) in
-/// `log` after line `since_line`.
+/// The login lines of mailsync's sessions (OAuth, not the harness's PLAIN ones) in
+/// Dovecot's `log` after line `since_line`.
+pub fn oauth_logins(log: &str, since_line: usize) -> impl Iterator<Item = &str> {
+    log.lines().skip(since_line).filter(|l| {
+        l.contains("Login: ") && (l.contains("method=XOAUTH2") || l.contains("method=OAUTHBEARER"))
+    })
+}
+
+/// The `<session>` ids of mailsync's logins in `log` after line `since_line`.
 fn oauth_sessions(log: &str, since_line: usize) -> Vec<String> {
-    log.lines()
-        .skip(since_line)
-        .filter(|l| {
-            l.contains("Login: ")
-                && (l.contains("method=XOAUTH2") || l.contains("method=OAUTHBEARER"))
-        })
+    oauth_logins(log, since_line)
         .filter_map(|l| l.split("session=<").nth(1))
         .filter_map(|rest| rest.split('>').next())
         .map(|id| format!("<{id}>"))
