@@ -312,8 +312,7 @@ pub async fn sync_account_with(
                 // A throttling server named its wait (Exchange answers SELECT with `NO
                 // Request is throttled. Suggested Backoff Time: N milliseconds`): nothing
                 // goes out before it ends, then the folder is tried once more.
-                Err(e) if !paused && throttle_pause(&e).is_some() => {
-                    let wait = throttle_pause(&e).unwrap_or_default();
+                Err(e) if !paused && let Some(wait) = throttle_pause(&e) => {
                     tracing::warn!(folder = %t.mapping.local, "{e}; trying again in {} ms", wait.as_millis());
                     pause(options, wait).await?;
                     paused = true;
