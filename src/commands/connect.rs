@@ -16,7 +16,7 @@ use crate::config::roles::{self, RemoteSpec, Role};
 use crate::config::{self, Account, Config, Flow};
 use crate::imap::{self, ImapError};
 use crate::state::{State, StoredGrant};
-use crate::sync::execute::SyncError;
+use crate::sync::SyncError;
 use crate::sync::login::refused;
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use crate::auth::TokenSource;
 use crate::cli::FoldersArgs;
 use crate::config::roles::{self, Role};
 use crate::config::{Account, Config};
-use crate::sync::execute::SyncError;
+use crate::sync::SyncError;
 use crate::sync::login::login;
 
 #[derive(Debug, Serialize)]

@@ -24,7 +24,7 @@ pub enum CommandError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Sync(#[from] crate::sync::execute::SyncError),
+    Sync(#[from] crate::sync::SyncError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write output: {0}")]

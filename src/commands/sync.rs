@@ -10,7 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use super::{CommandError, Exit, human_bytes, select_accounts};
 use crate::cli::SyncArgs;
 use crate::config::Config;
-use crate::sync::execute::{FolderReport, Progress, Quiet, SyncOptions, sync_account};
+use crate::sync::{FolderReport, Progress, Quiet, SyncOptions, sync_account};
 
 pub async fn run(config: &Config, args: &SyncArgs, quiet: bool) -> Result<Exit, CommandError> {
     let accounts = select_accounts(config, args.account.as_deref())?;

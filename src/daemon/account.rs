@@ -16,8 +16,8 @@ use crate::config::{Account, Config, Mapping};
 use crate::imap::{IdleEnd, Session};
 use crate::retry::Retry;
 use crate::state::{AccountLock, RunState, State};
-use crate::sync::execute::{FolderReport, Progress, SyncError, SyncOptions, sync_account_with};
 use crate::sync::login::login;
+use crate::sync::{FolderReport, Progress, SyncError, SyncOptions, sync_account_with};
 
 /// What each account is doing, for systemd's STATUS= line.
 pub type Board = Arc<Mutex<std::collections::BTreeMap<String, String>>>;

@@ -23,9 +23,11 @@ use crate::maildir::Maildir;
 use crate::retry::Retry;
 use crate::state::{Headers, State};
 
-use super::execute::{FolderReport, SyncError, SyncOptions, check_stop, folder_failure};
+use super::error::{SyncError, folder_failure};
 use super::login::{SharedTokens, login_shared};
 use super::model::{FolderId, Record};
+use super::options::{SyncOptions, check_stop};
+use super::report::FolderReport;
 use super::writer::{Job, Queued, Writer};
 
 /// One folder of the download phase: what a lane needs to know of it.

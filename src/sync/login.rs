@@ -9,7 +9,7 @@ use crate::auth::{TokenSource, diagnose};
 use crate::config::Account;
 use crate::imap::{self, ImapError, Session};
 
-use super::execute::SyncError;
+use super::error::SyncError;
 
 /// Attempts for a transient failure where nothing else retries (a `sync` from a
 /// terminal or a timer), and the first delay (doubled each time). The daemon retries

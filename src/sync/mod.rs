@@ -1,10 +1,19 @@
-//! Sync: the pure model and planner, and the executor that applies a plan.
+//! Sync: observe the server, plan with a pure planner, apply the plan.
+mod apply;
 mod download;
-pub mod execute;
+mod error;
 pub mod headers;
 pub mod login;
 pub mod model;
+mod observe;
+mod options;
+mod pass;
 pub mod plan;
+mod recover;
+mod report;
 mod writer;
 
-pub use execute::{FolderReport, SyncOptions, SyncReport, sync_account, sync_account_with};
+pub use error::SyncError;
+pub use options::SyncOptions;
+pub use pass::{sync_account, sync_account_with};
+pub use report::{FolderReport, Progress, Quiet, SyncReport};

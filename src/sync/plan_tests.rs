@@ -650,10 +650,10 @@ fn listing(folder: &ServerFolder, known: &[Known], mode: Mode) -> Listing {
     }
 }
 
-/// Plans a pass the way the executor does: diff each folder, pair if anything
-/// vanished, else fetch what is new; then the flag updates.
-fn plan(s: &Scenario, records: &[Record]) -> Vec<Action> {
-    let mut diffs = Vec::new();
+/// What the pass observes of the scenario: each folder's listing (by its mode) and
+/// its records; none failed.
+fn observe(s: &Scenario, records: &[Record]) -> Snapshot {
+    let mut snapshot = Snapshot::default();
     for (i, (&id, folder)) in s.server.iter().enumerate() {
         let known: Vec<Known> = records
             .iter()
@@ -661,53 +661,69 @@ fn plan(s: &Scenario, records: &[Record]) -> Vec<Action> {
             .map(|r| known(r.uidvalidity, r.uid, r.flags))
             .collect();
         let l = listing(folder, &known, s.modes[i % s.modes.len()]);
-        diffs.push((id, folder, diff_folder(&known, folder.uidvalidity, &l)));
+        let server = Watermark {
+            uidvalidity: folder.uidvalidity,
+            uidnext: None,
+            highestmodseq: None,
+        };
+        snapshot
+            .folders
+            .push(Observed::new(id, server, Some(l), known));
     }
-    let mut actions = Vec::new();
-    if diffs.iter().any(|(_, _, d)| !d.vanished.is_empty()) {
-        let mut new = Vec::new();
-        let mut vanished = Vec::new();
-        for (id, folder, diff) in &diffs {
-            for &(uidvalidity, uid) in &diff.vanished {
+    snapshot
+}
+
+/// Answers the planner's questions as the pass does, from the records and the server.
+fn answer(s: &Scenario, records: &[Record], snapshot: &mut Snapshot, need: &Need) {
+    let folder = &s.server[&need.folder()];
+    let observed = snapshot
+        .folders
+        .iter_mut()
+        .find(|f| f.id == need.folder())
+        .expect("a need names an observed folder");
+    match need {
+        Need::Records { folder: id, keys } => {
+            for &(uidvalidity, uid) in keys {
                 let r = records
                     .iter()
                     .find(|r| key_of(r) == (*id, uidvalidity, uid))
-                    .expect("vanished names a record");
-                vanished.push(r.clone());
-            }
-            for &uid in &diff.new_uids {
-                let (flags, fingerprint) = folder.messages[&uid].clone();
-                new.push(RemoteNew {
-                    folder: *id,
-                    uidvalidity: folder.uidvalidity,
-                    uid,
-                    flags,
-                    fingerprint,
-                });
+                    .expect("a vanished key names a record");
+                snapshot.records.insert(key_of(r), r.clone());
             }
         }
-        actions = pair(new, vanished);
-    } else {
-        for (id, _, diff) in &diffs {
-            actions.extend(
-                diff.new_uids
-                    .iter()
-                    .map(|&uid| Action::Fetch { folder: *id, uid }),
-            );
+        Need::Sizes { uids, .. } => {
+            for uid in uids {
+                let size = folder.messages.get(uid).map(|(_, f)| f.size);
+                observed.sizes.insert(*uid, size);
+            }
+        }
+        Need::Descriptions { uids, .. } => {
+            for uid in uids {
+                let described = folder.messages.get(uid).cloned();
+                observed.described.insert(*uid, described);
+            }
         }
     }
-    for (id, _, diff) in &diffs {
-        actions.extend(
-            diff.flag_updates
-                .iter()
-                .map(|&(uid, flags)| Action::SetFlags {
-                    folder: *id,
-                    uid,
-                    flags,
-                }),
-        );
+}
+
+/// Plans a pass with the real planner, answering its questions until it decides.
+fn run_plan(s: &Scenario, snapshot: &mut Snapshot, records: &[Record]) -> Plan {
+    for _ in 0..=3 {
+        let p = super::plan(snapshot);
+        if p.needs.is_empty() {
+            return p;
+        }
+        assert!(p.actions.is_empty() && p.watermarks.is_empty(), "{p:?}");
+        for need in &p.needs {
+            answer(s, records, snapshot, need);
+        }
     }
-    actions
+    panic!("the planner asked more than three times");
+}
+
+/// The actions of a pass over the scenario.
+fn plan(s: &Scenario, records: &[Record]) -> Vec<Action> {
+    run_plan(s, &mut observe(s, records), records).actions
 }
 
 /// The order the executor applies a plan in: relocations, flags, removals, downloads.
@@ -1107,4 +1123,203 @@ proptest! {
         prop_assert_eq!(fetched_before + counts(&rerun).fetch, fetches);
         prop_assert!(plan(&s, &crashed).is_empty());
     }
+}
+
+// ---------------------------------------------------------------------------------
+// What the planner decides besides the actions: asking, failed folders, watermarks,
+// how to list.
+
+/// Every Remove names a record that the folder's own listing says is gone: under
+/// another UIDVALIDITY, missing from a complete listing or from the UIDs present, or
+/// reported VANISHED.
+fn listing_says_gone(snapshot: &Snapshot, record: &Record) -> bool {
+    let Some(f) = snapshot.folders.iter().find(|f| f.id == record.folder) else {
+        return false;
+    };
+    let Some(l) = &f.listing else {
+        return false;
+    };
+    record.uidvalidity != f.server.uidvalidity
+        || (l.complete && !l.entries.iter().any(|e| e.uid == record.uid))
+        || l.present.as_ref().is_some_and(|p| !p.contains(&record.uid))
+        || l.vanished.contains(&record.uid)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A record is removed only when a complete listing, VANISHED or SEARCH says its
+    /// message is gone; a UID the server lists is never removed.
+    #[test]
+    fn removals_only_on_the_listings_word(s in scenario()) {
+        let mut snapshot = observe(&s, &s.records);
+        let p = run_plan(&s, &mut snapshot, &s.records);
+        for a in &p.actions {
+            if let Action::Remove { record } = a {
+                prop_assert!(listing_says_gone(&snapshot, record), "{:?}", a);
+                let listed = snapshot.folders.iter().any(|f| {
+                    f.id == record.folder
+                        && f.server.uidvalidity == record.uidvalidity
+                        && f.listing.as_ref().is_some_and(|l| l.entries.iter().any(|e| e.uid == record.uid))
+                });
+                prop_assert!(!listed, "removed a listed UID: {:?}", a);
+            }
+        }
+    }
+
+    /// A folder that failed this pass gets no action and no watermark: none of its
+    /// records is removed or moved away, none of its messages fetched or moved in;
+    /// every other folder gets its watermark.
+    #[test]
+    fn a_failed_folder_is_left_alone(s in scenario(), failed in any::<prop::sample::Index>()) {
+        let mut snapshot = observe(&s, &s.records);
+        let failed = snapshot.folders[failed.index(snapshot.folders.len())].id;
+        for f in snapshot.folders.iter_mut() {
+            f.failed = f.id == failed;
+        }
+        let p = run_plan(&s, &mut snapshot, &s.records);
+        for a in &p.actions {
+            let touches = match a {
+                Action::Fetch { folder, .. } | Action::SetFlags { folder, .. } => *folder == failed,
+                Action::Relocate { record, folder, .. } => record.folder == failed || *folder == failed,
+                Action::Remove { record } => record.folder == failed,
+            };
+            prop_assert!(!touches, "{:?}", a);
+        }
+        let marked: Vec<FolderId> = p.watermarks.iter().map(|(id, _)| *id).collect();
+        let others: Vec<FolderId> = s.server.keys().copied().filter(|id| *id != failed).collect();
+        prop_assert_eq!(marked, others);
+    }
+
+    /// A folder is left unlisted only when its stored watermark is the server's, with
+    /// CONDSTORE, and the server's count is the records'; changes are asked only since
+    /// a mod-sequence of the same UIDVALIDITY.
+    #[test]
+    fn unchanged_only_when_nothing_can_have_changed(
+        stored in proptest::option::of((1u32..3, proptest::option::of(1u32..3), proptest::option::of(1u64..3))),
+        server in (1u32..3, proptest::option::of(1u32..3), proptest::option::of(1u64..3)),
+        exists in 0u32..3,
+        records in 0u64..3,
+        condstore in any::<bool>(),
+    ) {
+        let mark = |(uidvalidity, uidnext, highestmodseq)| Watermark { uidvalidity, uidnext, highestmodseq };
+        let stored = stored.map(mark);
+        let server = mark(server);
+        match listing_mode(stored, server, exists, records, condstore) {
+            ListingMode::Unchanged => {
+                prop_assert!(condstore);
+                prop_assert_eq!(stored, Some(server));
+                prop_assert!(server.highestmodseq.is_some());
+                prop_assert_eq!(u64::from(exists), records);
+            }
+            ListingMode::Changes { since } => {
+                let stored = stored.unwrap();
+                prop_assert!(condstore);
+                prop_assert_eq!(stored.uidvalidity, server.uidvalidity);
+                prop_assert_eq!(stored.highestmodseq, Some(since));
+                prop_assert!(server.highestmodseq.is_some());
+            }
+            ListingMode::Full => {}
+        }
+    }
+}
+
+#[test]
+fn a_first_pass_and_a_uidvalidity_change_list_everything() {
+    let at = |uidvalidity| Watermark {
+        uidvalidity,
+        uidnext: Some(10),
+        highestmodseq: Some(5),
+    };
+    assert_eq!(listing_mode(None, at(7), 9, 0, true), ListingMode::Full);
+    assert_eq!(
+        listing_mode(Some(at(7)), at(8), 9, 9, true),
+        ListingMode::Full
+    );
+    assert_eq!(
+        listing_mode(Some(at(7)), at(7), 9, 9, false),
+        ListingMode::Full
+    );
+    assert_eq!(
+        listing_mode(Some(at(7)), at(7), 9, 9, true),
+        ListingMode::Unchanged
+    );
+    // A record more than the server counts: something went, though no mod-sequence moved.
+    assert_eq!(
+        listing_mode(Some(at(7)), at(7), 8, 9, true),
+        ListingMode::Changes { since: 5 }
+    );
+}
+
+#[test]
+fn every_uid_is_asked_for_when_the_counts_do_not_add_up() {
+    // 10 held, 2 new, 1 reported gone: the server must count 11.
+    assert!(!needs_present(11, 10, 2, 1));
+    // It counts 10: an expunge went unreported (CONDSTORE cannot report them).
+    assert!(needs_present(10, 10, 2, 1));
+}
+
+#[test]
+fn pairing_asks_for_records_then_sizes_then_descriptions_and_no_more() {
+    // Inbox lost a message; Deleted Items has a new one of the same size.
+    let gone = record(INBOX, 7, 1, fp(Some("<m@x>"), 100, 1000));
+    let s = Scenario {
+        server: BTreeMap::from([
+            (
+                INBOX,
+                ServerFolder {
+                    uidvalidity: 7,
+                    messages: BTreeMap::new(),
+                },
+            ),
+            (
+                DELETED,
+                ServerFolder {
+                    uidvalidity: 7,
+                    messages: BTreeMap::from([(4, (seen(), fp(Some("<m@x>"), 100, 1000)))]),
+                },
+            ),
+        ]),
+        records: vec![gone.clone()],
+        modes: vec![Mode::Complete],
+    };
+    let mut snapshot = observe(&s, &s.records);
+    let mut asked = Vec::new();
+    let p = loop {
+        let p = super::plan(&snapshot);
+        if p.needs.is_empty() {
+            break p;
+        }
+        for need in &p.needs {
+            asked.push(need.clone());
+            answer(&s, &s.records, &mut snapshot, need);
+        }
+    };
+    assert_eq!(
+        asked,
+        vec![
+            Need::Records {
+                folder: INBOX,
+                keys: vec![(7, 1)]
+            },
+            Need::Sizes {
+                folder: DELETED,
+                uids: vec![4]
+            },
+            Need::Descriptions {
+                folder: DELETED,
+                uids: vec![4]
+            },
+        ]
+    );
+    assert_eq!(p.actions.len(), 1);
+    assert!(matches!(
+        &p.actions[0],
+        Action::Relocate {
+            folder: DELETED,
+            uid: 4,
+            ..
+        }
+    ));
+    assert_eq!(p.watermarks.len(), 2);
 }

@@ -1,0 +1,222 @@
+//! Observing: what the server and the records say of each folder, for the planner's
+//! snapshot, and the answers to what the planner asks next ([`Need`]).
+
+use std::collections::HashSet;
+
+use crate::imap::{self, ImapError, Session};
+use crate::state::{FolderRow, State, StateError};
+
+use super::error::SyncError;
+use super::model::Known;
+use super::plan::{self, Listing, ListingMode, Need, Observed, Snapshot, Watermark};
+
+/// Why observing a folder stopped: the folder failed (the pass goes on without it), or
+/// the pass must stop.
+pub(super) enum Failed {
+    Folder(ImapError),
+    Pass(SyncError),
+}
+
+impl From<StateError> for Failed {
+    fn from(e: StateError) -> Self {
+        Failed::Pass(e.into())
+    }
+}
+
+impl From<ImapError> for Failed {
+    fn from(e: ImapError) -> Self {
+        Failed::Folder(e)
+    }
+}
+
+/// The watermark a folder row holds, if it was ever synced.
+pub(super) fn stored(row: &FolderRow) -> Option<Watermark> {
+    row.uidvalidity.map(|uidvalidity| Watermark {
+        uidvalidity,
+        uidnext: row.uidnext,
+        highestmodseq: row.highestmodseq,
+    })
+}
+
+/// Selects and lists one folder. The records are read only when it changed: a no-op
+/// pass over a large folder reads none (one indexed count instead). Returns what was
+/// observed and what the SELECT reported.
+pub(super) async fn folder(
+    session: &mut Session,
+    state: &mut State,
+    row: &FolderRow,
+    remote: &str,
+    local: &str,
+) -> Result<(Observed, imap::Selected), Failed> {
+    let records = state.count_records(row.id)?;
+    let stored = stored(row);
+    let since = stored.and_then(|s| Some((s.uidvalidity, s.highestmodseq?)));
+    // What the listing asks next anyway goes out with the SELECT: without QRESYNC the
+    // flags (all, or what changed since the last mod-sequence); in a folder already
+    // synced, the sizes of messages new since, which pairing needs if anything
+    // vanished (a few bytes a message; none at all in an initial sync).
+    let mut follow = Vec::new();
+    if !(session.qresync_enabled() && since.is_some()) {
+        let changed_since = since
+            .filter(|_| session.has_condstore())
+            .map(|(_, modseq)| modseq);
+        follow.push(imap::FollowUp::Flags(changed_since));
+    }
+    if records > 0
+        && let Some(uidnext) = row.uidnext
+    {
+        follow.push(imap::FollowUp::SizesFrom(uidnext.max(1)));
+    }
+    let mut changes = session.select_with(remote, since, &follow).await?;
+    let sel = changes.selected.clone();
+    let server = Watermark {
+        uidvalidity: sel.uidvalidity,
+        uidnext: sel.uidnext,
+        highestmodseq: sel.highestmodseq,
+    };
+    let mode = plan::listing_mode(stored, server, sel.exists, records, session.has_condstore());
+    let sizes = changes
+        .sizes
+        .take()
+        .filter(|_| row.uidvalidity == Some(sel.uidvalidity));
+    if mode == ListingMode::Unchanged {
+        tracing::debug!(folder = %local, "unchanged");
+        return Ok((Observed::new(row.id, server, None, Vec::new()), sel));
+    }
+    let known = state.known(row.id)?;
+    let listing = list(session, mode, changes, &known).await?;
+    if row.uidvalidity.is_some_and(|v| v != sel.uidvalidity) {
+        tracing::warn!(
+            folder = %local,
+            old = row.uidvalidity,
+            new = sel.uidvalidity,
+            "UIDVALIDITY changed: re-pairing messages by Message-ID, size and date"
+        );
+    }
+    tracing::debug!(
+        folder = %local,
+        listed = listing.entries.len(),
+        complete = listing.complete,
+        vanished = listing.vanished.len(),
+        "listed"
+    );
+    let mut observed = Observed::new(row.id, server, Some(listing), known);
+    if let Some((from, sizes)) = sizes {
+        observed.sizes_from = Some(from);
+        observed
+            .sizes
+            .extend(sizes.into_iter().map(|(uid, size)| (uid, Some(size))));
+    }
+    Ok((observed, sel))
+}
+
+/// The listing of a folder SELECT found changed, by `mode`: what the SELECT brought
+/// along, or what is asked now.
+async fn list(
+    session: &mut Session,
+    mode: ListingMode,
+    changes: imap::SelectChanges,
+    known: &[Known],
+) -> Result<Listing, ImapError> {
+    let sel = &changes.selected;
+    let since = match mode {
+        ListingMode::Changes { since } => since,
+        ListingMode::Unchanged | ListingMode::Full => {
+            let entries = match changes.flags {
+                Some((None, entries)) => entries,
+                _ => session.fetch_flags(None).await?,
+            };
+            return Ok(Listing {
+                entries,
+                complete: true,
+                ..Listing::default()
+            });
+        }
+    };
+    let held: HashSet<u32> = known
+        .iter()
+        .filter(|k| k.uidvalidity == sel.uidvalidity)
+        .map(|k| k.uid)
+        .collect();
+    // QRESYNC told us in the SELECT itself; CONDSTORE needs a FETCH (sent with it).
+    let (entries, vanished) = if session.qresync_enabled() {
+        (changes.changed, changes.vanished)
+    } else if let Some((Some(m), entries)) = changes.flags
+        && m == since
+    {
+        (entries, Vec::new())
+    } else {
+        (session.fetch_flags(Some(since)).await?, Vec::new())
+    };
+    // The server's ranges are met with the records held, never expanded:
+    // `1:4294967295` names four billion UIDs and costs nothing here.
+    let vanished = plan::known_within(&vanished, held.iter().copied());
+    let added = entries
+        .iter()
+        .filter(|e| !held.contains(&e.uid))
+        .map(|e| e.uid)
+        .collect::<HashSet<u32>>()
+        .len() as u64;
+    let present =
+        if plan::needs_present(sel.exists, held.len() as u64, added, vanished.len() as u64) {
+            Some(session.search_all_uids().await?)
+        } else {
+            None
+        };
+    Ok(Listing {
+        entries,
+        complete: false,
+        present,
+        vanished,
+    })
+}
+
+/// Answers one of the planner's questions into `snapshot`: from the records, or from
+/// the server (`remote` is the folder's name on the wire).
+pub(super) async fn answer(
+    session: &mut Session,
+    state: &mut State,
+    snapshot: &mut Snapshot,
+    need: &Need,
+    remote: &str,
+) -> Result<(), Failed> {
+    let folder = need.folder();
+    let Some(observed) = snapshot.folders.iter_mut().find(|f| f.id == folder) else {
+        return Ok(());
+    };
+    let uidvalidity = observed.server.uidvalidity;
+    match need {
+        Need::Records { keys, .. } => {
+            for record in state.records_for(folder, keys)? {
+                snapshot
+                    .records
+                    .insert((record.folder, record.uidvalidity, record.uid), record);
+            }
+        }
+        Need::Sizes { uids, .. } => {
+            session.select_listed(remote, uidvalidity).await?;
+            let sizes = session.fetch_sizes(uids).await?;
+            // What the server did not describe is gone, or odd: a fetch finds out.
+            observed.sizes.extend(uids.iter().map(|&uid| (uid, None)));
+            observed
+                .sizes
+                .extend(sizes.into_iter().map(|(uid, size)| (uid, Some(size))));
+        }
+        Need::Descriptions { uids, .. } => {
+            session.select_listed(remote, uidvalidity).await?;
+            let prints = session.fetch_fingerprints(uids).await?;
+            observed
+                .described
+                .extend(uids.iter().map(|&uid| (uid, None)));
+            observed.described.extend(prints.into_iter().map(|p| {
+                let fingerprint = super::model::Fingerprint {
+                    message_id: p.message_id,
+                    size: p.size,
+                    internaldate: p.internaldate,
+                };
+                (p.uid, Some((p.flags, fingerprint)))
+            }));
+        }
+    }
+    Ok(())
+}
