@@ -73,7 +73,6 @@ pub struct Account {
     pub client_secret_file: Option<PathBuf>,
     /// The account's Maildir root; each mapping is a folder below it.
     pub maildir: PathBuf,
-    pub direction: Direction,
     pub imap: ImapEndpoint,
     pub oauth: OAuthEndpoints,
     /// In the order of the file.
@@ -139,15 +138,6 @@ impl Flow {
             Flow::ClientCredentials => "client-credentials",
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// The server is the truth; nothing local is pushed.
-    Pull,
-    /// Local flag changes, deletions, moves and new messages are pushed too.
-    Both,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -663,6 +653,21 @@ fn account(
         None => daemon.state_dir.join("mail").join(name),
     };
 
+    // Only pulling exists: the server is the truth and nothing local is sent. The key
+    // stays so that "pull" can be written, and "both" is refused rather than loaded
+    // and then ignored.
+    match raw.direction.as_deref() {
+        None | Some("pull") => {}
+        Some("both") => check.error(
+            &key("direction"),
+            "two-way sync (\"both\") is not available yet; use \"pull\" or remove the line",
+        ),
+        Some(other) => check.error(
+            &key("direction"),
+            format!("unknown value {other:?} (use pull)"),
+        ),
+    }
+
     let imap = imap_endpoint(check, name, kind, raw);
     let oauth = oauth_endpoints(check, name, kind, flow, &tenant, raw);
     let folders = mappings(check, name, &raw.folders);
@@ -676,7 +681,6 @@ fn account(
         flow,
         client_secret_file,
         maildir,
-        direction: raw.direction.unwrap_or(Direction::Pull),
         imap,
         oauth,
         folders,
