@@ -20,6 +20,11 @@ use std::path::Path;
 /// until then, each written as the test prints it. Every other cycle fails the test,
 /// and so does an entry here that no longer exists (delete it).
 const ALLOWED_SYNC_STATE_CYCLES: &[&str] = &[
+    // sync/login.rs takes admin_consent_url from commands/consent_url.rs, which
+    // re-exports it from auth/consent.rs for it: these go when sync/login.rs imports it
+    // from there (and commands/consent_url.rs stops re-exporting it).
+    "commands/consent_url.rs → commands/mod.rs → sync/execute.rs → sync/download.rs → sync/login.rs → commands/consent_url.rs",
+    "commands/consent_url.rs → commands/mod.rs → sync/execute.rs → sync/login.rs → commands/consent_url.rs",
     "state/mod.rs → state/schema.rs → state/mod.rs",
     "sync/download.rs → sync/execute.rs → sync/download.rs",
     "sync/download.rs → sync/login.rs → sync/execute.rs → sync/download.rs",

@@ -1,9 +1,11 @@
 //! OAuth 2.0 for IMAP: the flows ([`flows`]), the encrypted token store's key
-//! ([`crypto`]), what failures mean ([`diagnose`]), and [`TokenSource`], which hands
+//! ([`crypto`]), what failures mean ([`diagnose`]) and the admin-consent URL some of
+//! them name ([`consent`]), and [`TokenSource`], which hands
 //! out access tokens: cached in memory and, sealed, in the state database for the next
 //! process (a one-shot `sync` then asks the identity provider nothing), refreshed ahead
 //! of expiry, the rotated refresh token stored before the new access token is used.
 
+pub mod consent;
 pub mod crypto;
 pub mod diagnose;
 pub mod flows;
@@ -110,7 +112,7 @@ impl AuthError {
             .next()
             .unwrap_or("")
             .to_owned();
-        let consent = crate::commands::consent_url::admin_consent_url(account);
+        let consent = consent::admin_consent_url(account);
         let ctx = diagnose::Context {
             account: &account.name,
             provider: &account.provider,
