@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::flows::sign_in_scopes;
+use super::scopes::sign_in_scopes;
 use crate::config::{Account, Flow, Provider};
 
 /// Where the browser goes after consent. Entra only redirects to a URI registered on
