@@ -6,10 +6,12 @@
 //! (ranges, durations, rules between keys) can still point at a line.
 
 pub mod edit;
+mod modes;
 mod raw;
 pub mod roles;
 mod source;
 
+pub use modes::{Flow, Tls};
 pub use roles::{RemoteFolder, RemoteSpec, ResolveError, Role, resolve};
 
 use std::collections::BTreeMap;
@@ -17,8 +19,6 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::imap::utf7;
 use raw::{RawAccount, RawConfig, RawDaemon, RawDuration};
@@ -117,36 +117,6 @@ impl Provider {
             Provider::Custom => "custom",
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Flow {
-    /// RFC 8628 device authorization: a code to type on another device.
-    Device,
-    /// Authorization code with PKCE and a loopback redirect (RFC 8252).
-    Browser,
-    /// App-only access with the app's own secret; no user signs in.
-    ClientCredentials,
-}
-
-impl Flow {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Flow::Device => "device",
-            Flow::Browser => "browser",
-            Flow::ClientCredentials => "client-credentials",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tls {
-    Implicit,
-    Starttls,
-    /// Only ever towards a loopback address (checked when loading).
-    Plain,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::{Flow, Tls};
+use super::modes::{Flow, Tls};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
