@@ -1,7 +1,8 @@
 //! The integration tests, built as one binary. Every test talks to a real Dovecot on
 //! loopback (TLS, XOAUTH2 validated by the test identity provider) and runs the real
 //! `mailsync` binary; every test whose outcome can depend on the server runs on both
-//! server profiles.
+//! server profiles. The exception is `layout`, which reads the source for import
+//! cycles.
 
 mod support;
 
@@ -12,6 +13,7 @@ mod daemon;
 mod exchange;
 mod hostile;
 mod hostile_idp;
+mod layout;
 mod pull;
 mod secrets;
 mod session;

@@ -37,7 +37,7 @@ pub struct Context<'a> {
     pub flow: Flow,
     pub email: &'a str,
     pub client_id: &'a str,
-    /// The tenant's admin-consent URL (see `commands::consent_url::admin_consent_url`).
+    /// The tenant's admin-consent URL (see [`super::consent::admin_consent_url`]).
     pub consent_url: Option<String>,
 }
 

@@ -12,15 +12,16 @@ use oauth2::basic::{
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
     DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, PkceCodeChallenge,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse,
+    RedirectUrl, RefreshToken, RequestTokenError, StandardDeviceAuthorizationResponse,
     StandardRevocableToken, TokenResponse, TokenUrl,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::AuthError;
+use super::error::AuthError;
 use super::reply::{self, DEFAULT_TOKEN_LIFETIME, TokenReply};
-use crate::config::{Account, Flow, Provider};
+use super::scopes::{scopes, sign_in_scopes};
+use crate::config::{Account, Flow};
 use crate::secret::Secret;
 
 /// How long a person has to finish signing in (browser flow).
@@ -100,40 +101,6 @@ fn client(account: &Account, redirect: Option<RedirectUrl>) -> Result<OAuthClien
         c = c.set_redirect_uri(r);
     }
     Ok(c)
-}
-
-fn scopes(account: &Account) -> Vec<Scope> {
-    account
-        .oauth
-        .scopes
-        .iter()
-        .cloned()
-        .map(Scope::new)
-        .collect()
-}
-
-/// The scopes a person signs in with: the account's, and what makes the provider name
-/// who signed in (an OpenID Connect `id_token` with `preferred_username` or `email`),
-/// which [`check_identity`] reads. Only the sign-in asks for them: refreshes ask for
-/// the account's scopes as before, so a grant from before these were added goes on
-/// refreshing as it did, and the access token's binding to the account's scopes (see
-/// `TokenSource::issued_for`) does not change. A custom provider gets none: a plain
-/// OAuth 2.0 server may refuse scopes it does not know (add `openid` to `scopes` to
-/// have the check there too).
-pub fn sign_in_scopes(account: &Account) -> Vec<Scope> {
-    let identity: &[&str] = match account.provider {
-        // Microsoft puts `preferred_username` in the id_token with `profile`.
-        Provider::Microsoft { .. } => &["openid", "profile"],
-        Provider::Google => &["openid", "email"],
-        Provider::Custom => &[],
-    };
-    let mut all = scopes(account);
-    for s in identity {
-        if !account.oauth.scopes.iter().any(|have| have == s) {
-            all.push(Scope::new((*s).to_owned()));
-        }
-    }
-    all
 }
 
 fn grant_from(account: &Account, r: &OAuthTokenResponse) -> Grant {

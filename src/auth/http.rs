@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use super::AuthError;
+use super::error::AuthError;
 use crate::config::Account;
 
 /// The HTTP client for an account's identity provider, one per CA set and process:

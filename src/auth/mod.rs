@@ -1,164 +1,32 @@
 //! OAuth 2.0 for IMAP: the flows ([`flows`]), the encrypted token store's key
-//! ([`crypto`]), what failures mean ([`diagnose`]), and [`TokenSource`], which hands
+//! ([`crypto`]), what failures mean ([`diagnose`]) and the admin-consent URL some of
+//! them name ([`consent`]), and [`TokenSource`], which hands
 //! out access tokens: cached in memory and, sealed, in the state database for the next
 //! process (a one-shot `sync` then asks the identity provider nothing), refreshed ahead
 //! of expiry, the rotated refresh token stored before the new access token is used.
 
+pub mod consent;
 pub mod crypto;
 pub mod diagnose;
+mod error;
 pub mod flows;
 pub mod http;
 pub mod reply;
+mod scopes;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{Account, Flow};
 use crate::secret::Secret;
-use crate::state::{GrantStatus, State, StateError, StoredAccessToken, unix_now};
+use crate::state::{GrantStatus, State, StoredAccessToken, unix_now};
 
+pub use error::{AuthError, StoreError};
 pub use flows::Grant;
 
 /// Refresh this long before the access token expires, so a command never starts with a
 /// token about to lapse.
 const REFRESH_MARGIN: Duration = Duration::from_secs(120);
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error(
-        "account {account} is not connected (flow {flow}): run `mailsync connect {account}` first"
-    )]
-    NotConnected { account: String, flow: &'static str },
-    #[error(
-        "account {account} needs `mailsync connect {account}`: its sign-in is no longer valid ({reason})"
-    )]
-    NeedsConnect { account: String, reason: String },
-    #[error(
-        "account {account}: no client secret: set client_secret_file, or provide {account}.secret in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
-    )]
-    NoSecret { account: String },
-    #[error("account {account}: cannot read client secret file {path}: {source}")]
-    SecretFile {
-        account: String,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("account {account}: invalid OAuth endpoint {url}: {detail}")]
-    Endpoint {
-        account: String,
-        url: String,
-        detail: String,
-    },
-    #[error("account {account}: the identity provider refused: {}{}", .diagnosis.cause, fix_note(&.diagnosis.fix))]
-    Rejected {
-        account: String,
-        error: String,
-        description: String,
-        diagnosis: Box<diagnose::Diagnosis>,
-    },
-    #[error("account {account}: {detail}")]
-    Declined { account: String, detail: String },
-    #[error(
-        "account {account}: signed in as {actual}, but the account is for {expected}; sign in as {expected} (in a private browser window if the browser picks the wrong account), or change email in the config"
-    )]
-    WrongIdentity {
-        account: String,
-        expected: String,
-        actual: String,
-    },
-    /// The identity provider answered something mailsync cannot read (the wrong JSON
-    /// shape): asking again at once will not help.
-    #[error("account {account}: cannot use the identity provider's answer: {detail}")]
-    BadReply { account: String, detail: String },
-    #[error(
-        "account {account}: the identity provider is unreachable or failing ({detail}); will retry"
-    )]
-    Transient { account: String, detail: String },
-    #[error("account {account}: {detail}")]
-    Io { account: String, detail: String },
-    #[error("account {account}: token store: {source}")]
-    Store {
-        account: String,
-        #[source]
-        source: StoreError,
-    },
-}
-
-/// What can go wrong with the token store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error(transparent)]
-    Key(#[from] crypto::KeyError),
-}
-
-fn fix_note(fix: &str) -> String {
-    if fix.is_empty() {
-        String::new()
-    } else {
-        format!(". Fix: {fix}")
-    }
-}
-
-impl AuthError {
-    /// A refusal, with what it means for this account.
-    pub fn rejected(account: &Account, error: &str, description: &str) -> AuthError {
-        let first_line = description
-            .split(['\r', '\n'])
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        let consent = crate::commands::consent_url::admin_consent_url(account);
-        let ctx = diagnose::Context {
-            account: &account.name,
-            provider: &account.provider,
-            flow: account.flow,
-            email: &account.email,
-            client_id: account.client_id.as_deref().unwrap_or(""),
-            consent_url: consent,
-        };
-        let diagnosis = diagnose::oauth_error(error, &first_line, &ctx);
-        if diagnosis.transient {
-            return AuthError::Transient {
-                account: account.name.clone(),
-                detail: format!("{error}: {first_line}"),
-            };
-        }
-        AuthError::Rejected {
-            account: account.name.clone(),
-            error: error.to_owned(),
-            description: first_line,
-            diagnosis: Box::new(diagnosis),
-        }
-    }
-
-    pub fn is_transient(&self) -> bool {
-        matches!(self, AuthError::Transient { .. })
-    }
-
-    /// How this failure is retried (see [`crate::retry`]).
-    pub fn retry(&self) -> crate::retry::Retry {
-        use crate::retry::Retry;
-        if self.needs_connect() {
-            Retry::SignIn
-        } else if self.is_transient() {
-            Retry::Later(None)
-        } else {
-            Retry::Never
-        }
-    }
-
-    /// Only `mailsync connect` can fix this: retrying would not.
-    pub fn needs_connect(&self) -> bool {
-        match self {
-            AuthError::NeedsConnect { .. } | AuthError::NotConnected { .. } => true,
-            AuthError::Rejected { diagnosis, .. } => diagnosis.needs_connect,
-            _ => false,
-        }
-    }
-}
 
 struct Cached {
     token: Secret,

@@ -6,10 +6,12 @@
 //! (ranges, durations, rules between keys) can still point at a line.
 
 pub mod edit;
+mod modes;
 mod raw;
 pub mod roles;
 mod source;
 
+pub use modes::{Flow, Tls};
 pub use roles::{RemoteFolder, RemoteSpec, ResolveError, Role, resolve};
 
 use std::collections::BTreeMap;
@@ -17,8 +19,6 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::imap::utf7;
 use raw::{RawAccount, RawConfig, RawDaemon, RawDuration};
@@ -73,7 +73,6 @@ pub struct Account {
     pub client_secret_file: Option<PathBuf>,
     /// The account's Maildir root; each mapping is a folder below it.
     pub maildir: PathBuf,
-    pub direction: Direction,
     pub imap: ImapEndpoint,
     pub oauth: OAuthEndpoints,
     /// In the order of the file.
@@ -118,45 +117,6 @@ impl Provider {
             Provider::Custom => "custom",
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Flow {
-    /// RFC 8628 device authorization: a code to type on another device.
-    Device,
-    /// Authorization code with PKCE and a loopback redirect (RFC 8252).
-    Browser,
-    /// App-only access with the app's own secret; no user signs in.
-    ClientCredentials,
-}
-
-impl Flow {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Flow::Device => "device",
-            Flow::Browser => "browser",
-            Flow::ClientCredentials => "client-credentials",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// The server is the truth; nothing local is pushed.
-    Pull,
-    /// Local flag changes, deletions, moves and new messages are pushed too.
-    Both,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tls {
-    Implicit,
-    Starttls,
-    /// Only ever towards a loopback address (checked when loading).
-    Plain,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -663,6 +623,21 @@ fn account(
         None => daemon.state_dir.join("mail").join(name),
     };
 
+    // Only pulling exists: the server is the truth and nothing local is sent. The key
+    // stays so that "pull" can be written, and "both" is refused rather than loaded
+    // and then ignored.
+    match raw.direction.as_deref() {
+        None | Some("pull") => {}
+        Some("both") => check.error(
+            &key("direction"),
+            "two-way sync (\"both\") is not available yet; use \"pull\" or remove the line",
+        ),
+        Some(other) => check.error(
+            &key("direction"),
+            format!("unknown value {other:?} (use pull)"),
+        ),
+    }
+
     let imap = imap_endpoint(check, name, kind, raw);
     let oauth = oauth_endpoints(check, name, kind, flow, &tenant, raw);
     let folders = mappings(check, name, &raw.folders);
@@ -676,7 +651,6 @@ fn account(
         flow,
         client_secret_file,
         maildir,
-        direction: raw.direction.unwrap_or(Direction::Pull),
         imap,
         oauth,
         folders,

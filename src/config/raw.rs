@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::{Direction, Flow, Tls};
+use super::modes::{Flow, Tls};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
@@ -48,7 +48,9 @@ pub(super) struct RawAccount {
     pub flow: Option<Flow>,
     pub client_secret_file: Option<String>,
     pub maildir: Option<String>,
-    pub direction: Option<Direction>,
+    /// Only "pull" is accepted (checked in `config`, so that "both" gets its own
+    /// message).
+    pub direction: Option<String>,
     pub login_user: Option<String>,
     pub imap_host: Option<String>,
     pub imap_port: Option<i64>,

@@ -92,7 +92,6 @@ fn defaults_for_a_minimal_microsoft_account() {
     );
     assert_eq!(a.login_user, "jane@contoso.com");
     assert_eq!(a.flow, Flow::Device);
-    assert_eq!(a.direction, Direction::Pull);
     assert_eq!(
         a.maildir,
         PathBuf::from("/home/jane/.local/state/mailsync/mail/work")
@@ -202,7 +201,7 @@ tls = "plain"
 token_url = "http://127.0.0.1:8080/token"
 device_url = "http://localhost:8080/device"
 login_user = "user"
-direction = "both"
+direction = "pull"
 maildir = "/tmp/ms/m"
 
 [accounts.t.folders]
@@ -217,7 +216,6 @@ Junk = "@junk"
     assert_eq!(a.imap.tls, Tls::Plain);
     assert_eq!(a.imap.port, 14300);
     assert_eq!(a.oauth.scopes, Vec::<String>::new());
-    assert_eq!(a.direction, Direction::Both);
     assert_eq!(a.login_user, "user");
     assert_eq!(
         a.folders,
@@ -242,6 +240,21 @@ Junk = "@junk"
     assert_eq!(
         a.folder_path(&a.folders[2]),
         PathBuf::from("/tmp/ms/m/Junk")
+    );
+}
+
+/// Two-way sync is not written yet: "both" used to load and then only pull, so local
+/// changes the user expected on the server were never sent.
+#[test]
+fn direction_both_is_refused_until_two_way_sync_exists() {
+    parse_ok(&work("direction = \"pull\""));
+    assert_eq!(
+        parse_err(&work("direction = \"both\"")),
+        "config.toml:6: accounts.work.direction: two-way sync (\"both\") is not available yet; use \"pull\" or remove the line",
+    );
+    assert_eq!(
+        parse_err(&work("direction = \"push\"")),
+        "config.toml:6: accounts.work.direction: unknown value \"push\" (use pull)",
     );
 }
 

@@ -3,8 +3,10 @@
 
 mod account;
 pub mod backoff;
+mod control;
 pub mod notify;
 pub mod supervisor;
 mod watch;
 
-pub use supervisor::{Control, run};
+pub use control::Control;
+pub use supervisor::run;

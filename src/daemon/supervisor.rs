@@ -4,7 +4,7 @@
 //! SIGTERM stops every task at a message boundary and exits within 10 s.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,18 +12,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::account::{self, Board, Heartbeat, StopHandle};
+use super::control::Control;
 use super::notify::Notifier;
 use crate::commands::{CommandError, Exit};
 use crate::config::{self, Account, Config};
-
-/// What the supervisor reacts to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Control {
-    /// SIGHUP, or the config file changed.
-    Reload,
-    /// SIGTERM or SIGINT.
-    Shutdown,
-}
 
 /// How long shutdown waits for tasks before exiting anyway (systemd's default stop
 /// timeout is 90 s; ours promises 10).
@@ -250,18 +242,6 @@ fn spawn_status(notifier: Notifier, board: Board) -> JoinHandle<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     })
-}
-
-/// The config path the daemon was started with, made absolute so a watcher on its
-/// directory keeps working whatever the working directory.
-pub fn absolute(path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(path))
-            .unwrap_or_else(|_| path.to_owned())
-    }
 }
 
 #[cfg(test)]

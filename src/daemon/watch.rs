@@ -3,13 +3,13 @@
 //! which a watch on the file itself would miss. Bursts of events are coalesced into
 //! one reload.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::supervisor::{Control, absolute};
+use super::control::Control;
 
 /// Events within this window after the first make one reload.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -46,4 +46,16 @@ pub fn watch_config(path: &Path, tx: mpsc::Sender<Control>) -> Option<Recommende
         }
     });
     Some(watcher)
+}
+
+/// The config path the daemon was started with, made absolute so a watcher on its
+/// directory keeps working whatever the working directory.
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    }
 }

@@ -16,15 +16,11 @@ use tokio::time::timeout;
 
 use super::error::{AuthFailure, ImapError};
 use super::session::{Capabilities, SaslEnd, Session};
+use super::stream::BoxStream;
 use super::text::Scrubber;
 use super::wire::Wire;
 use crate::config::{ImapEndpoint, Tls};
 use crate::secret::Secret;
-
-/// The byte stream under IMAP: TLS in production, plain only towards loopback.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug> Stream for T {}
-pub type BoxStream = Box<dyn Stream>;
 
 /// What the server's certificate says, for `mailsync test`.
 #[derive(Clone, Debug, PartialEq, Eq)]

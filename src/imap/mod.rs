@@ -11,6 +11,7 @@ mod connect;
 mod date;
 mod error;
 mod session;
+mod stream;
 mod text;
 pub mod utf7;
 mod wire;

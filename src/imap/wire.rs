@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::connect::BoxStream;
+use super::stream::BoxStream;
 
 /// The largest literal accepted: beyond any message a server stores (Exchange Online
 /// takes 150 MB, Gmail 50 MB), far below what a 32-bit size field can claim.
