@@ -16,40 +16,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Cycles through `src/sync/` or `src/state/`, which are being rewritten: tolerated
-/// until then, each written as the test prints it. Every other cycle fails the test,
-/// and so does an entry here that no longer exists (delete it).
-const ALLOWED_SYNC_STATE_CYCLES: &[&str] = &[
-    // sync/login.rs takes admin_consent_url from commands/consent_url.rs, which
-    // re-exports it from auth/consent.rs for it: these go when sync/login.rs imports it
-    // from there (and commands/consent_url.rs stops re-exporting it).
-    "commands/consent_url.rs → commands/mod.rs → sync/execute.rs → sync/download.rs → sync/login.rs → commands/consent_url.rs",
-    "commands/consent_url.rs → commands/mod.rs → sync/execute.rs → sync/login.rs → commands/consent_url.rs",
-    "state/mod.rs → state/schema.rs → state/mod.rs",
-    "sync/download.rs → sync/execute.rs → sync/download.rs",
-    "sync/download.rs → sync/login.rs → sync/execute.rs → sync/download.rs",
-    "sync/execute.rs → sync/login.rs → sync/execute.rs",
-];
-
 #[test]
 fn src_has_no_import_cycles() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let graph = Graph::read(&|file| std::fs::read_to_string(root.join(file)).ok());
     let cycles = graph.cycles();
-    let new: Vec<&String> = cycles
-        .iter()
-        .filter(|c| !ALLOWED_SYNC_STATE_CYCLES.contains(&c.as_str()))
-        .collect();
-    let gone: Vec<&&str> = ALLOWED_SYNC_STATE_CYCLES
-        .iter()
-        .filter(|a| !cycles.iter().any(|c| c == **a))
-        .collect();
     assert!(
-        new.is_empty() && gone.is_empty(),
-        "import cycles between files of src/ (move what both need into a file below both):\n  {}\n\
-         allowed in ALLOWED_SYNC_STATE_CYCLES but no longer there (delete them):\n  {}",
-        lines(&new),
-        lines(&gone),
+        cycles.is_empty(),
+        "import cycles between files of src/ (move what both need into a file below both):\n  {}",
+        lines(&cycles.iter().collect::<Vec<_>>()),
     );
 }
 

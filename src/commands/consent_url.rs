@@ -11,7 +11,7 @@ use crate::config::{Account, Config, Flow, Provider};
 
 /// Re-exported only for `sync::login`, until it imports it from `auth::consent` (then a
 /// plain `use`): auth, below the commands, must not reach up to one for it.
-pub use crate::auth::consent::admin_consent_url;
+use crate::auth::consent::admin_consent_url;
 
 /// `mailsync consent-url [ACCOUNT]`; clap-ready, so `cli.rs` can use it as it is.
 #[derive(Clone, Debug, Default, clap::Args)]

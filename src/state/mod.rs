@@ -5,6 +5,7 @@
 //! journal (`pending` rows, `moved_from`) is written *before* the file operation, so a
 //! crash at any instant leaves enough to finish or undo it ([`State::pending`]).
 
+mod error;
 mod lock;
 mod runtime;
 mod schema;
@@ -16,51 +17,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::sync::model::{Fingerprint, Flags, FolderId, Record};
 
+pub use error::StateError;
 pub use lock::{AccountLock, LockError};
 pub use runtime::{
     DaemonStatus, FolderStatus, ForgetReport, GrantSummary, HEARTBEAT, RunState, UnknownRunState,
     unix_now,
 };
 pub use tokens::{GrantStatus, LoadedGrant, StoredAccessToken, StoredGrant};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("state database {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error(
-        "state database {path} has schema version {found}, newer than this mailsync knows ({known}); upgrade mailsync"
-    )]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
-    #[error("cannot create state directory {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "account {account}: the refresh token stored in {path} cannot be decrypted: {cause}; run `mailsync connect {account}` to sign in again",
-        cause = .reason.cause()
-    )]
-    TokenUnreadable {
-        account: String,
-        path: PathBuf,
-        reason: crate::auth::crypto::CryptoError,
-    },
-    #[error("account {account} has no stored grant: run `mailsync connect {account}`")]
-    NoGrant { account: String },
-    #[error(
-        "account {account}: the grant is deleted, but another process is reading {path}, so an encrypted copy of the token may remain in its WAL until that process finishes; run the command again to remove it"
-    )]
-    TokenCopyRemains { account: String, path: PathBuf },
-}
 
 /// A mapped folder's row.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use super::StateError;
+use super::error::StateError;
 
 pub(super) const MIGRATIONS: &[&str] = &[
     // 1: folders, messages, the delivery journal.

@@ -113,6 +113,6 @@ pub fn context(account: &Account) -> diagnose::Context<'_> {
         flow: account.flow,
         email: &account.email,
         client_id: account.client_id.as_deref().unwrap_or(""),
-        consent_url: crate::commands::consent_url::admin_consent_url(account),
+        consent_url: crate::auth::consent::admin_consent_url(account),
     }
 }
