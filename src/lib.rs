@@ -7,8 +7,11 @@
 //! - [`imap`]: the only module that speaks IMAP (session, capabilities, fetch, the
 //!   modified UTF-7 codec).
 //! - [`maildir`]: atomic delivery, flag ↔ file-name mapping.
+//! - [`flags`], [`headers`]: leaf types every layer uses: the system flags, and the
+//!   few header fields kept (Message-ID, From, Subject, Date) with their parser.
 //! - [`state`]: SQLite schema, migrations and the account lock.
-//! - [`sync`]: the pure model and planner, and the executor that applies plans.
+//! - [`sync`]: a pass observes the server, plans with one pure function
+//!   ([`sync::plan::plan`]) and applies the plan, journalling each effect.
 //! - [`retry`]: how each failure is retried, decided where the error is made.
 //! - [`commands`]: one file per subcommand; `main.rs` only dispatches.
 #![forbid(unsafe_code)]
@@ -18,6 +21,8 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod flags;
+pub mod headers;
 pub mod imap;
 pub mod maildir;
 pub mod retry;

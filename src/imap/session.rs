@@ -16,8 +16,9 @@ use super::text::Scrubber;
 use super::wire::{self, Literals, Wire, WireError};
 use super::{parse_internaldate, quote, uid_set};
 use crate::config::roles::RemoteFolder;
+use crate::flags::Flags;
 use crate::secret::Secret;
-use crate::sync::model::{Flags, RemoteEntry};
+use crate::sync::model::RemoteEntry;
 
 /// Capabilities the server advertised, upper-cased.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -1135,7 +1136,7 @@ impl Session {
                                 f.internaldate = parse_internaldate(d).unwrap_or(0)
                             }
                             AttributeValue::BodySection { data: Some(d), .. } => {
-                                f.message_id = crate::sync::headers::message_id_from_header_block(d)
+                                f.message_id = crate::headers::message_id_from_header_block(d)
                             }
                             _ => {}
                         }

@@ -1,6 +1,6 @@
 //! Maildir flags ↔ file names (pure): the `:2,` info part and the unique base before it.
 
-use crate::sync::model::Flags;
+use crate::flags::Flags;
 
 /// The Maildir letters mailsync manages, in the ASCII order the spec requires.
 const LETTERS: [(char, Flags); 5] = [

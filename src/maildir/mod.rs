@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::sync::model::Flags;
+use crate::flags::Flags;
 use flags::{file_name, split_info};
 
 /// A Maildir folder: `<root>/{cur,new,tmp}`.

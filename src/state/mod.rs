@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::sync::model::{Fingerprint, Flags, FolderId, Record};
+use crate::flags::Flags;
+use crate::headers::Headers;
+use crate::sync::model::{Fingerprint, FolderId, Record};
 
 pub use error::StateError;
 pub use lock::{AccountLock, LockError};
@@ -37,14 +39,6 @@ pub struct FolderRow {
     pub highestmodseq: Option<u64>,
     pub last_sync: Option<i64>,
     pub last_error: Option<String>,
-}
-
-/// What is stored about a message besides its record: a few parsed headers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers {
-    pub from: Option<String>,
-    pub subject: Option<String>,
-    pub date: Option<i64>,
 }
 
 /// A delivery journalled but not committed: the file may or may not exist.

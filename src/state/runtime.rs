@@ -378,9 +378,11 @@ impl State {
 mod tests {
     use super::*;
     use crate::auth::crypto::TokenKey;
+    use crate::flags::Flags;
+    use crate::headers::Headers;
     use crate::secret::Secret;
-    use crate::state::{Headers, StoredGrant};
-    use crate::sync::model::{Fingerprint, Flags, Record};
+    use crate::state::StoredGrant;
+    use crate::sync::model::{Fingerprint, Record};
 
     fn status(state: &State, account: &str) -> DaemonStatus {
         state.daemon_state(account).unwrap().unwrap()

@@ -7,7 +7,8 @@ use crate::maildir::Maildir;
 use crate::state::{Relocation, State};
 
 use super::error::{SyncError, maildir_err};
-use super::model::{Action, Flags, FolderId, Record};
+use super::model::{Action, FolderId, Record};
+use crate::flags::Flags;
 
 /// What [`apply_local`] needs of a folder.
 pub(super) struct LocalFolder {

@@ -18,10 +18,11 @@ use tracing::Instrument;
 
 use crate::auth::TokenSource;
 use crate::config::{Account, Config};
+use crate::headers::Headers;
 use crate::imap::{self, BodyStep, ImapError, Session};
 use crate::maildir::Maildir;
 use crate::retry::Retry;
-use crate::state::{Headers, State};
+use crate::state::State;
 
 use super::error::{SyncError, folder_failure};
 use super::login::{SharedTokens, login_shared};

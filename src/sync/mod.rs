@@ -2,7 +2,6 @@
 mod apply;
 mod download;
 mod error;
-pub mod headers;
 pub mod login;
 pub mod model;
 mod observe;

@@ -17,8 +17,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::model::{
-    Action, Fingerprint, Flags, FolderDiff, FolderId, Known, Record, RemoteEntry, RemoteNew,
+    Action, Fingerprint, FolderDiff, FolderId, Known, Record, RemoteEntry, RemoteNew,
 };
+use crate::flags::Flags;
 
 /// Where a server folder stood when it was listed: UIDVALIDITY, UIDNEXT and
 /// HIGHESTMODSEQ. Committed for a folder only once every action planned from that

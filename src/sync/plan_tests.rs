@@ -7,7 +7,8 @@ use std::ops::RangeInclusive;
 use proptest::prelude::*;
 
 use super::*;
-use crate::sync::model::{Fingerprint, Flags, FolderId};
+use crate::flags::Flags;
+use crate::sync::model::{Fingerprint, FolderId};
 
 // ---------------------------------------------------------------------------------
 // Helpers shared by the table tests and the properties.

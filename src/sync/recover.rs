@@ -7,7 +7,8 @@ use crate::maildir::Maildir;
 use crate::state::{FolderRow, State};
 
 use super::error::{SyncError, maildir_err};
-use super::model::{Flags, FolderId};
+use super::model::FolderId;
+use crate::flags::Flags;
 
 /// Finishes what a killed run journalled: deliveries whose rows were never committed
 /// are undone (the file, if it got into place, is removed and the message will be

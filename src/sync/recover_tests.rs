@@ -5,9 +5,11 @@
 use std::path::Path;
 
 use super::recover;
+use crate::flags::Flags;
+use crate::headers::Headers;
 use crate::maildir::Maildir;
-use crate::state::{Headers, Relocation, State};
-use crate::sync::model::{Fingerprint, Flags, FolderId, Record};
+use crate::state::{Relocation, State};
+use crate::sync::model::{Fingerprint, FolderId, Record};
 
 const ACCOUNT: &str = "work";
 

@@ -11,11 +11,12 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
+use crate::headers::Headers;
 use crate::maildir::Maildir;
-use crate::state::Headers;
 
-use super::headers;
-use super::model::{Fingerprint, Flags, FolderId, Record};
+use super::model::{Fingerprint, FolderId, Record};
+use crate::flags::Flags;
+use crate::headers;
 
 /// A message to deliver.
 pub struct Job {

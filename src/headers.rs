@@ -4,7 +4,13 @@
 
 use mail_parser::MessageParser;
 
-use crate::state::Headers;
+/// What is stored about a message besides its record: a few parsed headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    pub date: Option<i64>,
+}
 
 /// Message-ID and the stored headers of a raw message.
 pub fn parse(raw: &[u8]) -> (Option<String>, Headers) {
