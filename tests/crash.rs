@@ -851,7 +851,7 @@ fn placement(dirs: &[std::path::PathBuf]) -> HashMap<String, usize> {
     out
 }
 
-/// Records the state database journals as being moved (`moved_from` set).
+/// Renames (moves and flag changes) the state database's journal holds.
 fn journalled_moves(env: &Env) -> i64 {
     rusqlite::Connection::open_with_flags(
         env.state_dir().join("state.sqlite"),
@@ -859,7 +859,7 @@ fn journalled_moves(env: &Env) -> i64 {
     )
     .and_then(|db| {
         db.query_row(
-            "SELECT count(*) FROM messages WHERE moved_from IS NOT NULL",
+            "SELECT count(*) FROM journal WHERE kind = 'rename'",
             [],
             |r| r.get(0),
         )

@@ -1,9 +1,10 @@
 //! The sync state in SQLite: folders (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ), one row per
-//! synced message, the journal of deliveries and moves in flight, and the account lock.
+//! synced message, the one journal of effects in flight, and the account lock.
 //!
-//! Durability rule: a message row is committed only after its file is durable. The
-//! journal (`pending` rows, `moved_from`) is written *before* the file operation, so a
-//! crash at any instant leaves enough to finish or undo it ([`State::pending`]).
+//! Durability rule: a message row is committed only after its file is durable. Every
+//! effect on a file (deliver, rename, remove) is journalled *before* it is made, in the
+//! same transaction as its record's change, and resolved once durable, so a crash at
+//! any instant leaves enough to finish or undo it ([`State::journal`]).
 
 mod error;
 mod lock;
@@ -20,6 +21,7 @@ use crate::headers::Headers;
 use crate::sync::model::{Fingerprint, FolderId, Record};
 
 pub use error::StateError;
+
 pub use lock::{AccountLock, LockError};
 pub use runtime::{
     DaemonStatus, FolderStatus, ForgetReport, GrantSummary, HEARTBEAT, RunState, UnknownRunState,
@@ -41,18 +43,29 @@ pub struct FolderRow {
     pub last_error: Option<String>,
 }
 
-/// A delivery journalled but not committed: the file may or may not exist.
+/// An effect on the local store, journalled (in the same transaction as its record's
+/// change) before it is made, and resolved once it is durable. Whatever a killed run
+/// left journalled, recovery finishes or undoes before anything is planned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PendingDelivery {
+pub struct Entry {
+    pub id: i64,
+    /// The folder the effect lands in.
     pub folder: FolderId,
+    /// The message file's unique name (without the `:2,` info part).
     pub base: String,
+    pub effect: Effect,
 }
 
-/// A message row being moved between folders: the row already names the new folder.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PendingMove {
-    pub record: Record,
-    pub from: FolderId,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A new file is being written; its record is not committed. Undone: the file goes.
+    Deliver,
+    /// The file, in `source` (or already in its folder), gets these flags and goes to
+    /// the entry's folder: a move between folders, or a flag change in place. Its record
+    /// already says so. Finished: the file is renamed.
+    Rename { source: FolderId, flags: Flags },
+    /// The message left the server; its record is deleted. Finished: the file goes.
+    Remove,
 }
 
 pub struct State {
@@ -295,8 +308,9 @@ impl State {
         bases: &[String],
     ) -> Result<(), StateError> {
         self.write(|tx| {
-            let mut stmt =
-                tx.prepare_cached("INSERT OR IGNORE INTO pending (folder, base) VALUES (?1, ?2)")?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO journal (kind, folder, base) VALUES ('deliver', ?1, ?2)",
+            )?;
             for base in bases {
                 stmt.execute(params![folder.0, base])?;
             }
@@ -304,8 +318,8 @@ impl State {
         })
     }
 
-    /// Commits delivered messages (their files are durable) and drops their journal
-    /// entries, in one transaction. Bases journalled but not delivered are dropped too.
+    /// Commits delivered messages (their files are durable) and resolves their journal
+    /// entries, in one transaction. Bases journalled but not delivered are resolved too.
     pub fn commit_deliveries(
         &mut self,
         folder: FolderId,
@@ -318,8 +332,9 @@ impl State {
                  internaldate, message_id, sender, subject, date)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
-            let mut unjournal =
-                tx.prepare_cached("DELETE FROM pending WHERE folder = ?1 AND base = ?2")?;
+            let mut resolve = tx.prepare_cached(
+                "DELETE FROM journal WHERE kind = 'deliver' AND folder = ?1 AND base = ?2",
+            )?;
             for (r, h) in delivered {
                 insert.execute(params![
                     r.folder.0,
@@ -334,81 +349,116 @@ impl State {
                     h.subject,
                     h.date,
                 ])?;
-                unjournal.execute(params![folder.0, r.base])?;
+                resolve.execute(params![folder.0, r.base])?;
             }
             for base in abandoned {
-                unjournal.execute(params![folder.0, base])?;
+                resolve.execute(params![folder.0, base])?;
             }
             Ok(())
         })
     }
 
-    /// Deliveries journalled by a run that did not commit them.
-    pub fn pending_deliveries(&self) -> Result<Vec<PendingDelivery>, StateError> {
+    /// What a killed run left journalled in `account`'s folders, in the order it was
+    /// journalled.
+    pub fn journal(&self, account: &str) -> Result<Vec<Entry>, StateError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT folder, base FROM pending ORDER BY folder, base")
+            .prepare(
+                "SELECT j.id, j.kind, j.folder, j.base, j.source, j.flags FROM journal j
+                 JOIN folders f ON f.id = j.folder WHERE f.account = ?1 ORDER BY j.id",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(PendingDelivery {
-                    folder: FolderId(r.get(0)?),
-                    base: r.get(1)?,
+            .query_map(params![account], |r| {
+                let kind: String = r.get(1)?;
+                let folder = FolderId(r.get(2)?);
+                let effect = match kind.as_str() {
+                    "deliver" => Effect::Deliver,
+                    "rename" => Effect::Rename {
+                        source: r.get::<_, Option<i64>>(4)?.map_or(folder, FolderId),
+                        flags: Flags::from_bits(r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u8),
+                    },
+                    _ => Effect::Remove,
+                };
+                Ok(Entry {
+                    id: r.get(0)?,
+                    folder,
+                    base: r.get(3)?,
+                    effect,
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
         rows.map_err(|e| self.err(e))
     }
 
-    pub fn drop_pending(&mut self, pending: &PendingDelivery) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "DELETE FROM pending WHERE folder = ?1 AND base = ?2",
-                params![pending.folder.0, pending.base],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Journals flag changes about to be applied to files, in one transaction: each
-    /// record takes its new flags and is marked in flight (`moved_from` its own folder)
-    /// until [`State::finish_moves`]. A run killed among the renames leaves records
-    /// that recovery makes their files agree with; without the mark, a file renamed
-    /// before its record was would keep flags the server no longer has once the server
-    /// changes them back (the listing compares the server with the records only).
-    pub fn journal_flags(
-        &mut self,
-        updates: &[(FolderId, u32, u32, Flags)],
-    ) -> Result<(), StateError> {
+    /// Resolves journal entries whose effects are durable, in one transaction.
+    pub fn resolve(&mut self, ids: &[i64]) -> Result<(), StateError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE messages SET flags = ?4, moved_from = COALESCE(moved_from, folder)
-                 WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
-            )?;
-            for (folder, uidvalidity, uid, flags) in updates {
-                stmt.execute(params![folder.0, uidvalidity, uid, flags.bits()])?;
+            let mut stmt = tx.prepare_cached("DELETE FROM journal WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute(params![id])?;
             }
             Ok(())
         })
     }
 
-    /// Deletes the records of messages whose files are gone, in one transaction.
-    pub fn remove(&mut self, records: &[Record]) -> Result<(), StateError> {
+    /// Journals flag changes about to be applied to files, in one transaction: each
+    /// record takes its new flags and a rename entry says its file must follow. A run
+    /// killed among the renames leaves entries that recovery finishes; without them, a
+    /// file renamed before its record was would keep flags the server no longer has once
+    /// the server changes them back (the listing compares the server with the records).
+    /// Returns the entries' ids, to [`State::resolve`] once the renames are durable.
+    pub fn journal_flags(&mut self, updates: &[(&Record, Flags)]) -> Result<Vec<i64>, StateError> {
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
+            let mut update = tx.prepare_cached(
+                "UPDATE messages SET flags = ?4 WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )?;
+            let mut journal = tx.prepare_cached(
+                "INSERT INTO journal (kind, folder, base, source, flags)
+                 VALUES ('rename', ?1, ?2, ?1, ?3) RETURNING id",
+            )?;
+            let mut ids = Vec::with_capacity(updates.len());
+            for (r, flags) in updates {
+                update.execute(params![r.folder.0, r.uidvalidity, r.uid, flags.bits()])?;
+                ids.push(journal.query_row(params![r.folder.0, r.base, flags.bits()], |row| {
+                    row.get(0)
+                })?);
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Journals removals, in one transaction: the records of messages gone from the
+    /// server are deleted and a remove entry says their files must go. Returns the
+    /// entries' ids, to [`State::resolve`] once the files are gone.
+    pub fn journal_removals(&mut self, records: &[Record]) -> Result<Vec<i64>, StateError> {
+        self.write(|tx| {
+            let mut delete = tx.prepare_cached(
                 "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
             )?;
+            let mut journal = tx.prepare_cached(
+                "INSERT INTO journal (kind, folder, base) VALUES ('remove', ?1, ?2) RETURNING id",
+            )?;
+            let mut ids = Vec::with_capacity(records.len());
             for r in records {
-                stmt.execute(params![r.folder.0, r.uidvalidity, r.uid])?;
+                delete.execute(params![r.folder.0, r.uidvalidity, r.uid])?;
+                ids.push(journal.query_row(params![r.folder.0, r.base], |row| row.get(0))?);
             }
-            Ok(())
+            Ok(ids)
         })
     }
 
     /// Journals relocations, in one transaction: each record is rebound to its new
-    /// place and remembers the folder its file is still in, until
-    /// [`State::finish_moves`].
-    pub fn journal_relocations(&mut self, moves: &[Relocation<'_>]) -> Result<(), StateError> {
+    /// place and flags, and a rename entry says its file must follow from the folder it
+    /// is still in. Returns the entries' ids, to [`State::resolve`] once the renames are
+    /// durable.
+    pub fn journal_relocations(
+        &mut self,
+        moves: &[Relocation<'_>],
+    ) -> Result<Vec<i64>, StateError> {
         self.write(|tx| {
             // A stale row at the destination (e.g. from a failed earlier run) must not
             // block the rebinding: the destination UID belongs to this message now.
@@ -416,16 +466,19 @@ impl State {
                 "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
             )?;
             let mut rebind = tx.prepare_cached(
-                "UPDATE messages SET folder = ?4, uidvalidity = ?5, uid = ?6, flags = ?7,
-                 moved_from = COALESCE(moved_from, ?8)
+                "UPDATE messages SET folder = ?4, uidvalidity = ?5, uid = ?6, flags = ?7
                  WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
             )?;
+            let mut journal = tx.prepare_cached(
+                "INSERT INTO journal (kind, folder, base, source, flags)
+                 VALUES ('rename', ?1, ?2, ?3, ?4) RETURNING id",
+            )?;
+            let mut ids = Vec::with_capacity(moves.len());
             for m in moves {
                 let r = m.record;
                 clear.execute(params![m.folder.0, m.uidvalidity, m.uid])?;
                 // In place too (a re-pair after a UIDVALIDITY change): the rebound
                 // record may carry new flags its file does not have yet.
-                let moved_from = r.folder.0;
                 rebind.execute(params![
                     r.folder.0,
                     r.uidvalidity,
@@ -434,47 +487,14 @@ impl State {
                     m.uidvalidity,
                     m.uid,
                     m.flags.bits(),
-                    moved_from
                 ])?;
+                ids.push(journal.query_row(
+                    params![m.folder.0, r.base, r.folder.0, m.flags.bits()],
+                    |row| row.get(0),
+                )?);
             }
-            Ok(())
+            Ok(ids)
         })
-    }
-
-    /// Clears the move journal of records whose files are now in their folder.
-    pub fn finish_moves(&mut self, done: &[(FolderId, u32, u32)]) -> Result<(), StateError> {
-        self.write(|tx| {
-        let mut stmt = tx
-            .prepare_cached(
-                "UPDATE messages SET moved_from = NULL WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
-            )
-            ?;
-        for (folder, uidvalidity, uid) in done {
-            stmt.execute(params![folder.0, uidvalidity, uid])
-                ?;
-        }
-            Ok(())
-        })
-    }
-
-    /// Records whose file may still be in another folder (a move not finished).
-    pub fn pending_moves(&self) -> Result<Vec<PendingMove>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT folder, uidvalidity, uid, base, flags, size, internaldate, message_id, moved_from
-                 FROM messages WHERE moved_from IS NOT NULL",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(PendingMove {
-                    record: record_from_row(r)?,
-                    from: FolderId(r.get(8)?),
-                })
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
-        rows.map_err(|e| self.err(e))
     }
 }
 
@@ -655,5 +675,71 @@ mod tests {
         let known = state.known(row.id).unwrap();
         assert_eq!(known.len(), 2, "the records stay, to be re-paired");
         assert!(known.iter().all(|k| k.uidvalidity == 0), "{known:?}");
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+
+    /// A database of schema 5 (deliveries journalled in `pending`, moves and flag
+    /// changes marked by `messages.moved_from`) opened by this version: what a killed
+    /// run left is in the one journal, for recovery to finish.
+    #[test]
+    fn the_old_journals_move_into_the_one_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &schema::MIGRATIONS[..5] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            conn.execute_batch(
+                "INSERT INTO folders (id, account, local, remote) VALUES (1, 'work', 'Inbox', 'INBOX');
+                 INSERT INTO folders (id, account, local, remote) VALUES (2, 'work', 'Archive', 'Archive');
+                 INSERT INTO pending (folder, base) VALUES (1, 'new.base');
+                 INSERT INTO messages (folder, uidvalidity, uid, base, flags, size, internaldate, moved_from)
+                     VALUES (2, 7, 4, 'moved.base', 5, 10, 0, 1);
+                 INSERT INTO messages (folder, uidvalidity, uid, base, flags, size, internaldate, moved_from)
+                     VALUES (1, 7, 5, 'flagged.base', 4, 10, 0, 1);
+                 INSERT INTO messages (folder, uidvalidity, uid, base, flags, size, internaldate)
+                     VALUES (1, 7, 6, 'quiet.base', 1, 10, 0);",
+            )
+            .unwrap();
+        }
+        let state = State::open(dir.path()).unwrap();
+        let journal: Vec<(FolderId, String, Effect)> = state
+            .journal("work")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.folder, e.base, e.effect))
+            .collect();
+        let (inbox, archive) = (FolderId(1), FolderId(2));
+        let mut expected = vec![
+            (inbox, "new.base".to_owned(), Effect::Deliver),
+            (
+                archive,
+                "moved.base".to_owned(),
+                Effect::Rename {
+                    source: inbox,
+                    flags: Flags::from_bits(5),
+                },
+            ),
+            (
+                inbox,
+                "flagged.base".to_owned(),
+                Effect::Rename {
+                    source: inbox,
+                    flags: Flags::FLAGGED,
+                },
+            ),
+        ];
+        let mut journal_sorted = journal.clone();
+        journal_sorted.sort_by(|a, b| a.1.cmp(&b.1));
+        expected.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(journal_sorted, expected);
+        assert_eq!(state.records(inbox).unwrap().len(), 2, "records kept");
+        assert_eq!(state.records(archive).unwrap().len(), 1);
     }
 }

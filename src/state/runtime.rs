@@ -572,7 +572,7 @@ mod tests {
         assert!(state.folders("work").unwrap().is_empty());
         assert_eq!(state.records(inbox).unwrap(), []);
         assert_eq!(state.records(archive).unwrap(), []);
-        assert!(state.pending_deliveries().unwrap().is_empty());
+        assert!(state.journal("work").unwrap().is_empty());
         assert_eq!(state.daemon_state("work").unwrap(), None);
         // The grant is delete_grant's business.
         assert!(state.grant_summary("work").unwrap().is_some());

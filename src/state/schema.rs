@@ -77,6 +77,25 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 5: what a listing reads of every record (State::known, State::count_records),
     // without the rows' names and headers: ~16 bytes a message instead of ~250.
     "CREATE INDEX messages_known ON messages (folder, uidvalidity, uid, flags);",
+    // 6: one journal for every effect on the local store (see State::journal): the
+    // delivery journal (`pending`) and the move marks (`messages.moved_from`) move in.
+    "CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('deliver', 'rename', 'remove')),
+        folder INTEGER NOT NULL REFERENCES folders (id) ON DELETE CASCADE,
+        base TEXT NOT NULL,
+        source INTEGER REFERENCES folders (id) ON DELETE CASCADE,
+        flags INTEGER
+    );
+    CREATE INDEX journal_folder ON journal (folder);
+    CREATE INDEX journal_source ON journal (source);
+    INSERT INTO journal (kind, folder, base) SELECT 'deliver', folder, base FROM pending;
+    INSERT INTO journal (kind, folder, base, source, flags)
+        SELECT 'rename', folder, base, moved_from, flags FROM messages
+        WHERE moved_from IS NOT NULL;
+    DROP TABLE pending;
+    DROP INDEX messages_moved;
+    ALTER TABLE messages DROP COLUMN moved_from;",
 ];
 
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {

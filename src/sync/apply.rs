@@ -26,14 +26,37 @@ pub(super) struct LocalCounts {
 }
 
 /// Applies relocations, flag changes and removals: no network needed. Actions for
-/// folders not in `folders` (failed ones) are skipped.
+/// folders not in `folders` (failed ones) are skipped. Each kind is journalled in one
+/// transaction with its records' change, then the files are renamed or deleted, made
+/// durable, and the entries resolved; a kill anywhere leaves entries [`recover`]
+/// finishes. `step` is asked before each journal write and each file operation: false
+/// stops there as a kill would (the tests' crash points; a pass passes [`always`]).
+///
+/// [`recover`]: super::recover::recover
 pub(super) fn apply_local(
     state: &mut State,
     folders: &HashMap<FolderId, LocalFolder>,
     actions: &[Action],
+    step: &mut dyn FnMut() -> bool,
 ) -> Result<HashMap<FolderId, LocalCounts>, SyncError> {
+    let mut step = || {
+        if step() {
+            Ok(())
+        } else {
+            Err(SyncError::Interrupted)
+        }
+    };
     let mut counts: HashMap<FolderId, LocalCounts> = HashMap::new();
-    // Relocations: journal them all (rebind + moved_from), rename, clear the journal.
+    let sync_all = |folders: &HashMap<FolderId, LocalFolder>| -> Result<(), SyncError> {
+        for f in folders.values() {
+            f.maildir
+                .sync_dirs()
+                .map_err(maildir_err(f.maildir.root()))?;
+        }
+        Ok(())
+    };
+
+    // Relocations: the records rebound, then the files follow.
     let relocations: Vec<Relocation<'_>> = actions
         .iter()
         .filter_map(|a| match a {
@@ -56,12 +79,13 @@ pub(super) fn apply_local(
         })
         .collect();
     if !relocations.is_empty() {
-        state.journal_relocations(&relocations)?;
-        let mut done_moves = Vec::with_capacity(relocations.len());
+        step()?;
+        let ids = state.journal_relocations(&relocations)?;
         for m in &relocations {
             let r = m.record;
             let from = &folders[&r.folder].maildir;
             let to = &folders[&m.folder].maildir;
+            step()?;
             if let Some(path) = from
                 .locate(&r.base, r.flags)
                 .map_err(maildir_err(from.root()))?
@@ -69,21 +93,16 @@ pub(super) fn apply_local(
                 from.move_to(&path, to, &r.base, m.flags)
                     .map_err(maildir_err(path.clone()))?;
             }
-            done_moves.push((m.folder, m.uidvalidity, m.uid));
             if r.folder != m.folder {
                 counts.entry(m.folder).or_default().moved_in += 1;
             }
         }
-        for f in folders.values() {
-            f.maildir
-                .sync_dirs()
-                .map_err(maildir_err(f.maildir.root()))?;
-        }
-        state.finish_moves(&done_moves)?;
+        sync_all(folders)?;
+        step()?;
+        state.resolve(&ids)?;
     }
 
-    // Flags: journal (the records take the new flags, marked in flight), rename,
-    // make the renames durable, clear the marks. `recover` renames what a kill left.
+    // Flags: the records take the new flags, then the files are renamed.
     let mut wanted: BTreeMap<FolderId, Vec<(u32, u32)>> = BTreeMap::new();
     let mut new_flags: HashMap<(FolderId, u32), Flags> = HashMap::new();
     for a in actions {
@@ -105,13 +124,12 @@ pub(super) fn apply_local(
         }
     }
     if !retags.is_empty() {
-        let rows: Vec<(FolderId, u32, u32, Flags)> = retags
-            .iter()
-            .map(|(r, flags)| (r.folder, r.uidvalidity, r.uid, *flags))
-            .collect();
-        state.journal_flags(&rows)?;
+        step()?;
+        let rows: Vec<(&Record, Flags)> = retags.iter().map(|(r, f)| (r, *f)).collect();
+        let ids = state.journal_flags(&rows)?;
         for (record, flags) in &retags {
             let maildir = &folders[&record.folder].maildir;
+            step()?;
             maildir
                 .retag(&record.base, record.flags, *flags)
                 .map_err(maildir_err(maildir.root()))?;
@@ -121,36 +139,47 @@ pub(super) fn apply_local(
             let maildir = &folders[folder].maildir;
             maildir.sync_dirs().map_err(maildir_err(maildir.root()))?;
         }
-        let done: Vec<(FolderId, u32, u32)> = rows.iter().map(|&(f, v, u, _)| (f, v, u)).collect();
-        state.finish_moves(&done)?;
+        step()?;
+        state.resolve(&ids)?;
     }
 
-    // Removals: delete the file, then the record.
-    let mut removed: Vec<Record> = Vec::new();
-    for a in actions {
-        let Action::Remove { record } = a else {
-            continue;
-        };
-        let Some(f) = folders.get(&record.folder) else {
-            continue;
-        };
-        if let Some(path) = f
-            .maildir
-            .locate(&record.base, record.flags)
-            .map_err(maildir_err(f.maildir.root()))?
-        {
-            f.maildir.remove(&path).map_err(maildir_err(path.clone()))?;
-        }
-        counts.entry(record.folder).or_default().removed += 1;
-        removed.push(record.clone());
-    }
+    // Removals: the records deleted, then the files.
+    let removed: Vec<Record> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Remove { record } if folders.contains_key(&record.folder) => {
+                Some(record.clone())
+            }
+            _ => None,
+        })
+        .collect();
     if !removed.is_empty() {
-        for f in folders.values() {
-            f.maildir
-                .sync_dirs()
-                .map_err(maildir_err(f.maildir.root()))?;
+        step()?;
+        let ids = state.journal_removals(&removed)?;
+        for record in &removed {
+            let f = &folders[&record.folder];
+            step()?;
+            if let Some(path) = f
+                .maildir
+                .locate(&record.base, record.flags)
+                .map_err(maildir_err(f.maildir.root()))?
+            {
+                f.maildir.remove(&path).map_err(maildir_err(path.clone()))?;
+            }
+            counts.entry(record.folder).or_default().removed += 1;
         }
-        state.remove(&removed)?;
+        sync_all(folders)?;
+        step()?;
+        state.resolve(&ids)?;
     }
     Ok(counts)
 }
+
+/// A [`apply_local`] step that always goes on.
+pub(super) fn always() -> bool {
+    true
+}
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;

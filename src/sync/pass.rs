@@ -23,7 +23,7 @@ use crate::maildir::Maildir;
 use crate::retry::Retry;
 use crate::state::{AccountLock, FolderRow, State, unix_now};
 
-use super::apply::{LocalFolder, apply_local};
+use super::apply::{LocalFolder, always, apply_local};
 use super::download;
 use super::error::{SyncError, folder_failure};
 use super::login::login;
@@ -216,7 +216,7 @@ pub async fn sync_account_with(
     let actions = plan.actions;
     let local = tokio::task::spawn_blocking(move || {
         let mut state = state;
-        let applied = apply_local(&mut state, &local_folders, &actions);
+        let applied = apply_local(&mut state, &local_folders, &actions, &mut always);
         (applied, state)
     });
 

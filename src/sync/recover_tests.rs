@@ -8,7 +8,7 @@ use super::recover;
 use crate::flags::Flags;
 use crate::headers::Headers;
 use crate::maildir::Maildir;
-use crate::state::{Relocation, State};
+use crate::state::{Effect, Relocation, State};
 use crate::sync::model::{Fingerprint, FolderId, Record};
 
 const ACCOUNT: &str = "work";
@@ -112,9 +112,15 @@ fn journal_move(state: &mut State, record: &Record, to: FolderId, uid: u32, new_
             flags: new_flags,
         }])
         .unwrap();
-    let pending = state.pending_moves().unwrap();
-    assert_eq!(pending.len(), 1, "the move is journalled");
-    assert_eq!(pending[0].from, record.folder);
+    let journal = state.journal(ACCOUNT).unwrap();
+    assert_eq!(journal.len(), 1, "the move is journalled");
+    assert_eq!(
+        journal[0].effect,
+        Effect::Rename {
+            source: record.folder,
+            flags: new_flags
+        }
+    );
 }
 
 /// The state and files a journalled move must end in, wherever the kill left its file.
@@ -134,7 +140,7 @@ fn assert_moved(s: &Store, record: &Record, new_flags: Flags) {
 /// The record is Archive's UID 42 of UIDVALIDITY 9, and nothing is journalled.
 fn assert_rebound(s: &Store, new_flags: Flags) {
     assert_eq!(s.records(s.archive.0), vec![(9, 42, new_flags)]);
-    assert_eq!(s.state.pending_moves().unwrap(), vec![], "journal cleared");
+    assert_eq!(s.state.journal(ACCOUNT).unwrap(), vec![], "journal cleared");
 }
 
 /// A store whose Inbox message (UID 5, seen) is journalled to move to Archive's UID 42
@@ -219,7 +225,7 @@ fn a_journalled_delivery_without_its_record_is_undone() {
     );
     assert_eq!(files(&inbox, "tmp"), Vec::<String>::new());
     assert_eq!(s.records(s.inbox.0), vec![(7, 1, Flags::SEEN)]);
-    assert_eq!(s.state.pending_deliveries().unwrap(), vec![]);
+    assert_eq!(s.state.journal(ACCOUNT).unwrap(), vec![]);
 }
 
 #[test]
@@ -229,13 +235,30 @@ fn a_journalled_flag_change_whose_rename_did_not_happen_is_applied() {
     let record = s.committed((s.inbox.0, &inbox), 7, 5);
     let new_flags = flags(&[Flags::SEEN, Flags::FLAGGED]);
     // Killed after the journal's commit, before the rename.
-    s.state
-        .journal_flags(&[(s.inbox.0, 7, 5, new_flags)])
-        .unwrap();
-    assert_eq!(s.state.pending_moves().unwrap().len(), 1);
+    s.state.journal_flags(&[(&record, new_flags)]).unwrap();
+    assert_eq!(s.state.journal(ACCOUNT).unwrap().len(), 1);
 
     s.recover();
     assert_eq!(files(&inbox, "cur"), vec![format!("{}:2,FS", record.base)]);
     assert_eq!(s.records(s.inbox.0), vec![(7, 5, new_flags)]);
-    assert_eq!(s.state.pending_moves().unwrap(), vec![], "journal cleared");
+    assert_eq!(s.state.journal(ACCOUNT).unwrap(), vec![], "journal cleared");
+}
+
+#[test]
+fn a_journalled_removal_whose_file_remains_is_finished() {
+    let mut s = Store::new();
+    let inbox = s.inbox.1.clone();
+    let kept = s.committed((s.inbox.0, &inbox), 7, 1);
+    let gone = s.committed((s.inbox.0, &inbox), 7, 2);
+    // Killed after the records' deletion was journalled, before the file went: the
+    // file would otherwise stay with no record, unseen by every later pass.
+    s.state
+        .journal_removals(std::slice::from_ref(&gone))
+        .unwrap();
+    assert_eq!(files(&inbox, "cur").len(), 2);
+
+    s.recover();
+    assert_eq!(files(&inbox, "cur"), vec![format!("{}:2,S", kept.base)]);
+    assert_eq!(s.records(s.inbox.0), vec![(7, 1, Flags::SEEN)]);
+    assert_eq!(s.state.journal(ACCOUNT).unwrap(), vec![], "journal cleared");
 }
