@@ -10,6 +10,7 @@
 mod connect;
 mod date;
 mod error;
+mod listing;
 mod session;
 mod stream;
 mod text;
@@ -19,9 +20,9 @@ mod wire;
 pub use connect::{Client, TlsInfo, connect, tls_connector};
 pub use date::parse_internaldate;
 pub use error::{AuthFailure, ImapError};
+pub use listing::{Listing, Opened};
 pub use session::{
-    BodyStep, Capabilities, FetchedMessage, Fingerprinted, FollowUp, IdleEnd, SelectChanges,
-    Selected, Session,
+    BodyStep, Capabilities, FetchedMessage, Fingerprinted, IdleEnd, RemoteEntry, Selected, Session,
 };
 
 /// Quotes a mailbox name (already in its wire form) as an IMAP quoted string. A name

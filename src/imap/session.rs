@@ -18,7 +18,6 @@ use super::{parse_internaldate, quote, uid_set};
 use crate::config::roles::RemoteFolder;
 use crate::flags::Flags;
 use crate::secret::Secret;
-use crate::sync::model::RemoteEntry;
 
 /// Capabilities the server advertised, upper-cased.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -136,6 +135,13 @@ pub enum Next {
     /// Send no more commands (for `Sending`: not that one either); the ones in flight
     /// are read to their end, so the session stays usable.
     StopSending,
+}
+
+/// A message on the server as seen by a UID/FLAGS listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteEntry {
+    pub uid: u32,
+    pub flags: Flags,
 }
 
 /// A downloaded message.
@@ -2005,7 +2011,7 @@ mod tests {
         s.qresync_enabled = true;
         let changes = s.select_since("INBOX", Some((5, 10))).await.unwrap();
         assert_eq!(changes.vanished.len(), 401);
-        let gone = crate::sync::plan::known_within(&changes.vanished, [3, 9, 4_000_000_000]);
+        let gone = super::super::listing::known_within(&changes.vanished, [3, 9, 4_000_000_000]);
         assert_eq!(gone, vec![3, 9, 4_000_000_000]);
     }
 

@@ -16,11 +16,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::{LocalFolder, always, apply_local};
 use crate::flags::Flags;
 use crate::headers::Headers;
+use crate::imap::Listing;
+use crate::imap::RemoteEntry;
 use crate::maildir::Maildir;
 use crate::maildir::parse_file_name;
 use crate::state::State;
-use crate::sync::model::{Fingerprint, FolderId, Known, Record, RemoteEntry};
-use crate::sync::plan::{Listing, Need, Observed, Plan, Snapshot, Watermark, plan};
+use crate::sync::model::{Fingerprint, FolderId, Known, Record};
+use crate::sync::plan::{Need, Observed, Plan, Snapshot, Watermark, plan};
 use crate::sync::recover::recover;
 
 const ACCOUNT: &str = "work";

@@ -24,13 +24,6 @@ impl Fingerprint {
     }
 }
 
-/// A message on the server as seen by a UID/FLAGS listing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RemoteEntry {
-    pub uid: u32,
-    pub flags: Flags,
-}
-
 /// A new message on the server, with what is needed to recognise it as one already
 /// held locally (a move, or a UIDVALIDITY change).
 #[derive(Clone, Debug, PartialEq, Eq)]

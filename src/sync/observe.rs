@@ -1,5 +1,7 @@
 //! Observing: what the server and the records say of each folder, for the planner's
-//! snapshot, and the answers to what the planner asks next ([`Need`]).
+//! snapshot, and the answers to what the planner asks next ([`Need`]). How each is
+//! asked on the wire is the IMAP module's business (`Session::open_listing`,
+//! `Session::listing`): nothing here assembles a command.
 
 use std::collections::HashSet;
 
@@ -7,8 +9,7 @@ use crate::imap::{self, ImapError, Session};
 use crate::state::{FolderRow, State, StateError};
 
 use super::error::SyncError;
-use super::model::Known;
-use super::plan::{self, Listing, ListingMode, Need, Observed, Snapshot, Watermark};
+use super::plan::{self, ListingMode, Need, Observed, Snapshot, Watermark};
 
 /// Why observing a folder stopped: the folder failed (the pass goes on without it), or
 /// the pass must stop.
@@ -51,40 +52,37 @@ pub(super) async fn folder(
     let records = state.count_records(row.id)?;
     let stored = stored(row);
     let since = stored.and_then(|s| Some((s.uidvalidity, s.highestmodseq?)));
-    // What the listing asks next anyway goes out with the SELECT: without QRESYNC the
-    // flags (all, or what changed since the last mod-sequence); in a folder already
-    // synced, the sizes of messages new since, which pairing needs if anything
-    // vanished (a few bytes a message; none at all in an initial sync).
-    let mut follow = Vec::new();
-    if !(session.qresync_enabled() && since.is_some()) {
-        let changed_since = since
-            .filter(|_| session.has_condstore())
-            .map(|(_, modseq)| modseq);
-        follow.push(imap::FollowUp::Flags(changed_since));
-    }
-    if records > 0
-        && let Some(uidnext) = row.uidnext
-    {
-        follow.push(imap::FollowUp::SizesFrom(uidnext.max(1)));
-    }
-    let mut changes = session.select_with(remote, since, &follow).await?;
-    let sel = changes.selected.clone();
+    // In a folder already synced, the sizes of messages new since come with the
+    // SELECT: pairing needs them if anything vanished (a few bytes a message; none at
+    // all in an initial sync).
+    let sizes_from = row.uidnext.filter(|_| records > 0);
+    let mut opened = session.open_listing(remote, since, sizes_from).await?;
+    let sel = opened.selected().clone();
     let server = Watermark {
         uidvalidity: sel.uidvalidity,
         uidnext: sel.uidnext,
         highestmodseq: sel.highestmodseq,
     };
     let mode = plan::listing_mode(stored, server, sel.exists, records, session.has_condstore());
-    let sizes = changes
+    let sizes = opened
         .sizes
         .take()
         .filter(|_| row.uidvalidity == Some(sel.uidvalidity));
-    if mode == ListingMode::Unchanged {
-        tracing::debug!(folder = %local, "unchanged");
-        return Ok((Observed::new(row.id, server, None, Vec::new()), sel));
-    }
+    let changed_since = match mode {
+        ListingMode::Unchanged => {
+            tracing::debug!(folder = %local, "unchanged");
+            return Ok((Observed::new(row.id, server, None, Vec::new()), sel));
+        }
+        ListingMode::Changes { since } => Some(since),
+        ListingMode::Full => None,
+    };
     let known = state.known(row.id)?;
-    let listing = list(session, mode, changes, &known).await?;
+    let held: HashSet<u32> = known
+        .iter()
+        .filter(|k| k.uidvalidity == sel.uidvalidity)
+        .map(|k| k.uid)
+        .collect();
+    let listing = session.listing(opened, changed_since, &held).await?;
     if row.uidvalidity.is_some_and(|v| v != sel.uidvalidity) {
         tracing::warn!(
             folder = %local,
@@ -108,67 +106,6 @@ pub(super) async fn folder(
             .extend(sizes.into_iter().map(|(uid, size)| (uid, Some(size))));
     }
     Ok((observed, sel))
-}
-
-/// The listing of a folder SELECT found changed, by `mode`: what the SELECT brought
-/// along, or what is asked now.
-async fn list(
-    session: &mut Session,
-    mode: ListingMode,
-    changes: imap::SelectChanges,
-    known: &[Known],
-) -> Result<Listing, ImapError> {
-    let sel = &changes.selected;
-    let since = match mode {
-        ListingMode::Changes { since } => since,
-        ListingMode::Unchanged | ListingMode::Full => {
-            let entries = match changes.flags {
-                Some((None, entries)) => entries,
-                _ => session.fetch_flags(None).await?,
-            };
-            return Ok(Listing {
-                entries,
-                complete: true,
-                ..Listing::default()
-            });
-        }
-    };
-    let held: HashSet<u32> = known
-        .iter()
-        .filter(|k| k.uidvalidity == sel.uidvalidity)
-        .map(|k| k.uid)
-        .collect();
-    // QRESYNC told us in the SELECT itself; CONDSTORE needs a FETCH (sent with it).
-    let (entries, vanished) = if session.qresync_enabled() {
-        (changes.changed, changes.vanished)
-    } else if let Some((Some(m), entries)) = changes.flags
-        && m == since
-    {
-        (entries, Vec::new())
-    } else {
-        (session.fetch_flags(Some(since)).await?, Vec::new())
-    };
-    // The server's ranges are met with the records held, never expanded:
-    // `1:4294967295` names four billion UIDs and costs nothing here.
-    let vanished = plan::known_within(&vanished, held.iter().copied());
-    let added = entries
-        .iter()
-        .filter(|e| !held.contains(&e.uid))
-        .map(|e| e.uid)
-        .collect::<HashSet<u32>>()
-        .len() as u64;
-    let present =
-        if plan::needs_present(sel.exists, held.len() as u64, added, vanished.len() as u64) {
-            Some(session.search_all_uids().await?)
-        } else {
-            None
-        };
-    Ok(Listing {
-        entries,
-        complete: false,
-        present,
-        vanished,
-    })
 }
 
 /// Answers one of the planner's questions into `snapshot`: from the records, or from

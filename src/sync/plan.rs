@@ -16,9 +16,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use super::model::{
-    Action, Fingerprint, FolderDiff, FolderId, Known, Record, RemoteEntry, RemoteNew,
-};
+use crate::imap::Listing;
+
+use super::model::{Action, Fingerprint, FolderDiff, FolderId, Known, Record, RemoteNew};
 use crate::flags::Flags;
 
 /// Where a server folder stood when it was listed: UIDVALIDITY, UIDNEXT and
@@ -65,14 +65,6 @@ pub fn listing_mode(
         (Some(since), Some(_)) => ListingMode::Changes { since },
         _ => ListingMode::Full,
     }
-}
-
-/// Whether a changes-only listing must be completed with every UID present (`UID
-/// SEARCH ALL`): when the server's count is not what the records, the new messages
-/// and the reported expunges add up to, some expunge went unreported (CONDSTORE
-/// cannot report them; a server may drop VANISHED).
-pub fn needs_present(exists: u32, held: u64, added: u64, vanished: u64) -> bool {
-    u64::from(exists) + vanished != held + added
 }
 
 /// What a pass observed of one mapped folder.
@@ -277,53 +269,6 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         actions,
         watermarks: live.iter().map(|(f, _)| (f.id, f.server)).collect(),
     }
-}
-
-/// What the server said about a folder's messages.
-#[derive(Clone, Debug, Default)]
-pub struct Listing {
-    /// UID and flags of messages: every message when `complete`, else only those
-    /// changed since the last sync (CONDSTORE `CHANGEDSINCE`, new ones included).
-    pub entries: Vec<RemoteEntry>,
-    pub complete: bool,
-    /// When `complete` is false: every UID present on the server, if it was asked
-    /// for (`UID SEARCH ALL`); `None` means no message was expunged, except those in
-    /// `vanished`.
-    pub present: Option<Vec<u32>>,
-    /// UIDs the server reported expunged (QRESYNC `VANISHED (EARLIER)`); may name UIDs
-    /// never seen here, which are ignored.
-    pub vanished: Vec<u32>,
-}
-
-/// The UIDs of `known` that fall in any of `ranges` (what a server reported expunged,
-/// in whatever order and overlap), sorted. Costs the size of `ranges` and `known`,
-/// whatever the ranges span.
-pub fn known_within(
-    ranges: &[std::ops::RangeInclusive<u32>],
-    known: impl IntoIterator<Item = u32>,
-) -> Vec<u32> {
-    let mut merged: Vec<(u32, u32)> = ranges
-        .iter()
-        .map(|r| (*r.start().min(r.end()), *r.start().max(r.end())))
-        .collect();
-    merged.sort_unstable();
-    let mut disjoint: Vec<(u32, u32)> = Vec::with_capacity(merged.len());
-    for (start, end) in merged {
-        match disjoint.last_mut() {
-            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
-            _ => disjoint.push((start, end)),
-        }
-    }
-    let mut out: Vec<u32> = known
-        .into_iter()
-        .filter(|&uid| {
-            let i = disjoint.partition_point(|&(start, _)| start <= uid);
-            i > 0 && uid <= disjoint[i - 1].1
-        })
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 /// A plan that only asks: what `need` asks of each folder, if it asks anything.

@@ -2,12 +2,12 @@
 //! small simulator of the executor (apply actions to a set of records).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::RangeInclusive;
 
 use proptest::prelude::*;
 
 use super::*;
 use crate::flags::Flags;
+use crate::imap::RemoteEntry;
 use crate::sync::model::{Fingerprint, FolderId};
 
 // ---------------------------------------------------------------------------------
@@ -283,63 +283,6 @@ fn qresync_vanished_with_present_still_fetches_what_only_present_shows() {
             vanished: vec![(10, 2)],
         }
     );
-}
-
-// ---------------------------------------------------------------------------------
-// Table tests and a property: known_within.
-
-#[test]
-fn known_within_meets_server_ranges_with_the_uids_held() {
-    let held = [1, 2, 3, 5, 8, 9, 10, 12, u32::MAX - 1, u32::MAX];
-    let cases: &[(&[RangeInclusive<u32>], &[u32])] = &[
-        (&[], &[]),
-        (&[4..=4], &[]),
-        (&[5..=5], &[5]),
-        (&[2..=5], &[2, 3, 5]),
-        // Out of order, overlapping, one inside another.
-        (&[8..=12, 1..=2, 9..=9, 10..=11], &[1, 2, 8, 9, 10, 12]),
-        // Adjacent ranges, and a gap: 4 and 6..=7 name nothing held, 8 is outside.
-        (&[1..=1, 2..=3, 5..=7], &[1, 2, 3, 5]),
-        (&[3..=3, 11..=12], &[3, 12]),
-        // Written high to low, as a sequence set may be (`5:2`).
-        (&[RangeInclusive::new(5, 2)], &[2, 3, 5]),
-        // The whole UID space, and its top end.
-        (&[1..=u32::MAX], &held),
-        (&[u32::MAX..=u32::MAX, 0..=1], &[1, u32::MAX]),
-        (&[13..=u32::MAX - 2], &[]),
-    ];
-    for (ranges, want) in cases {
-        assert_eq!(known_within(ranges, held), *want, "{ranges:?}");
-    }
-    // Held UIDs in any order and repeated give each UID once, sorted.
-    assert_eq!(known_within(&[1..=9], [9, 3, 3, 1, 20]), vec![1, 3, 9]);
-}
-
-/// A UID near either end of the UID space, so ranges overlap, touch and reach the top.
-fn uid_strategy() -> impl Strategy<Value = u32> {
-    prop_oneof![0u32..24, (u32::MAX - 24)..=u32::MAX]
-}
-
-proptest! {
-    #[test]
-    fn known_within_is_the_held_uids_some_range_names(
-        ranges in prop::collection::vec((uid_strategy(), uid_strategy()), 0..6),
-        held in prop::collection::vec(uid_strategy(), 0..24),
-    ) {
-        let ranges: Vec<RangeInclusive<u32>> =
-            ranges.into_iter().map(|(a, b)| a..=b).collect();
-        let want: BTreeSet<u32> = held
-            .iter()
-            .copied()
-            .filter(|uid| {
-                ranges
-                    .iter()
-                    .any(|r| (*r.start().min(r.end())..=*r.start().max(r.end())).contains(uid))
-            })
-            .collect();
-        let got = known_within(&ranges, held.iter().copied());
-        prop_assert_eq!(got, want.into_iter().collect::<Vec<u32>>());
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1250,14 +1193,6 @@ fn a_first_pass_and_a_uidvalidity_change_list_everything() {
         listing_mode(Some(at(7)), at(7), 8, 9, true),
         ListingMode::Changes { since: 5 }
     );
-}
-
-#[test]
-fn every_uid_is_asked_for_when_the_counts_do_not_add_up() {
-    // 10 held, 2 new, 1 reported gone: the server must count 11.
-    assert!(!needs_present(11, 10, 2, 1));
-    // It counts 10: an expunge went unreported (CONDSTORE cannot report them).
-    assert!(needs_present(10, 10, 2, 1));
 }
 
 #[test]
