@@ -87,7 +87,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         source INTEGER REFERENCES folders (id) ON DELETE CASCADE,
         flags INTEGER
     );
-    CREATE INDEX journal_folder ON journal (folder);
+    CREATE INDEX journal_file ON journal (folder, base);
     CREATE INDEX journal_source ON journal (source);
     INSERT INTO journal (kind, folder, base) SELECT 'deliver', folder, base FROM pending;
     INSERT INTO journal (kind, folder, base, source, flags)
