@@ -39,6 +39,21 @@ async fn seed(env: &Env, folder: &str, range: std::ops::Range<usize>, unseen_eve
     env.dovecot.seed_fast(USER, folder, batch).await.unwrap();
 }
 
+/// Seeds the messages numbered by each range into one mapped folder, in the order of
+/// the mappings, every third unread; returns the remote folders in that order.
+async fn seed_mapped(env: &Env, ranges: [std::ops::Range<usize>; 3]) -> Vec<String> {
+    let folders: Vec<String> = env
+        .resolved_mappings()
+        .await
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    for (f, range) in folders.iter().zip(ranges) {
+        seed(env, f, range, 3).await;
+    }
+    folders
+}
+
 /// Starts `mailsync sync` and SIGKILLs it after `delay`; false if it ended first.
 async fn sync_killed_after(env: &Env, delay: Duration) -> bool {
     let started = Instant::now();
@@ -227,15 +242,7 @@ async fn killed_incremental_passes_converge(profile: Profile) {
     let started = Instant::now();
     let env = Env::start(profile).await;
     let mut rng = Rng::new("killed_incremental_passes_converge", profile, 13);
-    let folders: Vec<String> = env
-        .resolved_mappings()
-        .await
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    for (f, range) in folders.iter().zip([0..800, 800..1600, 1600..SEEDED]) {
-        seed(&env, f, range, 3).await;
-    }
+    let folders = seed_mapped(&env, [0..800, 800..1600, 1600..SEEDED]).await;
     let run = env.run(&["sync"]).await;
     assert_eq!(run.code, 0, "{run}");
     let mut churned = Churned {
@@ -683,15 +690,7 @@ async fn killed_daemon_converges(profile: Profile) {
     write_daemon_config(&env);
     // Seed 11 is one seen to catch a flag change lost between rename and commit.
     let mut rng = Rng::new("killed_daemon_converges", profile, 11);
-    let folders: Vec<String> = env
-        .resolved_mappings()
-        .await
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    for (f, range) in folders.iter().zip([0..700, 700..1400, 1400..SEEDED]) {
-        seed(&env, f, range, 3).await;
-    }
+    let folders = seed_mapped(&env, [0..700, 700..1400, 1400..SEEDED]).await;
     let mut churned = Churned {
         next: SEEDED,
         ..Churned::default()

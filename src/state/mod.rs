@@ -411,7 +411,7 @@ impl State {
     /// file renamed before its record was would keep flags the server no longer has once
     /// the server changes them back (the listing compares the server with the records).
     /// Returns the entries' ids, to [`State::resolve`] once the renames are durable.
-    pub fn journal_flags(&mut self, updates: &[(&Record, Flags)]) -> Result<Vec<i64>, StateError> {
+    pub fn journal_flags(&mut self, updates: &[(Record, Flags)]) -> Result<Vec<i64>, StateError> {
         self.write(|tx| {
             let mut update = tx.prepare_cached(
                 "UPDATE messages SET flags = ?4 WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",

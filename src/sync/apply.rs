@@ -125,8 +125,7 @@ pub(super) fn apply_local(
     }
     if !retags.is_empty() {
         step()?;
-        let rows: Vec<(&Record, Flags)> = retags.iter().map(|(r, f)| (r, *f)).collect();
-        let ids = state.journal_flags(&rows)?;
+        let ids = state.journal_flags(&retags)?;
         for (record, flags) in &retags {
             let maildir = &folders[&record.folder].maildir;
             step()?;

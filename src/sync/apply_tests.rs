@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{LocalFolder, always, apply_local};
+use super::{LocalFolder, apply_local};
 use crate::flags::Flags;
 use crate::headers::Headers;
 use crate::imap::Listing;
@@ -262,12 +262,7 @@ impl Store {
             taken += 1;
             go
         };
-        let result = if stop_at.is_some() {
-            apply_local(&mut self.state, &folders, &plan.actions, &mut step)
-        } else {
-            apply_local(&mut self.state, &folders, &plan.actions, &mut always)
-        };
-        match result {
+        match apply_local(&mut self.state, &folders, &plan.actions, &mut step) {
             Ok(_) => true,
             Err(crate::sync::SyncError::Interrupted) => false,
             Err(e) => panic!("{e}"),

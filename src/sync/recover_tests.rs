@@ -235,7 +235,9 @@ fn a_journalled_flag_change_whose_rename_did_not_happen_is_applied() {
     let record = s.committed((s.inbox.0, &inbox), 7, 5);
     let new_flags = flags(&[Flags::SEEN, Flags::FLAGGED]);
     // Killed after the journal's commit, before the rename.
-    s.state.journal_flags(&[(&record, new_flags)]).unwrap();
+    s.state
+        .journal_flags(&[(record.clone(), new_flags)])
+        .unwrap();
     assert_eq!(s.state.journal(ACCOUNT).unwrap().len(), 1);
 
     s.recover();
