@@ -73,4 +73,12 @@ pub struct SyncArgs {
     /// Only this local folder (a key of [accounts.NAME.folders])
     #[arg(long, value_name = "LOCAL")]
     pub folder: Option<String>,
+    /// Print what the pass would change on each side (the local Maildir and, for
+    /// direction = "both", the server), and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Let this pass delete or move away more of a server folder than
+    /// max_delete_percent / max_delete_count allow (two-way accounts)
+    #[arg(long)]
+    pub allow_mass_delete: bool,
 }

@@ -303,6 +303,242 @@ async fn killed_incremental_passes_converge(profile: Profile) {
 on_both_profiles!(killed_incremental_passes_converge);
 
 // ---------------------------------------------------------------------------------
+// Two-way passes killed while they push.
+
+/// The Message-ID of a message's bytes.
+fn message_id(body: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(body).lines().find_map(|l| {
+        l.strip_prefix("Message-ID: <")?
+            .strip_suffix('>')
+            .map(str::to_owned)
+    })
+}
+
+/// Every Message-ID in the mapped server folders, with how many times it is there,
+/// and each folder's UID → Message-ID.
+async fn server_ids(
+    env: &Env,
+    folders: &[String],
+) -> (
+    HashMap<String, usize>,
+    HashMap<String, HashMap<u32, String>>,
+) {
+    let mut count: HashMap<String, usize> = HashMap::new();
+    let mut by_uid: HashMap<String, HashMap<u32, String>> = HashMap::new();
+    for f in folders {
+        for m in env.dovecot.messages(USER, f).await.unwrap() {
+            let id = message_id(&m.body).unwrap_or_default();
+            *count.entry(id.clone()).or_default() += 1;
+            by_uid.entry(f.clone()).or_default().insert(m.uid, id);
+        }
+    }
+    (count, by_uid)
+}
+
+/// What a reader did locally in one burst, by Message-ID.
+#[derive(Default)]
+struct LocalChurned {
+    deleted: Vec<String>,
+    created: Vec<String>,
+}
+
+/// Changes the local store as a mail reader would: flags toggled by renames, files
+/// deleted, files moved to another mapped folder (renamed there), new files in `new/`.
+fn local_churn(env: &Env, rng: &mut Rng, next: &mut usize) -> LocalChurned {
+    let mut done = LocalChurned::default();
+    let locals: Vec<&str> = MAPPINGS.iter().map(|(l, _)| *l).collect();
+    let files = |local: &str| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(env.maildir(local).join("cur"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let split = |path: &std::path::Path| -> (String, String) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (base, letters) = name.split_once(":2,").unwrap_or((&name, ""));
+        (base.to_owned(), letters.to_owned())
+    };
+    for _ in 0..40 {
+        let local = locals[rng.below(3) as usize];
+        let all = files(local);
+        if all.is_empty() {
+            continue;
+        }
+        let path = &all[rng.below(all.len() as u64) as usize];
+        let (base, letters) = split(path);
+        let flip = ['S', 'F', 'R'][rng.below(3) as usize];
+        let mut l: Vec<char> = letters.chars().filter(|c| *c != flip).collect();
+        if !letters.contains(flip) {
+            l.push(flip);
+        }
+        l.sort_unstable();
+        let to = path.with_file_name(format!("{base}:2,{}", l.into_iter().collect::<String>()));
+        std::fs::rename(path, to).unwrap();
+    }
+    for _ in 0..4 {
+        let local = locals[rng.below(3) as usize];
+        let all = files(local);
+        if let Some(path) = all.get(rng.below(all.len() as u64) as usize) {
+            done.deleted
+                .extend(message_id(&std::fs::read(path).unwrap()));
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    for _ in 0..4 {
+        let from = locals[rng.below(3) as usize];
+        let to = locals
+            [(locals.iter().position(|l| *l == from).unwrap() + 1 + rng.below(2) as usize) % 3];
+        let all = files(from);
+        if let Some(path) = all.get(rng.below(all.len() as u64) as usize) {
+            let name = path.file_name().unwrap().to_owned();
+            std::fs::rename(path, env.maildir(to).join("cur").join(name)).unwrap();
+        }
+    }
+    for _ in 0..3 {
+        let local = locals[rng.below(3) as usize];
+        let id = format!("local-{next}@example.org");
+        let body = format!(
+            "From: me@example.org\r\nSubject: local {next}\r\nMessage-ID: <{id}>\r\n\r\n{}",
+            "Written in the reader.\r\n".repeat(10 + *next % 50)
+        );
+        std::fs::write(
+            env.maildir(local)
+                .join("new")
+                .join(format!("1796000000.L{next}.crash")),
+            body,
+        )
+        .unwrap();
+        done.created.push(id);
+        *next += 1;
+    }
+    done
+}
+
+/// Two-way passes killed at random instants while they push a reader's changes (flags,
+/// deletions, moves, new messages) and pull the server's (flags, expunges, moves, new
+/// mail): after each kill and one complete run, the store equals the server, no
+/// message is on the server twice, and none is lost that nobody deleted.
+async fn killed_two_way_passes_converge(profile: Profile) {
+    const SEEDED: usize = 1200;
+    const ROUNDS: usize = 24;
+    let started = Instant::now();
+    let env = Env::start(profile).await;
+    std::fs::write(env.config_path(), env.config_text("direction = \"both\"\n")).unwrap();
+    let mut rng = Rng::new("killed_two_way_passes_converge", profile, 29);
+    let folders = seed_mapped(&env, [0..400, 400..800, 800..SEEDED]).await;
+    let run = env.run(&["sync"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let mut churned = Churned {
+        next: SEEDED,
+        ..Churned::default()
+    };
+    let server = Churn {
+        flag_flips: 400,
+        expunges: 10,
+        moves: 20,
+        new: 10,
+    };
+    let mut next_local = 0;
+    // How long a complete pass with both sides changed takes here and now.
+    churn(&env, &folders, &mut rng, server, &mut churned).await;
+    local_churn(&env, &mut rng, &mut next_local);
+    let timer = Instant::now();
+    let run = env.run(&["sync"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let mut pass = timer.elapsed();
+    let run = env.run(&["sync"]).await;
+    assert_eq!(run.code, 0, "{run}");
+
+    let mut killed = Vec::new();
+    let mut finished_first = 0;
+    while killed.len() < ROUNDS {
+        assert!(
+            killed.len() + finished_first < 3 * ROUNDS,
+            "{}: too many runs ended before their kill ({finished_first}); pass {pass:?}",
+            profile.name()
+        );
+        let (before, by_uid) = server_ids(&env, &folders).await;
+        let round_new_server = churned.next;
+        churn(&env, &folders, &mut rng, server, &mut churned).await;
+        let (folder, gone) = &churned.expunged;
+        let expunged: Vec<String> = gone
+            .iter()
+            .filter_map(|u| by_uid.get(folder)?.get(u).cloned())
+            .collect();
+        let local = local_churn(&env, &mut rng, &mut next_local);
+        let at = Duration::from_micros(rng.below(pass.as_micros() as u64 + 1));
+        let begun = Instant::now();
+        if sync_killed_after(&env, at).await {
+            killed.push(at.as_millis());
+        } else {
+            finished_first += 1;
+            pass = begun.elapsed();
+        }
+        let run = env.run(&["sync"]).await;
+        assert_eq!(run.code, 0, "{run}");
+        // The trash's copies of this round's deletions come down in the pass after.
+        let run = env.run(&["sync"]).await;
+        assert_eq!(run.code, 0, "{run}");
+        let round = killed.len() + finished_first;
+        let d = divergence(&env).await;
+        assert!(
+            d.none(),
+            "{}: round {round} (killed after {at:?} of a {pass:?} pass, seed {}): {d:#?}",
+            profile.name(),
+            rng.seed
+        );
+        let (after, _) = server_ids(&env, &folders).await;
+        let twice: Vec<&String> = after
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, _)| id)
+            .collect();
+        assert!(
+            twice.is_empty(),
+            "{}: round {round} (seed {}): on the server twice: {twice:?}",
+            profile.name(),
+            rng.seed
+        );
+        // Lost: a message nobody deleted that is no longer on the server.
+        let mut kept: Vec<String> = before
+            .keys()
+            .filter(|id| !expunged.contains(id) && !local.deleted.contains(id))
+            .cloned()
+            .collect();
+        kept.extend(local.created.iter().cloned());
+        kept.extend((round_new_server..churned.next).map(|i| format!("crash-{i}@example.org")));
+        let lost: Vec<&String> = kept.iter().filter(|id| !after.contains_key(*id)).collect();
+        assert!(
+            lost.is_empty(),
+            "{}: round {round} (seed {}): lost: {lost:?}",
+            profile.name(),
+            rng.seed
+        );
+    }
+    eprintln!(
+        "{}: {} rounds killed at (ms) {killed:?}, {finished_first} ended before the kill; pass {pass:?}; took {:?}",
+        profile.name(),
+        killed.len(),
+        started.elapsed()
+    );
+    env.assert_in_sync().await;
+    let again = env.run(&["sync"]).await;
+    assert_eq!(again.code, 0, "{again}");
+    assert!(
+        !again.stdout.contains("sent:"),
+        "a run after convergence sent: {again}"
+    );
+    assert_eq!(
+        env.sync().await.total(),
+        Default::default(),
+        "a run after convergence"
+    );
+}
+crate::on_three_profiles!(killed_two_way_passes_converge);
+
+// ---------------------------------------------------------------------------------
 // The daemon killed mid-pass, and relocations killed mid-rename.
 
 /// A seeded xorshift generator whose seed the test prints, so a failing run's choices
@@ -399,6 +635,8 @@ struct Churned {
     /// verb, flag, UIDs). A flag set and cleared again soon after is what a kill
     /// between a file's rename and its record's commit turns into a lasting difference.
     undo: Vec<(String, &'static str, &'static str, String)>,
+    /// The server folder and UIDs the last burst expunged.
+    expunged: (String, Vec<u32>),
 }
 
 /// Changes the server as a user on another device would: flags set and cleared in bulk
@@ -438,6 +676,7 @@ async fn churn(env: &Env, folders: &[String], rng: &mut Rng, c: Churn, done: &mu
     let folder = pick_folder(rng);
     let gone = rng.pick(&server_uids(env, &folder), c.expunges);
     env.dovecot.expunge(USER, &folder, &gone).await.unwrap();
+    done.expunged = (folder, gone);
     let from = pick_folder(rng);
     let to = folders
         .iter()

@@ -19,6 +19,7 @@ mod secrets;
 mod session;
 mod stop;
 mod token_cache;
+mod two_way;
 
 /// Defines `NAME::full` and `NAME::exchange` tests running `async fn NAME(Profile)`.
 #[macro_export]
@@ -33,6 +34,29 @@ macro_rules! on_both_profiles {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn exchange() {
                 super::$name(Profile::Exchange).await
+            }
+        }
+    };
+}
+
+/// Defines `NAME::full`, `NAME::exchange` and `NAME::no_uidplus` tests running
+/// `async fn NAME(Profile)`: for what depends on UIDPLUS, MOVE and LITERAL+.
+#[macro_export]
+macro_rules! on_three_profiles {
+    ($name:ident) => {
+        mod $name {
+            use mailsync_testenv::dovecot::Profile;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn full() {
+                super::$name(Profile::Full).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exchange() {
+                super::$name(Profile::Exchange).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn no_uidplus() {
+                super::$name(Profile::NoUidplus).await
             }
         }
     };

@@ -190,7 +190,7 @@ async fn commands_follow_capabilities(profile: Profile) {
                 second.join("\n")
             );
         }
-        Profile::Exchange => {
+        Profile::Exchange | Profile::NoUidplus => {
             for word in [
                 "CONDSTORE",
                 "QRESYNC",

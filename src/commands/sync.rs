@@ -29,9 +29,27 @@ pub async fn run(config: &Config, args: &SyncArgs, quiet: bool) -> Result<Exit, 
         let options = SyncOptions {
             only_folder: args.folder.clone(),
             progress,
+            dry_run: args.dry_run,
+            allow_mass_delete: args.allow_mass_delete,
             ..SyncOptions::default()
         };
         match sync_account(config, account, &options).await {
+            Ok(report) if report.dry_run.is_some() => {
+                for line in report.dry_run.iter().flatten() {
+                    writeln!(out, "{}/{line}", account.name)?;
+                }
+                for f in &report.folders {
+                    if let Some(e) = &f.error {
+                        writeln!(out, "{}/{}: FAILED: {e}", account.name, f.local)?;
+                    }
+                }
+                writeln!(out, "{}: dry run: nothing was changed", account.name)?;
+                if report.failed_folders() > 0 {
+                    partial += 1;
+                } else {
+                    ok += 1;
+                }
+            }
             Ok(report) => {
                 let (mut fetched, mut flags, mut removed, mut moved, mut bytes) = (0, 0, 0, 0, 0);
                 for f in &report.folders {
@@ -42,16 +60,23 @@ pub async fn run(config: &Config, args: &SyncArgs, quiet: bool) -> Result<Exit, 
                         }
                         None => writeln!(
                             out,
-                            "{}/{}: fetched {}, flag updates {}, removed {}, moved in {}, {}",
+                            "{}/{}: fetched {}, flag updates {}, removed {}, moved in {}, {}{}",
                             account.name,
                             f.local,
                             f.fetched,
                             f.flag_updates,
                             f.removed,
                             f.moved_in,
-                            human_bytes(f.bytes)
+                            human_bytes(f.bytes),
+                            sent(f)
                         )?,
                         Some(e) => writeln!(out, "{}/{}: FAILED: {e}", account.name, f.local)?,
+                    }
+                    for why in &f.refused {
+                        eprintln!(
+                            "mailsync: {}/{}: not uploaded: {why}",
+                            account.name, f.local
+                        );
                     }
                     fetched += f.fetched;
                     flags += f.flag_updates;
@@ -85,6 +110,25 @@ pub async fn run(config: &Config, args: &SyncArgs, quiet: bool) -> Result<Exit, 
         (0, 0, _) => Exit::Fatal,
         _ => Exit::Partial,
     })
+}
+
+/// What a two-way pass sent to the server from a folder, if anything.
+fn sent(f: &FolderReport) -> String {
+    let parts: Vec<String> = [
+        (f.pushed_flags, "flags"),
+        (f.deleted, "deleted"),
+        (f.moved_out, "moved"),
+        (f.uploaded, "uploaded"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{what} {n}"))
+    .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("; sent: {}", parts.join(", "))
+    }
 }
 
 /// One bar per folder, drawn on stderr.

@@ -11,7 +11,7 @@ mod raw;
 pub mod roles;
 mod source;
 
-pub use modes::{Flow, Tls};
+pub use modes::{Delete, Direction, Flow, MassDelete, Tls};
 pub use roles::{RemoteFolder, RemoteSpec, ResolveError, Role, resolve};
 
 use std::collections::BTreeMap;
@@ -73,6 +73,12 @@ pub struct Account {
     pub client_secret_file: Option<PathBuf>,
     /// The account's Maildir root; each mapping is a folder below it.
     pub maildir: PathBuf,
+    /// Whether local changes reach the server.
+    pub direction: Direction,
+    /// What a local deletion does on the server (two-way only).
+    pub delete: Delete,
+    /// How much one pass may delete or move away from a server folder (two-way only).
+    pub mass_delete: MassDelete,
     pub imap: ImapEndpoint,
     pub oauth: OAuthEndpoints,
     /// In the order of the file.
@@ -623,20 +629,45 @@ fn account(
         None => daemon.state_dir.join("mail").join(name),
     };
 
-    // Only pulling exists: the server is the truth and nothing local is sent. The key
-    // stays so that "pull" can be written, and "both" is refused rather than loaded
-    // and then ignored.
-    match raw.direction.as_deref() {
-        None | Some("pull") => {}
-        Some("both") => check.error(
-            &key("direction"),
-            "two-way sync (\"both\") is not available yet; use \"pull\" or remove the line",
+    let direction = match raw.direction.as_deref() {
+        None | Some("pull") => Direction::Pull,
+        Some("both") => Direction::Both,
+        Some(other) => {
+            check.error(
+                &key("direction"),
+                format!("unknown value {other:?} (use pull or both)"),
+            );
+            Direction::Pull
+        }
+    };
+    let delete = match raw.delete.as_deref() {
+        None | Some("trash") => Delete::Trash,
+        Some("expunge") => Delete::Expunge,
+        Some(other) => {
+            check.error(
+                &key("delete"),
+                format!("unknown value {other:?} (use trash or expunge)"),
+            );
+            Delete::Trash
+        }
+    };
+    let defaults = MassDelete::default();
+    let mass_delete = MassDelete {
+        percent: check.int_in(
+            &key("max_delete_percent"),
+            raw.max_delete_percent,
+            defaults.percent,
+            0,
+            100,
         ),
-        Some(other) => check.error(
-            &key("direction"),
-            format!("unknown value {other:?} (use pull)"),
+        count: check.int_in(
+            &key("max_delete_count"),
+            raw.max_delete_count,
+            defaults.count,
+            0,
+            1_000_000,
         ),
-    }
+    };
 
     let imap = imap_endpoint(check, name, kind, raw);
     let oauth = oauth_endpoints(check, name, kind, flow, &tenant, raw);
@@ -651,6 +682,9 @@ fn account(
         flow,
         client_secret_file,
         maildir,
+        direction,
+        delete,
+        mass_delete,
         imap,
         oauth,
         folders,

@@ -48,9 +48,12 @@ pub(super) struct RawAccount {
     pub flow: Option<Flow>,
     pub client_secret_file: Option<String>,
     pub maildir: Option<String>,
-    /// Only "pull" is accepted (checked in `config`, so that "both" gets its own
-    /// message).
+    /// "pull" or "both" (checked in `config`, as is `delete`, so the error names the
+    /// values).
     pub direction: Option<String>,
+    pub delete: Option<String>,
+    pub max_delete_percent: Option<i64>,
+    pub max_delete_count: Option<i64>,
     pub login_user: Option<String>,
     pub imap_host: Option<String>,
     pub imap_port: Option<i64>,

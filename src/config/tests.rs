@@ -246,16 +246,44 @@ Junk = "@junk"
 /// Two-way sync is not written yet: "both" used to load and then only pull, so local
 /// changes the user expected on the server were never sent.
 #[test]
-fn direction_both_is_refused_until_two_way_sync_exists() {
-    parse_ok(&work("direction = \"pull\""));
+fn direction_delete_and_the_mass_delete_limit_are_read_and_checked() {
+    let a = parse_ok(&work("direction = \"pull\""));
+    assert_eq!(a.accounts["work"].direction, Direction::Pull);
+    assert_eq!(a.accounts["work"].delete, Delete::Trash);
+    assert_eq!(a.accounts["work"].mass_delete, MassDelete::default());
+    let b = parse_ok(&work(
+        "direction = \"both\"\ndelete = \"expunge\"\nmax_delete_percent = 10\nmax_delete_count = 5",
+    ));
+    assert_eq!(b.accounts["work"].direction, Direction::Both);
+    assert_eq!(b.accounts["work"].delete, Delete::Expunge);
     assert_eq!(
-        parse_err(&work("direction = \"both\"")),
-        "config.toml:6: accounts.work.direction: two-way sync (\"both\") is not available yet; use \"pull\" or remove the line",
+        b.accounts["work"].mass_delete,
+        MassDelete {
+            percent: 10,
+            count: 5
+        }
     );
     assert_eq!(
         parse_err(&work("direction = \"push\"")),
-        "config.toml:6: accounts.work.direction: unknown value \"push\" (use pull)",
+        "config.toml:6: accounts.work.direction: unknown value \"push\" (use pull or both)",
     );
+    assert_eq!(
+        parse_err(&work("delete = \"shred\"")),
+        "config.toml:6: accounts.work.delete: unknown value \"shred\" (use trash or expunge)",
+    );
+    assert_eq!(
+        parse_err(&work("max_delete_percent = 101")),
+        "config.toml:6: accounts.work.max_delete_percent: 101 is out of range (use 0 to 100)",
+    );
+}
+
+#[test]
+fn the_mass_delete_limit_needs_both_the_count_and_the_share() {
+    let limit = MassDelete::default();
+    assert!(!limit.exceeded(50, 100), "50 is not more than 50");
+    assert!(limit.exceeded(51, 100));
+    assert!(!limit.exceeded(51, 1000), "5% of a large folder");
+    assert!(limit.exceeded(300, 1000));
 }
 
 #[test]
@@ -263,7 +291,7 @@ fn errors_name_file_line_key_and_fix() {
     let cases: &[(&str, &str)] = &[
         (
             "[accounts.work]\nprovider = \"microsoft\"\nemial = \"j@c.com\"\n",
-            "config.toml:3: accounts.work: unknown key \"emial\"; did you mean \"email\"? (expected one of provider, email, tenant, client_id, flow, client_secret_file, maildir, direction, login_user, imap_host, imap_port, tls, ca_file, token_url, device_url, authorize_url, scopes, folders)",
+            "config.toml:3: accounts.work: unknown key \"emial\"; did you mean \"email\"? (expected one of provider, email, tenant, client_id, flow, client_secret_file, maildir, direction, delete, max_delete_percent, max_delete_count, login_user, imap_host, imap_port, tls, ca_file, token_url, device_url, authorize_url, scopes, folders)",
         ),
         (
             "[daemon]\nidle = true\npoll = \"5m\"\n",

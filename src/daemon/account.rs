@@ -1,6 +1,8 @@
 //! One account's life in the daemon: a full sync pass at start and every
 //! `poll_interval`, IDLE on the folder mapped to the Inbox in between (a change there
-//! syncs that folder at once), reconnects with jittered backoff, and a clean stop.
+//! syncs that folder at once), reconnects with jittered backoff, and a clean stop. A
+//! two-way account's mapped local folders are watched too (their directories' times,
+//! a few times a second): a change made in a mail reader starts a pass at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,8 +14,9 @@ use tokio::time::Instant;
 use super::backoff::Backoff;
 use crate::auth::TokenSource;
 use crate::config::roles::{self, RemoteSpec, Role};
-use crate::config::{Account, Config, Mapping};
+use crate::config::{Account, Config, Direction, Mapping};
 use crate::imap::{IdleEnd, Session};
+use crate::maildir::Maildir;
 use crate::retry::Retry;
 use crate::state::{AccountLock, RunState, State};
 use crate::sync::login::login;
@@ -117,6 +120,26 @@ impl Stop {
     }
 }
 
+/// How often a two-way account's mapped local folders are looked at for changes.
+const LOCAL_POLL: Duration = Duration::from_millis(250);
+
+/// Resolves once a mapped local folder of `dirs` changes (a file added, renamed or
+/// removed); never, with no folder to watch.
+async fn local_change(dirs: Vec<Maildir>) {
+    if dirs.is_empty() {
+        return std::future::pending().await;
+    }
+    let stamps =
+        |dirs: &[Maildir]| -> Vec<_> { dirs.iter().map(|d| d.stamp().ok().flatten()).collect() };
+    let baseline = stamps(&dirs);
+    loop {
+        tokio::time::sleep(LOCAL_POLL).await;
+        if stamps(&dirs) != baseline {
+            return;
+        }
+    }
+}
+
 struct Task {
     heartbeat: Heartbeat,
     config: Arc<Config>,
@@ -201,10 +224,17 @@ impl Task {
                     }
                 }
             }
-            if let Err(delay) = self.watch_inbox(next_full).await
-                && !self.stop.sleep(delay).await
-            {
-                break;
+            match self.watch_inbox(next_full).await {
+                Ok(true) => {
+                    tracing::debug!("a mapped local folder changed");
+                    next_full = Instant::now();
+                }
+                Ok(false) => {}
+                Err(delay) => {
+                    if !self.stop.sleep(delay).await {
+                        break;
+                    }
+                }
             }
         }
         self.set(RunState::Stopped, None);
@@ -239,6 +269,8 @@ impl Task {
             connection: Mutex::new(lent),
             // The backoff below retries the pass: a login inside it tries once.
             login_attempts: 1,
+            dry_run: false,
+            allow_mass_delete: false,
         };
         if self.tokens.is_none() {
             match TokenSource::new(&self.account, &self.config.daemon.state_dir) {
@@ -310,20 +342,14 @@ impl Task {
 
     /// IDLE on the Inbox mapping until `until` (then a full pass is due). Without an
     /// Inbox mapping, IDLE disabled or not offered, just waits.
-    async fn watch_inbox(&mut self, until: Instant) -> Result<(), Duration> {
+    async fn watch_inbox(&mut self, until: Instant) -> Result<bool, Duration> {
         let Some(mapping) = self.inbox_mapping() else {
             self.set(RunState::Polling, None);
-            self.stop
-                .sleep(until.saturating_duration_since(Instant::now()))
-                .await;
-            return Ok(());
+            return Ok(self.wait(until).await);
         };
         if !self.config.daemon.idle {
             self.set(RunState::Polling, None);
-            self.stop
-                .sleep(until.saturating_duration_since(Instant::now()))
-                .await;
-            return Ok(());
+            return Ok(self.wait(until).await);
         }
         let timeout = self.config.daemon.command_timeout;
         if self.tokens.is_none() {
@@ -343,10 +369,7 @@ impl Task {
         if !session.capabilities().has("IDLE") {
             session.logout().await;
             self.set(RunState::Polling, Some("the server does not offer IDLE"));
-            self.stop
-                .sleep(until.saturating_duration_since(Instant::now()))
-                .await;
-            return Ok(());
+            return Ok(self.wait(until).await);
         }
         let remote = match session.list().await {
             Ok(folders) => match roles::resolve(&mapping.remote, &folders) {
@@ -355,10 +378,7 @@ impl Task {
                     session.logout().await;
                     tracing::warn!(folder = %mapping.local, "{e}");
                     self.set(RunState::Polling, Some(&e.to_string()));
-                    self.stop
-                        .sleep(until.saturating_duration_since(Instant::now()))
-                        .await;
-                    return Ok(());
+                    return Ok(self.wait(until).await);
                 }
             },
             Err(e) => return Err(self.failed(&imap_error(&self.account, e))),
@@ -372,7 +392,7 @@ impl Task {
         if self.changed_since_last_pass(&mapping.local, &selected) {
             session = match self.idle_pass(&mapping.local, &remote, session).await? {
                 Some(s) => s,
-                None => return Ok(()), // log in again from the top
+                None => return Ok(false), // log in again from the top
             };
         }
         let idle_timeout = self.config.daemon.idle_timeout;
@@ -380,30 +400,58 @@ impl Task {
             let now = Instant::now();
             if now >= until || self.stop.is_set() {
                 session.logout().await;
-                return Ok(());
+                return Ok(false);
             }
             self.set(RunState::Idle, None);
             let wait = idle_timeout.min(until - now);
             let stop = self.stop.clone();
-            match session
-                .idle(wait, async move { stop.stopped().await })
-                .await
-            {
+            let dirs = self.watched();
+            let changed = Arc::new(AtomicBool::new(false));
+            let mark = changed.clone();
+            let cancel = async move {
+                tokio::select! {
+                    _ = stop.stopped() => {}
+                    _ = local_change(dirs) => mark.store(true, Ordering::SeqCst),
+                }
+            };
+            match session.idle(wait, cancel).await {
                 Ok(IdleEnd::Changed) => {
                     tracing::debug!(folder = %mapping.local, "IDLE reported a change");
                     session = match self.idle_pass(&mapping.local, &remote, session).await? {
                         Some(s) => s,
-                        None => return Ok(()), // log in again from the top
+                        None => return Ok(false), // log in again from the top
                     };
                 }
                 Ok(IdleEnd::Timeout) => {}
                 Ok(IdleEnd::Cancelled) => {
                     session.logout().await;
-                    return Ok(());
+                    return Ok(changed.load(Ordering::SeqCst));
                 }
                 Err(e) => return Err(self.failed(&imap_error(&self.account, e))),
             }
         }
+    }
+
+    /// Sleeps until `until`, a stop, or (two-way) a change in a mapped local folder;
+    /// true for the last.
+    async fn wait(&mut self, until: Instant) -> bool {
+        let dirs = self.watched();
+        tokio::select! {
+            _ = self.stop.sleep(until.saturating_duration_since(Instant::now())) => false,
+            _ = local_change(dirs) => true,
+        }
+    }
+
+    /// The mapped local folders whose changes start a pass: a two-way account's.
+    fn watched(&self) -> Vec<Maildir> {
+        if self.account.direction != Direction::Both {
+            return Vec::new();
+        }
+        self.account
+            .folders
+            .iter()
+            .map(|m| Maildir::at(&self.account.folder_path(m)))
+            .collect()
     }
 
     /// A pass over the IDLE folder; returns the IDLE session with `remote` selected

@@ -46,6 +46,47 @@ fn month_number(m: &str) -> Option<i64> {
         .map(|i| i as i64 + 1)
 }
 
+/// Formats seconds since the epoch as an IMAP date-time in UTC, for APPEND.
+pub fn format_internaldate(secs: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{:02}-{}-{:04} {:02}:{:02}:{:02} +0000",
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (the inverse of
+/// [`days_from_civil`]).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -72,6 +113,17 @@ mod tests {
             parse_internaldate("29-Feb-2024 12:00:00 +0100"),
             Some(1_709_204_400)
         );
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        assert_eq!(
+            format_internaldate(837_596_665),
+            "17-Jul-1996 09:44:25 +0000"
+        );
+        for secs in [0, 951_782_400, 1_709_204_400, 4_102_444_799, 1_796_000_123] {
+            assert_eq!(parse_internaldate(&format_internaldate(secs)), Some(secs));
+        }
     }
 
     #[test]

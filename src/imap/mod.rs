@@ -14,16 +14,20 @@ mod listing;
 mod session;
 mod stream;
 mod text;
+mod uidplus;
 pub mod utf7;
 mod wire;
+mod write;
 
 pub use connect::{Client, TlsInfo, connect, tls_connector};
-pub use date::parse_internaldate;
+pub use date::{format_internaldate, parse_internaldate};
 pub use error::{AuthFailure, ImapError};
 pub use listing::{Listing, Opened};
 pub use session::{
     BodyStep, Capabilities, FetchedMessage, Fingerprinted, IdleEnd, RemoteEntry, Selected, Session,
 };
+pub use uidplus::UidCode;
+pub use write::Appended;
 
 /// Quotes a mailbox name (already in its wire form) as an IMAP quoted string. A name
 /// with a control character cannot be one (a CR or LF would end the command and start

@@ -214,6 +214,9 @@ pub struct Session {
     /// The selected folder's message count, as the server last announced it: what
     /// bounds how many FETCH responses a command may bring.
     exists: u32,
+    /// The last APPENDUID or COPYUID the server sent (UIDPLUS), tagged or not; taken
+    /// by the command that asked for it (see imap/write.rs).
+    pub(super) uid_code: Option<super::uidplus::UidCode>,
 }
 
 impl fmt::Debug for Session {
@@ -238,6 +241,7 @@ impl Session {
             qresync_enabled: false,
             scrub: Scrubber::default(),
             exists: 0,
+            uid_code: None,
         }
     }
 
@@ -248,6 +252,27 @@ impl Session {
 
     pub(super) fn set_capabilities_from(&mut self, caps: Capabilities) {
         self.capabilities = caps;
+    }
+
+    pub(super) fn wire_mut(&mut self) -> &mut Wire {
+        &mut self.wire
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(super) fn tagged_result(
+        &self,
+        status: &Status,
+        command: &str,
+        outcome: &imap_proto::Outcome<'_>,
+    ) -> Result<(), ImapError> {
+        self.tagged(status, command, outcome)
+    }
+
+    pub(super) fn bye_text_of(&self, outcome: &imap_proto::Outcome<'_>) -> String {
+        self.bye_text(outcome)
     }
 
     pub(super) fn into_wire(self) -> Wire {
@@ -576,6 +601,9 @@ impl Session {
                     );
                     match self.tagged(status, &name, outcome) {
                         Ok(()) => {
+                            if let Some(code) = super::uidplus::UidCode::from_outcome(outcome) {
+                                self.uid_code = Some(code);
+                            }
                             if on(Step::Done(index))? == Next::StopSending {
                                 sending = false;
                             }
@@ -594,6 +622,13 @@ impl Session {
                 other => {
                     match other {
                         Response::MailboxData(MailboxDatum::Exists(n)) => self.exists = *n,
+                        // MOVE reports its COPYUID untagged (RFC 6851).
+                        Response::Data {
+                            status: Status::Ok,
+                            outcome,
+                        } if super::uidplus::UidCode::from_outcome(outcome).is_some() => {
+                            self.uid_code = super::uidplus::UidCode::from_outcome(outcome);
+                        }
                         // RFC 3501 7.1: an alert is for the user to see.
                         Response::Data {
                             outcome:
@@ -1424,7 +1459,7 @@ impl Session {
     }
 
     /// One whole response, handed to `f` with the session (for its scrubber).
-    async fn read_one<T>(
+    pub(super) async fn read_one<T>(
         &mut self,
         command: &str,
         f: impl FnOnce(&Session, &Response<'_>) -> T,

@@ -200,6 +200,12 @@ impl Wire {
         self.write(&bytes).await
     }
 
+    /// Sends a literal's bytes and the CRLF that ends the command line after it.
+    pub async fn send_literal(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.write(bytes).await?;
+        self.write(b"\r\n").await
+    }
+
     async fn write(&mut self, bytes: &[u8]) -> Result<(), WireError> {
         let idle = self.idle;
         let write = async {

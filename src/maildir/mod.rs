@@ -26,10 +26,41 @@ pub struct Maildir {
     root: PathBuf,
 }
 
+/// A message file found in a folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalFile {
+    pub base: String,
+    pub flags: Flags,
+    pub path: PathBuf,
+}
+
+/// The modification times (nanoseconds since the epoch) of a folder's `cur/` and
+/// `new/`: while both stay the same, no message was added, renamed or removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub cur: i64,
+    pub new: i64,
+}
+
+impl Stamp {
+    /// The later of the two, in nanoseconds since the epoch.
+    pub fn latest(self) -> i64 {
+        self.cur.max(self.new)
+    }
+}
+
 /// Makes names unique within this process even when the clock does not move.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Maildir {
+    /// The folder at `path` as it is, creating nothing (it may be missing: see
+    /// [`Maildir::stamp`]).
+    pub fn at(path: &Path) -> Maildir {
+        Maildir {
+            root: path.to_path_buf(),
+        }
+    }
+
     /// Opens the folder at `path`, creating it and its `cur/`, `new/` and `tmp/` (and
     /// missing parents) with mode 0700: mail is private.
     pub fn open(path: &Path) -> io::Result<Maildir> {
@@ -166,6 +197,48 @@ impl Maildir {
             true
         })?;
         Ok(map)
+    }
+
+    /// Every message file in `cur/` and `new/`: its base, its flags (none for a file
+    /// in `new/` without an info part) and its path. Should a base appear twice, the
+    /// copy in `cur/` wins.
+    pub fn list(&self) -> io::Result<Vec<LocalFile>> {
+        let mut files: HashMap<String, LocalFile> = HashMap::new();
+        self.scan(|base, path| {
+            if !files.contains_key(base) {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let flags = parse_file_name(name).1.unwrap_or_default();
+                files.insert(
+                    base.to_owned(),
+                    LocalFile {
+                        base: base.to_owned(),
+                        flags,
+                        path,
+                    },
+                );
+            }
+            true
+        })?;
+        Ok(files.into_values().collect())
+    }
+
+    /// When `cur/` and `new/` last changed: any file added, renamed or removed in
+    /// either changes it. `None` when the folder's directories are missing.
+    pub fn stamp(&self) -> io::Result<Option<Stamp>> {
+        let mtime = |dir: PathBuf| -> io::Result<Option<i64>> {
+            match fs::metadata(&dir) {
+                Ok(m) => {
+                    use std::os::unix::fs::MetadataExt;
+                    Ok(Some(m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(with_path(e, &dir)),
+            }
+        };
+        Ok(match (mtime(self.cur())?, mtime(self.new_dir())?) {
+            (Some(cur), Some(new)) => Some(Stamp { cur, new }),
+            _ => None,
+        })
     }
 
     /// Gives the message `base`, last known with flags `known`, the flags `flags`:

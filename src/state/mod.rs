@@ -41,6 +41,9 @@ pub struct FolderRow {
     pub highestmodseq: Option<u64>,
     pub last_sync: Option<i64>,
     pub last_error: Option<String>,
+    /// The modification times (ns) of the local `cur/` and `new/` when a two-way pass
+    /// last found the folder as its records say: while they stand, nothing changed.
+    pub local_stamp: Option<(i64, i64)>,
 }
 
 /// An effect on the local store, journalled (in the same transaction as its record's
@@ -66,6 +69,15 @@ pub enum Effect {
     Rename { source: FolderId, flags: Flags },
     /// The message left the server; its record is deleted. Finished: the file goes.
     Remove,
+    /// The local file `base` is being uploaded to the entry's folder, whose UIDNEXT was
+    /// `uidnext` before: by APPEND, or, when `origin` names the recorded message, by
+    /// MOVE or COPY from there. Finished by binding the new UID (found again among the
+    /// UIDs from `uidnext` after a kill); local recovery leaves it alone.
+    Upload {
+        uidnext: u32,
+        flags: Flags,
+        origin: Option<(FolderId, u32, u32)>,
+    },
 }
 
 pub struct State {
@@ -364,7 +376,8 @@ impl State {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT j.id, j.kind, j.folder, j.base, j.source, j.flags FROM journal j
+                "SELECT j.id, j.kind, j.folder, j.base, j.source, j.flags, j.uidnext,
+                 j.source_uidvalidity, j.source_uid FROM journal j
                  JOIN folders f ON f.id = j.folder WHERE f.account = ?1 ORDER BY j.id",
             )
             .map_err(|e| self.err(e))?;
@@ -378,6 +391,14 @@ impl State {
                         source: r.get::<_, Option<i64>>(4)?.map_or(folder, FolderId),
                         flags: Flags::from_bits(r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u8),
                     },
+                    "upload" => Effect::Upload {
+                        uidnext: r.get::<_, Option<u32>>(6)?.unwrap_or(1),
+                        flags: Flags::from_bits(r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u8),
+                        origin: match (r.get::<_, Option<i64>>(4)?, r.get(7)?, r.get(8)?) {
+                            (Some(f), Some(v), Some(u)) => Some((FolderId(f), v, u)),
+                            _ => None,
+                        },
+                    },
                     _ => Effect::Remove,
                 };
                 Ok(Entry {
@@ -389,6 +410,128 @@ impl State {
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
         rows.map_err(|e| self.err(e))
+    }
+
+    /// Journals an upload about to be sent (see [`Effect::Upload`]); returns its id.
+    pub fn journal_upload(
+        &mut self,
+        folder: FolderId,
+        base: &str,
+        uidnext: u32,
+        flags: Flags,
+        origin: Option<(FolderId, u32, u32)>,
+    ) -> Result<i64, StateError> {
+        self.write(|tx| {
+            tx.query_row(
+                "INSERT INTO journal (kind, folder, base, source, flags, uidnext,
+                 source_uidvalidity, source_uid) VALUES ('upload', ?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 RETURNING id",
+                params![
+                    folder.0,
+                    base,
+                    origin.map(|o| o.0.0),
+                    flags.bits(),
+                    uidnext,
+                    origin.map(|o| o.1),
+                    origin.map(|o| o.2)
+                ],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Binds an upload to the message it made on the server, in one transaction: the
+    /// record of its origin (a moved message) goes, `record` is written, and the entry
+    /// `id` is resolved.
+    pub fn bind_upload(
+        &mut self,
+        id: i64,
+        record: &Record,
+        origin: Option<(FolderId, u32, u32)>,
+    ) -> Result<(), StateError> {
+        self.write(|tx| {
+            if let Some((folder, uidvalidity, uid)) = origin {
+                tx.execute(
+                    "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+                    params![folder.0, uidvalidity, uid],
+                )?;
+            }
+            insert_record(tx, record)?;
+            tx.execute("DELETE FROM journal WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+    }
+
+    /// Deletes the records of messages gone on both sides (deleted locally, then on
+    /// the server): there is no file left to journal.
+    pub fn forget_records(&mut self, records: &[Record]) -> Result<(), StateError> {
+        self.write(|tx| {
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM messages WHERE folder = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )?;
+            for r in records {
+                delete.execute(params![r.folder.0, r.uidvalidity, r.uid])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Notes that the server refused to take the local file `base` of `folder`: it is
+    /// not offered again under that name.
+    pub fn refuse_upload(
+        &mut self,
+        folder: FolderId,
+        base: &str,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO refused (folder, base, reason) VALUES (?1, ?2, ?3)",
+                params![folder.0, base, reason],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The bases of `folder`'s local files the server refused to take.
+    pub fn refused_uploads(
+        &self,
+        folder: FolderId,
+    ) -> Result<std::collections::HashSet<String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT base FROM refused WHERE folder = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![folder.0], |r| r.get(0))
+            .and_then(|rows| rows.collect::<Result<_, _>>());
+        rows.map_err(|e| self.err(e))
+    }
+
+    /// Records the messages found the same on both sides (new on both), without
+    /// headers: nothing was downloaded.
+    pub fn adopt(&mut self, records: &[Record]) -> Result<(), StateError> {
+        self.write(|tx| {
+            for r in records {
+                insert_record(tx, r)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Keeps (or clears) the local modification times a two-way pass found a folder at.
+    pub fn set_local_stamp(
+        &mut self,
+        folder: FolderId,
+        stamp: Option<(i64, i64)>,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE folders SET local_cur = ?2, local_new = ?3 WHERE id = ?1",
+                params![folder.0, stamp.map(|s| s.0), stamp.map(|s| s.1)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Resolves journal entries whose effects are durable, in one transaction.
@@ -500,7 +643,7 @@ impl State {
 
 const FOLDER_SELECT: &str =
     "SELECT id, account, local, remote, uidvalidity, uidnext, highestmodseq,
-    last_sync, last_error FROM folders";
+    last_sync, last_error, local_cur, local_new FROM folders";
 
 fn folder_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FolderRow> {
     Ok(FolderRow {
@@ -513,7 +656,30 @@ fn folder_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FolderRow> {
         highestmodseq: r.get::<_, Option<i64>>(6)?.map(|m| m as u64),
         last_sync: r.get(7)?,
         last_error: r.get(8)?,
+        local_stamp: match (r.get(9)?, r.get(10)?) {
+            (Some(cur), Some(new)) => Some((cur, new)),
+            _ => None,
+        },
     })
+}
+
+/// Writes `r` (replacing a row under the same key), without headers.
+fn insert_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO messages (folder, uidvalidity, uid, base, flags, size,
+         internaldate, message_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        r.folder.0,
+        r.uidvalidity,
+        r.uid,
+        r.base,
+        r.flags.bits(),
+        r.fingerprint.size as i64,
+        r.fingerprint.internaldate,
+        r.fingerprint.message_id,
+    ])?;
+    Ok(())
 }
 
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
@@ -741,5 +907,52 @@ mod journal_tests {
         assert_eq!(journal_sorted, expected);
         assert_eq!(state.records(inbox).unwrap().len(), 2, "records kept");
         assert_eq!(state.records(archive).unwrap().len(), 1);
+    }
+
+    /// Schema 7's upload entries: journalled with the target's UIDNEXT and the origin,
+    /// read back as such (local recovery must not take them for removals), and bound
+    /// in one transaction that moves the record and resolves the entry.
+    #[test]
+    fn an_upload_is_journalled_then_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(dir.path()).unwrap();
+        let inbox = state.folder("work", "Inbox", "INBOX").unwrap().id;
+        let archive = state.folder("work", "Archive", "Archive").unwrap().id;
+        let record = Record {
+            folder: inbox,
+            uidvalidity: 7,
+            uid: 3,
+            base: "moved.base".into(),
+            flags: Flags::SEEN,
+            fingerprint: Fingerprint {
+                message_id: Some("m@x".into()),
+                size: 10,
+                internaldate: 5,
+            },
+        };
+        state.adopt(std::slice::from_ref(&record)).unwrap();
+        let origin = Some((inbox, 7, 3));
+        let id = state
+            .journal_upload(archive, "moved.base", 40, Flags::SEEN, origin)
+            .unwrap();
+        let entries = state.journal("work").unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.effect).collect::<Vec<_>>(),
+            vec![Effect::Upload {
+                uidnext: 40,
+                flags: Flags::SEEN,
+                origin
+            }]
+        );
+        let bound = Record {
+            folder: archive,
+            uidvalidity: 9,
+            uid: 41,
+            ..record
+        };
+        state.bind_upload(id, &bound, origin).unwrap();
+        assert!(state.journal("work").unwrap().is_empty());
+        assert!(state.records(inbox).unwrap().is_empty());
+        assert_eq!(state.records(archive).unwrap(), vec![bound]);
     }
 }

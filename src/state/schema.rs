@@ -96,6 +96,38 @@ pub(super) const MIGRATIONS: &[&str] = &[
     DROP TABLE pending;
     DROP INDEX messages_moved;
     ALTER TABLE messages DROP COLUMN moved_from;",
+    // 7: two-way sync. The journal takes server-side effects whose result exists
+    // nowhere else until recorded: an upload (APPEND, or a COPY/MOVE of a recorded
+    // message) is journalled with the target's UIDNEXT before it is sent, so a killed
+    // run finds the new message again among the UIDs from there (see
+    // sync/recover_remote.rs). A folder keeps the modification times of its `cur/` and
+    // `new/` at its last two-way pass: while they stand, nothing changed locally. A
+    // local file the server refused to take is not offered again (`refused`).
+    "CREATE TABLE journal_7 (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('deliver', 'rename', 'remove', 'upload')),
+        folder INTEGER NOT NULL REFERENCES folders (id) ON DELETE CASCADE,
+        base TEXT NOT NULL,
+        source INTEGER REFERENCES folders (id) ON DELETE CASCADE,
+        flags INTEGER,
+        uidnext INTEGER,
+        source_uidvalidity INTEGER,
+        source_uid INTEGER
+    );
+    INSERT INTO journal_7 (id, kind, folder, base, source, flags)
+        SELECT id, kind, folder, base, source, flags FROM journal;
+    DROP TABLE journal;
+    ALTER TABLE journal_7 RENAME TO journal;
+    CREATE INDEX journal_file ON journal (folder, base);
+    CREATE INDEX journal_source ON journal (source);
+    ALTER TABLE folders ADD COLUMN local_cur INTEGER;
+    ALTER TABLE folders ADD COLUMN local_new INTEGER;
+    CREATE TABLE refused (
+        folder INTEGER NOT NULL REFERENCES folders (id) ON DELETE CASCADE,
+        base TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (folder, base)
+    ) WITHOUT ROWID;",
 ];
 
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {

@@ -86,10 +86,23 @@ pub(super) fn apply_local(
             let from = &folders[&r.folder].maildir;
             let to = &folders[&m.folder].maildir;
             step()?;
-            if let Some(path) = from
+            // The file is where the record says, or (two-way) wherever the reader
+            // filed it: the server's move wins.
+            let mut found = from
                 .locate(&r.base, r.flags)
-                .map_err(maildir_err(from.root()))?
-            {
+                .map_err(maildir_err(from.root()))?;
+            for other in folders.values() {
+                if found.is_some() {
+                    break;
+                }
+                if other.maildir != *from {
+                    found = other
+                        .maildir
+                        .locate(&r.base, r.flags)
+                        .map_err(maildir_err(other.maildir.root()))?;
+                }
+            }
+            if let Some(path) = found {
                 from.move_to(&path, to, &r.base, m.flags)
                     .map_err(maildir_err(path.clone()))?;
             }

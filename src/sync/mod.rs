@@ -2,14 +2,17 @@
 mod apply;
 mod download;
 mod error;
+mod local;
 pub mod login;
 pub mod model;
 mod observe;
 mod options;
 mod pass;
 pub mod plan;
+mod push;
 mod recover;
 mod report;
+mod two_way;
 mod writer;
 
 pub use error::SyncError;

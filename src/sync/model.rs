@@ -95,4 +95,101 @@ pub enum Action {
     },
     /// The message left the server: delete the local file and the record.
     Remove { record: Record },
+    /// Two-way: set `add` and clear `remove` on the server (a `SetFlags` for the
+    /// record goes with it, applied only once this landed).
+    PushFlags {
+        folder: FolderId,
+        uid: u32,
+        add: Flags,
+        remove: Flags,
+    },
+    /// Two-way: the message was deleted locally. On the server it moves to `trash`, or
+    /// with `None` is expunged (by UID); then its record goes.
+    PushDelete {
+        record: Record,
+        trash: Option<FolderId>,
+    },
+    /// Two-way: the message was moved locally to `to`, where its file is `base` with
+    /// `flags`: it moves on the server too (nothing is uploaded), and its record
+    /// follows.
+    PushMove {
+        record: Record,
+        to: FolderId,
+        base: String,
+        flags: Flags,
+    },
+    /// Two-way: a local file no record names is uploaded (APPEND) and recorded.
+    Upload { file: LocalNew },
+    /// Two-way: a new message on the server is the same as the new local file `base`
+    /// (same Message-ID and size): record the one as the other, download nothing,
+    /// upload nothing. The record takes `flags`.
+    Adopt {
+        folder: FolderId,
+        uidvalidity: u32,
+        uid: u32,
+        base: String,
+        flags: Flags,
+        fingerprint: Fingerprint,
+    },
 }
+
+impl Action {
+    /// Whether the action changes the server (two-way).
+    pub fn is_push(&self) -> bool {
+        matches!(
+            self,
+            Action::PushFlags { .. }
+                | Action::PushDelete { .. }
+                | Action::PushMove { .. }
+                | Action::Upload { .. }
+                | Action::Adopt { .. }
+        )
+    }
+}
+
+/// A message file in a mapped local folder that no record names: new locally.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalNew {
+    pub folder: FolderId,
+    pub base: String,
+    pub flags: Flags,
+    /// Message-ID, size once its line ends are CRLF (as uploaded), and the file's
+    /// modification time (its INTERNALDATE once uploaded).
+    pub fingerprint: Fingerprint,
+}
+
+/// What a two-way pass found in the mapped local folders, when any of them changed
+/// since the last pass (see `local.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalView {
+    /// Each readable mapped folder's message files: base → flags.
+    pub files: std::collections::HashMap<FolderId, std::collections::HashMap<String, Flags>>,
+    /// Every record of the mapped folders.
+    pub held: Vec<Record>,
+    /// Files no record names, except those the server refused before.
+    pub fresh: Vec<LocalNew>,
+}
+
+/// How a two-way pass acts on the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Where a local deletion goes on the server: the trash folder, or `None` to
+    /// expunge (`delete = "expunge"`, or no folder mapped to `@trash`).
+    pub trash: Option<FolderId>,
+    /// How much a pass may delete or move away from one server folder; `None` with
+    /// `--allow-mass-delete`.
+    pub mass_delete: Option<crate::config::MassDelete>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            trash: None,
+            mass_delete: Some(crate::config::MassDelete::default()),
+        }
+    }
+}
+
+/// A folder that held more than this many messages and now holds none, all deleted
+/// (not moved), is taken for a folder emptied by accident, not by its reader.
+pub const EMPTIED: usize = 10;

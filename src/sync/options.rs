@@ -23,6 +23,10 @@ pub struct SyncOptions {
     /// Logins try this often while the failure is transient: 1 in the daemon, whose
     /// backoff retries the pass (see [`crate::retry`]).
     pub login_attempts: u32,
+    /// Plan and report, change nothing (`sync --dry-run`).
+    pub dry_run: bool,
+    /// Lift the mass-deletion limit for this pass (`sync --allow-mass-delete`).
+    pub allow_mass_delete: bool,
 }
 
 impl Default for SyncOptions {
@@ -34,6 +38,8 @@ impl Default for SyncOptions {
             lock: true,
             connection: std::sync::Mutex::new(None),
             login_attempts: super::login::TRANSIENT_ATTEMPTS,
+            dry_run: false,
+            allow_mass_delete: false,
         }
     }
 }

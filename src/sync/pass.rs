@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::auth::TokenSource;
-use crate::config::roles::{self, RemoteFolder};
-use crate::config::{Account, Config, Mapping};
+use crate::config::roles::{self, RemoteFolder, RemoteSpec, Role};
+use crate::config::{Account, Config, Delete, Direction, Mapping};
 use crate::imap::{self, ImapError};
 use crate::maildir::Maildir;
 use crate::retry::Retry;
@@ -26,11 +26,13 @@ use crate::state::{AccountLock, FolderRow, State, unix_now};
 use super::apply::{LocalFolder, always, apply_local};
 use super::download;
 use super::error::{SyncError, folder_failure};
+use super::local;
 use super::login::login;
-use super::model::{Action, FolderId};
+use super::model::{Action, FolderId, Policy};
 use super::observe::{self, Failed};
 use super::options::{SyncOptions, check_stop, pause};
 use super::plan::{self, Snapshot};
+use super::push;
 use super::recover::recover;
 use super::report::{FolderReport, SyncReport};
 
@@ -95,6 +97,21 @@ pub async fn sync_account_with(
         })?;
     }
 
+    let two_way = account.direction == Direction::Both;
+    if two_way {
+        let folders: HashMap<FolderId, push::Folder> = targets
+            .iter()
+            .filter(|t| !t.failed)
+            .map(|t| (t.row.id, push_folder(t, 0, 0)))
+            .collect();
+        let failed = push::recover(&mut session, &mut state, &account.name, &folders).await?;
+        for (id, e) in failed {
+            if let Some(t) = targets.iter_mut().find(|t| t.row.id == id) {
+                fail_folder(&mut state, t, &e)?;
+            }
+        }
+    }
+
     // 1. Observe what changed on the server.
     let mut snapshot = Snapshot::default();
     for t in targets.iter_mut() {
@@ -131,6 +148,37 @@ pub async fn sync_account_with(
             }
             break;
         }
+    }
+
+    // Two-way: what changed locally, over every mapped folder (a file moved into a
+    // folder this pass does not sync must not read as deleted).
+    let local_maildirs: Vec<MappedMaildir> = if two_way {
+        local_folders_of(account, &mut state)?
+    } else {
+        Vec::new()
+    };
+    let local_list: Vec<local::Folder<'_>> = local_maildirs
+        .iter()
+        .map(|(id, maildir, kept)| local::Folder {
+            id: *id,
+            maildir,
+            kept: *kept,
+        })
+        .collect();
+    let mut stamps = HashMap::new();
+    if two_way {
+        let seen = local::observe(&state, &local_list)?;
+        snapshot.local = seen.view;
+        stamps = seen.stamps;
+        let trash = (account.delete == Delete::Trash)
+            .then(|| roles::resolve(&RemoteSpec::Role(Role::Trash), &listed).ok())
+            .flatten()
+            .and_then(|r| targets.iter().find(|t| t.remote.name == r.name))
+            .map(|t| t.row.id);
+        snapshot.policy = Policy {
+            trash,
+            mass_delete: (!options.allow_mass_delete).then_some(account.mass_delete),
+        };
     }
 
     // 2. Plan, answering what the planner asks first.
@@ -187,7 +235,76 @@ pub async fn sync_account_with(
         }
     };
 
-    // 3. Apply. Local-only actions (relocations, then flags and removals) run on a
+    for (id, why) in &plan.refused {
+        if let Some(t) = targets.iter_mut().find(|t| t.row.id == *id) {
+            let text = format!("{} ({}): {why}", t.mapping.local, t.remote.display);
+            tracing::warn!(folder = %t.mapping.local, "{why}");
+            t.failed = true;
+            t.report.error = Some(text.clone());
+            state.set_folder_error(t.row.id, &text)?;
+        }
+        if let Some(f) = snapshot.folders.iter_mut().find(|f| f.id == *id) {
+            f.failed = true;
+        }
+    }
+
+    if options.dry_run {
+        let lines = describe(&plan.actions, &targets);
+        session.logout().await;
+        let mut folders: Vec<FolderReport> = targets.into_iter().map(|t| t.report).collect();
+        folders.extend(failed_reports);
+        return Ok(SyncReport {
+            account: account.name.clone(),
+            folders,
+            elapsed: started.elapsed(),
+            token_requests: tokens.token_requests(),
+            dry_run: Some(lines),
+        });
+    }
+
+    // 3. Apply: first what goes to the server (two-way), so that a folder whose
+    // changes the server did not take keeps its records as they were.
+    if plan.actions.iter().any(Action::is_push) {
+        let folders: HashMap<FolderId, push::Folder> = snapshot
+            .folders
+            .iter()
+            .filter(|f| !f.failed)
+            .filter_map(|f| {
+                let t = targets.iter().find(|t| t.row.id == f.id)?;
+                Some((
+                    f.id,
+                    push_folder(t, f.server.uidvalidity, f.server.uidnext.unwrap_or(1)),
+                ))
+            })
+            .collect();
+        let pushed = push::push(
+            &mut session,
+            &mut state,
+            &account.name,
+            &folders,
+            &plan.actions,
+        )
+        .await?;
+        for (id, counts) in pushed.counts {
+            if let Some(t) = targets.iter_mut().find(|t| t.row.id == id) {
+                t.report.pushed_flags += counts.pushed_flags;
+                t.report.deleted += counts.deleted;
+                t.report.moved_out += counts.moved_out;
+                t.report.uploaded += counts.uploaded;
+                t.report.refused.extend(counts.refused);
+            }
+        }
+        for (id, e) in pushed.failed {
+            if let Some(t) = targets.iter_mut().find(|t| t.row.id == id) {
+                fail_folder(&mut state, t, &e)?;
+            }
+            if let Some(f) = snapshot.folders.iter_mut().find(|f| f.id == id) {
+                f.failed = true;
+            }
+        }
+    }
+
+    // Then the local side. Local-only actions (relocations, then flags and removals) run on a
     // blocking thread while the new messages download: the one touches only files that
     // exist, the other only files it creates, and the two overlap disk work with
     // waiting for the server.
@@ -285,6 +402,16 @@ pub async fn sync_account_with(
             )?;
         }
     }
+    // What a pass saw of the local folders is kept only when it acted on all of them:
+    // a change it read but left (a folder not synced this pass, or failed) must be
+    // read again by the next.
+    let whole = options.only_folder.is_none()
+        && failed_reports.is_empty()
+        && targets.iter().all(|t| !t.failed)
+        && targets.len() == local_list.len();
+    if two_way && whole {
+        local::keep_stamps(&mut state, &local_list, &stamps)?;
+    }
     let token_requests = tokens.token_requests();
 
     let mut folders: Vec<FolderReport> = targets.into_iter().map(|t| t.report).collect();
@@ -294,6 +421,7 @@ pub async fn sync_account_with(
         folders,
         elapsed: started.elapsed(),
         token_requests,
+        dry_run: None,
     })
 }
 
@@ -322,6 +450,35 @@ fn resolve(
             Ok(remote) => {
                 let row = state.folder(&account.name, &mapping.local, &remote.name)?;
                 let path = account.maildir.join(&mapping.local);
+                // Two-way: a folder that held synced messages and is gone (a disk not
+                // mounted, a wrong path) is not an empty one to mirror as deletions.
+                if account.direction == Direction::Both
+                    && Maildir::at(&path)
+                        .stamp()
+                        .map_err(|source| SyncError::Maildir {
+                            path: path.clone(),
+                            source,
+                        })?
+                        .is_none()
+                    && state.count(row.id)? > 0
+                {
+                    let message = format!(
+                        "{} ({}): the local folder {} is missing but {} messages were synced to it; nothing was deleted on the server. Mount the disk or fix `maildir` in the config; to start the folder afresh, remove it with `mailsync folders` and map it again",
+                        mapping.local,
+                        remote.display,
+                        path.display(),
+                        state.count(row.id)?
+                    );
+                    tracing::warn!(folder = %mapping.local, "{message}");
+                    state.set_folder_error(row.id, &message)?;
+                    failed_reports.push(FolderReport {
+                        local: mapping.local.clone(),
+                        remote: remote.display.clone(),
+                        error: Some(message),
+                        ..FolderReport::default()
+                    });
+                    continue;
+                }
                 let maildir = Maildir::open(&path).map_err(|source| SyncError::Maildir {
                     path: path.clone(),
                     source,
@@ -406,4 +563,112 @@ fn toml_key(name: &str) -> String {
     } else {
         format!("{name:?}")
     }
+}
+
+/// A mapped folder of a two-way account: its row id, its Maildir (perhaps missing)
+/// and the stamp its last pass kept.
+type MappedMaildir = (FolderId, Maildir, Option<(i64, i64)>);
+
+/// A target as the server-side effects need it.
+fn push_folder(t: &Target, uidvalidity: u32, uidnext: u32) -> push::Folder {
+    push::Folder {
+        remote: t.remote.name.clone(),
+        maildir: t.maildir.clone(),
+        uidvalidity,
+        uidnext,
+    }
+}
+
+/// Every mapped folder of a two-way account that has a row, with its Maildir (not
+/// created: a missing one must stay missing) and the stamp its last pass kept.
+fn local_folders_of(account: &Account, state: &mut State) -> Result<Vec<MappedMaildir>, SyncError> {
+    let rows = state.folders(&account.name)?;
+    Ok(account
+        .folders
+        .iter()
+        .filter_map(|m| {
+            let row = rows.iter().find(|r| r.local == m.local)?;
+            let maildir = Maildir::at(&account.maildir.join(&m.local));
+            Some((row.id, maildir, row.local_stamp))
+        })
+        .collect())
+}
+
+/// What a plan would do, one line per folder and side, for `sync --dry-run`.
+fn describe(actions: &[Action], targets: &[Target]) -> Vec<String> {
+    #[derive(Default)]
+    struct Sides {
+        fetch: u64,
+        flags: u64,
+        moved_in: u64,
+        remove: u64,
+        push_flags: u64,
+        delete: u64,
+        moves: BTreeMap<String, u64>,
+        upload: u64,
+        adopt: u64,
+    }
+    let name = |id: &FolderId| {
+        targets
+            .iter()
+            .find(|t| t.row.id == *id)
+            .map_or_else(|| format!("folder {}", id.0), |t| t.mapping.local.clone())
+    };
+    let mut by: BTreeMap<String, Sides> = BTreeMap::new();
+    for a in actions {
+        match a {
+            Action::Fetch { folder, .. } => by.entry(name(folder)).or_default().fetch += 1,
+            Action::SetFlags { folder, .. } => by.entry(name(folder)).or_default().flags += 1,
+            Action::Relocate { folder, .. } => by.entry(name(folder)).or_default().moved_in += 1,
+            Action::Remove { record } => by.entry(name(&record.folder)).or_default().remove += 1,
+            Action::PushFlags { folder, .. } => by.entry(name(folder)).or_default().push_flags += 1,
+            Action::PushDelete { record, .. } => {
+                by.entry(name(&record.folder)).or_default().delete += 1
+            }
+            Action::PushMove { record, to, .. } => {
+                *by.entry(name(&record.folder))
+                    .or_default()
+                    .moves
+                    .entry(name(to))
+                    .or_default() += 1
+            }
+            Action::Upload { file } => by.entry(name(&file.folder)).or_default().upload += 1,
+            Action::Adopt { folder, .. } => by.entry(name(folder)).or_default().adopt += 1,
+        }
+    }
+    let mut lines = Vec::new();
+    for (folder, s) in by {
+        let local = [
+            (s.fetch, "download"),
+            (s.flags, "set flags on"),
+            (s.moved_in, "move in"),
+            (s.remove, "remove"),
+            (s.adopt, "pair with the server's copy"),
+        ];
+        let parts: Vec<String> = local
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{what} {n}"))
+            .collect();
+        if !parts.is_empty() {
+            lines.push(format!("{folder}: local: would {}", parts.join(", ")));
+        }
+        let mut remote: Vec<String> = [
+            (s.push_flags, "set flags on".to_owned()),
+            (s.delete, "delete".to_owned()),
+            (s.upload, "upload".to_owned()),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{what} {n}"))
+        .collect();
+        remote.extend(s.moves.iter().map(|(to, n)| format!("move {n} to {to}")));
+        if !remote.is_empty() {
+            lines.push(format!("{folder}: server: would {}", remote.join(", ")));
+        }
+    }
+    if lines.is_empty() {
+        lines.push("nothing to do".to_owned());
+    }
+    lines
 }

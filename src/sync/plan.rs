@@ -18,7 +18,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::imap::Listing;
 
-use super::model::{Action, Fingerprint, FolderDiff, FolderId, Known, Record, RemoteNew};
+use super::model::{
+    Action, Fingerprint, FolderDiff, FolderId, Known, LocalView, Policy, Record, RemoteNew,
+};
+use super::two_way::{self, Whereabouts};
 use crate::flags::Flags;
 
 /// Where a server folder stood when it was listed: UIDVALIDITY, UIDNEXT and
@@ -126,6 +129,10 @@ pub struct Snapshot {
     pub folders: Vec<Observed>,
     /// Full records of vanished messages, as asked for by [`Need::Records`].
     pub records: HashMap<(FolderId, u32, u32), Record>,
+    /// Two-way accounts whose local side changed: what it holds now. `None` for pull
+    /// accounts, and when no mapped folder changed locally.
+    pub local: Option<LocalView>,
+    pub policy: Policy,
 }
 
 /// What [`plan`] must know before it can decide. Each is asked of one folder.
@@ -161,6 +168,9 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Per folder, the watermark to commit once all its actions are applied.
     pub watermarks: Vec<(FolderId, Watermark)>,
+    /// Folders whose local changes the pass refuses to send (emptied, or too much
+    /// deleted at once), with why: they fail this pass, with no action.
+    pub refused: Vec<(FolderId, String)>,
 }
 
 /// Plans a pass: the one place a pass decides what to change.
@@ -177,8 +187,16 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             (f, diff)
         })
         .collect();
+    let at = snapshot.local.as_ref().map(Whereabouts::new);
+    // New local files (two-way) may be the same as new server messages: their sizes
+    // make those candidates for a description, as vanished records' sizes do.
+    let fresh_sizes: HashSet<u64> = snapshot
+        .local
+        .iter()
+        .flat_map(|l| l.fresh.iter().map(|n| n.fingerprint.size))
+        .collect();
     let mut actions = Vec::new();
-    if live.iter().any(|(_, d)| !d.vanished.is_empty()) {
+    if live.iter().any(|(_, d)| !d.vanished.is_empty()) || !fresh_sizes.is_empty() {
         // Which messages moved (or were renumbered): the vanished records, then the
         // sizes of new messages, then the full description of those whose size a
         // vanished record has (sizes come from the index on every server; a
@@ -195,11 +213,14 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         if let Some(plan) = records {
             return plan;
         }
-        let vanished: Vec<Record> = live
+        let (gone, vanished): (Vec<Record>, Vec<Record>) = live
             .iter()
             .flat_map(|(f, d)| d.vanished.iter().map(move |&(v, u)| (f.id, v, u)))
             .filter_map(|key| snapshot.records.get(&key).cloned())
-            .collect();
+            // Gone on both sides: nothing to pair (a record paired without its file
+            // would read as a local deletion of wherever the message went).
+            .partition(|r| at.as_ref().is_some_and(|at| at.gone(r)));
+        actions.extend(gone.into_iter().map(|record| Action::Remove { record }));
         let sizeless = ask(&live, |f, d| {
             let uids: Vec<u32> = d
                 .new_uids
@@ -212,7 +233,8 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         if let Some(plan) = sizeless {
             return plan;
         }
-        let sizes: HashSet<u64> = vanished.iter().map(|r| r.fingerprint.size).collect();
+        let mut sizes: HashSet<u64> = vanished.iter().map(|r| r.fingerprint.size).collect();
+        sizes.extend(&fresh_sizes);
         let candidate =
             |f: &Observed, uid: &u32| f.size(*uid).flatten().is_some_and(|s| sizes.contains(&s));
         let undescribed = ask(&live, |f, d| {
@@ -229,23 +251,30 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         }
         let mut new = Vec::new();
         let mut others = Vec::new();
+        // New messages whose size only a new local file has are not moves: they are
+        // fetched (or adopted by the two-way step), with their description kept.
+        let moved_sizes: HashSet<u64> = vanished.iter().map(|r| r.fingerprint.size).collect();
         for (f, d) in &live {
             for &uid in &d.new_uids {
                 match f.described.get(&uid) {
-                    Some(Some((flags, fingerprint))) if candidate(f, &uid) => new.push(RemoteNew {
-                        folder: f.id,
-                        uidvalidity: f.server.uidvalidity,
-                        uid,
-                        flags: *flags,
-                        fingerprint: fingerprint.clone(),
-                    }),
+                    Some(Some((flags, fingerprint)))
+                        if candidate(f, &uid) && moved_sizes.contains(&fingerprint.size) =>
+                    {
+                        new.push(RemoteNew {
+                            folder: f.id,
+                            uidvalidity: f.server.uidvalidity,
+                            uid,
+                            flags: *flags,
+                            fingerprint: fingerprint.clone(),
+                        })
+                    }
                     // Not a candidate, or not described (if it is gone, the fetch
                     // says so).
                     _ => others.push(Action::Fetch { folder: f.id, uid }),
                 }
             }
         }
-        actions = pair(new, vanished);
+        actions.extend(pair(new, vanished));
         actions.extend(others);
     } else {
         for (f, d) in &live {
@@ -264,10 +293,32 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             flags,
         }));
     }
+    let mut refused = Vec::new();
+    if let Some(local) = &snapshot.local {
+        let ids: HashMap<FolderId, u32> = live
+            .iter()
+            .map(|(f, _)| (f.id, f.server.uidvalidity))
+            .collect();
+        let described: HashMap<(FolderId, u32), (Flags, Fingerprint)> = live
+            .iter()
+            .flat_map(|(f, _)| {
+                f.described
+                    .iter()
+                    .filter_map(move |(&uid, d)| Some(((f.id, uid), d.clone()?)))
+            })
+            .collect();
+        (actions, refused) = two_way::merge(local, &snapshot.policy, &ids, &described, actions);
+    }
+    let no: HashSet<FolderId> = refused.iter().map(|(f, _)| *f).collect();
     Plan {
         needs: Vec::new(),
         actions,
-        watermarks: live.iter().map(|(f, _)| (f.id, f.server)).collect(),
+        watermarks: live
+            .iter()
+            .filter(|(f, _)| !no.contains(&f.id))
+            .map(|(f, _)| (f.id, f.server))
+            .collect(),
+        refused,
     }
 }
 

@@ -90,6 +90,7 @@ fn counts(actions: &[Action]) -> Counts {
             Action::SetFlags { .. } => c.set_flags += 1,
             Action::Relocate { .. } => c.relocate += 1,
             Action::Remove { .. } => c.remove += 1,
+            other => panic!("a pull plan pushed: {other:?}"),
         }
     }
     c
@@ -677,6 +678,7 @@ fn execution_order(mut actions: Vec<Action>) -> Vec<Action> {
         Action::SetFlags { .. } => 1,
         Action::Remove { .. } => 2,
         Action::Fetch { .. } => 3,
+        other => panic!("a pull plan pushed: {other:?}"),
     });
     actions
 }
@@ -732,6 +734,7 @@ fn apply(s: &Scenario, records: &mut Vec<Record>, action: &Action) {
             let i = find(records, key_of(record)).expect("removal of a record that exists");
             records.remove(i);
         }
+        other => panic!("a pull plan pushed: {other:?}"),
     }
 }
 
@@ -961,6 +964,7 @@ proptest! {
                     prop_assert!(!held.contains(&(*folder, v, *uid)), "fetched a held message: {:?}", a);
                 }
                 Action::SetFlags { .. } => {}
+                a => prop_assert!(false, "a pull plan pushed: {:?}", a),
             }
         }
     }
@@ -1127,6 +1131,7 @@ proptest! {
                 Action::Fetch { folder, .. } | Action::SetFlags { folder, .. } => *folder == failed,
                 Action::Relocate { record, folder, .. } => record.folder == failed || *folder == failed,
                 Action::Remove { record } => record.folder == failed,
+                other => panic!("a pull plan pushed: {other:?}"),
             };
             prop_assert!(!touches, "{:?}", a);
         }

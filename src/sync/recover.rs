@@ -35,6 +35,8 @@ pub(super) fn recover(
         let source = match e.effect {
             Effect::Rename { source, .. } => source,
             Effect::Deliver | Effect::Remove => e.folder,
+            // Finished against the server (sync/recover_remote.rs).
+            Effect::Upload { .. } => continue,
         };
         for id in [e.folder, source] {
             if let std::collections::hash_map::Entry::Vacant(v) = folders.entry(id) {
@@ -121,6 +123,7 @@ impl Folder {
                     let _ = std::fs::remove_file(self.maildir.tmp().join(&e.base));
                 }
             }
+            Effect::Upload { .. } => {}
             Effect::Rename { flags, .. } => {
                 if let Some(path) = self.files.get(&e.base).cloned() {
                     let renamed = self

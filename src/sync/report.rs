@@ -22,6 +22,17 @@ pub struct FolderReport {
     pub removed: u64,
     pub moved_in: u64,
     pub bytes: u64,
+    /// Two-way: messages whose flags were set on the server.
+    pub pushed_flags: u64,
+    /// Two-way: local deletions sent to the server (to its trash, or expunged).
+    pub deleted: u64,
+    /// Two-way: local moves made on the server, out of this folder.
+    pub moved_out: u64,
+    /// Two-way: new local messages uploaded to this folder.
+    pub uploaded: u64,
+    /// Two-way: uploads the server refused (too large, a line too long, …), with
+    /// why; the files stay, and are not offered again until renamed.
+    pub refused: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -31,6 +42,9 @@ pub struct SyncReport {
     pub folders: Vec<FolderReport>,
     pub elapsed: Duration,
     pub token_requests: u64,
+    /// With `--dry-run`: what the pass would have done, one line per folder and side;
+    /// nothing was changed.
+    pub dry_run: Option<Vec<String>>,
 }
 
 impl SyncReport {

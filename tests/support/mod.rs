@@ -257,6 +257,11 @@ scopes = ["https://outlook.office365.com/.default"]
         self.session_counter(since_line, "out=")
     }
 
+    /// Bytes mailsync's IMAP sessions sent the server (`in=N`).
+    pub fn server_bytes_in(&self, since_line: usize) -> u64 {
+        self.session_counter(since_line, "in=")
+    }
+
     /// Messages whose body the server sent to mailsync's sessions (`body_count=N`).
     pub fn server_bodies_sent(&self, since_line: usize) -> u64 {
         self.session_counter(since_line, "body_count=")

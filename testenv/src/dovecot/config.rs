@@ -94,6 +94,14 @@ first_valid_uid = 1
             let _ = writeln!(c, "imap_capability = {}", EXCHANGE_CAPABILITIES.join(" "));
             c.push_str("login_greeting = Microsoft Exchange Server IMAP4 service is ready.\n");
         }
+        Profile::NoUidplus => {
+            c.push_str("auth_mechanisms = plain xoauth2\n");
+            let _ = writeln!(
+                c,
+                "imap_capability = {}",
+                super::options::minimal_capabilities().join(" ")
+            );
+        }
     }
     let chroot = if i.mail_user.root {
         String::new()

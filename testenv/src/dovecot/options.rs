@@ -29,6 +29,19 @@ pub enum Profile {
     /// Exchange Online's list ([`EXCHANGE_CAPABILITIES`]); mechanisms PLAIN and XOAUTH2.
     /// Dovecot still accepts the commands it no longer advertises.
     Exchange,
+    /// A plain IMAP4rev1 server: Exchange's list without UIDPLUS and LITERAL+
+    /// ([`minimal_capabilities`]), so no APPENDUID, COPYUID or UID EXPUNGE, and every
+    /// literal waits for the server's go-ahead.
+    NoUidplus,
+}
+
+/// The capabilities of [`Profile::NoUidplus`].
+pub fn minimal_capabilities() -> Vec<&'static str> {
+    EXCHANGE_CAPABILITIES
+        .iter()
+        .copied()
+        .filter(|c| *c != "UIDPLUS" && *c != "LITERAL+")
+        .collect()
 }
 
 impl Profile {
@@ -37,6 +50,7 @@ impl Profile {
         match self {
             Profile::Full => "full",
             Profile::Exchange => "exchange",
+            Profile::NoUidplus => "no-uidplus",
         }
     }
 }
@@ -47,7 +61,8 @@ impl std::str::FromStr for Profile {
         match s {
             "full" => Ok(Profile::Full),
             "exchange" => Ok(Profile::Exchange),
-            _ => Err(format!("unknown profile {s:?} (full|exchange)")),
+            "no-uidplus" => Ok(Profile::NoUidplus),
+            _ => Err(format!("unknown profile {s:?} (full|exchange|no-uidplus)")),
         }
     }
 }

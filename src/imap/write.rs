@@ -1,0 +1,238 @@
+//! Effects on the server, for two-way sync: flags set and cleared, messages moved,
+//! expunged by UID, and uploaded with APPEND. Each verb acts on the selected folder
+//! (except APPEND) and gates on what the server advertised, never on what it happens to
+//! accept: Dovecot runs unadvertised commands, Exchange does not.
+
+use imap_proto::{Response, Status};
+
+use super::error::ImapError;
+use super::session::Session;
+use super::uidplus::UidCode;
+use super::{format_internaldate, quote, uid_set};
+use crate::flags::Flags;
+
+/// UIDs one STORE, MOVE, COPY or EXPUNGE names at most.
+const BATCH: usize = 500;
+
+/// Where an uploaded message landed, when the server said (APPENDUID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub uidvalidity: u32,
+    pub uid: u32,
+}
+
+impl Session {
+    /// Whether the server advertised UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE).
+    pub fn has_uidplus(&self) -> bool {
+        self.capabilities().has("UIDPLUS")
+    }
+
+    /// Sets `add` and clears `remove` on messages of the selected folder, leaving
+    /// their other flags (and keywords) as they are.
+    pub async fn store_flags(
+        &mut self,
+        uids: &[u32],
+        add: Flags,
+        remove: Flags,
+    ) -> Result<(), ImapError> {
+        for chunk in uids.chunks(BATCH) {
+            let set = uid_set(chunk);
+            let mut commands = Vec::new();
+            for (sign, flags) in [('+', add), ('-', remove)] {
+                if flags != Flags::empty() {
+                    commands.push(format!(
+                        "UID STORE {set} {sign}FLAGS.SILENT ({})",
+                        flags.imap_names().join(" ")
+                    ));
+                }
+            }
+            self.exec_pipelined(
+                &commands,
+                2,
+                |_| Ok(super::session::Next::Go),
+                || std::future::ready(()),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Moves messages of the selected folder to `to` (its wire name): MOVE where
+    /// advertised, else COPY then expunging the originals by UID. Returns the new UIDs
+    /// where the server said (COPYUID), as (old, new) pairs, with the target's
+    /// UIDVALIDITY.
+    pub async fn move_messages(
+        &mut self,
+        uids: &[u32],
+        to: &str,
+    ) -> Result<Option<(u32, Vec<(u32, u32)>)>, ImapError> {
+        let target = quote(to)?;
+        let mut pairs = Vec::new();
+        let mut uidvalidity = None;
+        let moves = self.capabilities().has("MOVE");
+        for chunk in uids.chunks(BATCH) {
+            self.uid_code = None;
+            let verb = if moves { "MOVE" } else { "COPY" };
+            self.exec(&format!("UID {verb} {} {target}", uid_set(chunk)), |_| {
+                Ok(())
+            })
+            .await?;
+            if let Some(UidCode::Copy {
+                uidvalidity: v,
+                from,
+                to,
+            }) = self.uid_code.take()
+                && self.has_uidplus()
+                && from.len() == to.len()
+            {
+                uidvalidity = Some(v);
+                pairs.extend(from.into_iter().zip(to));
+            }
+            if !moves {
+                self.expunge_messages(chunk).await?;
+            }
+        }
+        Ok(uidvalidity.map(|v| (v, pairs)))
+    }
+
+    /// Marks messages of the selected folder `\Deleted` and expunges exactly them:
+    /// with UID EXPUNGE (UIDPLUS). Without UIDPLUS a bare EXPUNGE would take every
+    /// message marked `\Deleted`, other clients' too: it is sent only when a search
+    /// finds no other message marked; otherwise they stay marked, and the error says
+    /// so.
+    pub async fn expunge_messages(&mut self, uids: &[u32]) -> Result<(), ImapError> {
+        for chunk in uids.chunks(BATCH) {
+            let set = uid_set(chunk);
+            self.exec(
+                &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
+                |_| Ok(()),
+            )
+            .await?;
+            if self.has_uidplus() {
+                self.exec(&format!("UID EXPUNGE {set}"), |_| Ok(())).await?;
+                continue;
+            }
+            let mut marked = Vec::new();
+            self.exec("UID SEARCH DELETED", |r| {
+                if let Response::MailboxData(imap_proto::MailboxDatum::Search(found)) = r {
+                    marked.extend_from_slice(found);
+                }
+                Ok(())
+            })
+            .await?;
+            let others = marked.iter().filter(|u| !chunk.contains(u)).count();
+            if others > 0 {
+                return Err(ImapError::Protocol {
+                    command: "EXPUNGE".into(),
+                    detail: format!(
+                        "the server has no UIDPLUS and the folder holds {others} other message(s) marked \\Deleted, which a bare EXPUNGE would erase too; mailsync left its own marked \\Deleted: expunge the folder in a mail client"
+                    ),
+                });
+            }
+            self.exec("EXPUNGE", |_| Ok(())).await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads a message to `folder` (its wire name) with `flags` and INTERNALDATE
+    /// `internaldate`. `bytes` must have CRLF line ends. Returns where it landed when
+    /// the server said (APPENDUID, only trusted where UIDPLUS is advertised).
+    pub async fn append(
+        &mut self,
+        folder: &str,
+        flags: Flags,
+        internaldate: i64,
+        bytes: &[u8],
+    ) -> Result<Option<Appended>, ImapError> {
+        let name = "APPEND";
+        let plus = self.capabilities().has("LITERAL+");
+        let command = format!(
+            "APPEND {} ({}) \"{}\" {{{}{}}}",
+            quote(folder)?,
+            flags.imap_names().join(" "),
+            format_internaldate(internaldate),
+            bytes.len(),
+            if plus { "+" } else { "" }
+        );
+        tracing::debug!(command = %command, "imap >");
+        self.uid_code = None;
+        let wire_err = |e| super::session::wire_error(e, name);
+        let timeout = self.timeout();
+        self.wire_mut().set_deadline(timeout);
+        let tag = self.wire_mut().send(&command).await.map_err(wire_err)?;
+        enum Got {
+            Go,
+            Done(Result<Option<UidCode>, ImapError>),
+            Other,
+        }
+        let mut sent = false;
+        if plus {
+            self.wire_mut()
+                .send_literal(bytes)
+                .await
+                .map_err(wire_err)?;
+            sent = true;
+        }
+        loop {
+            let got = self
+                .read_one(name, |s, r| match r {
+                    Response::Continue { .. } => Got::Go,
+                    Response::Done {
+                        tag: t,
+                        status,
+                        outcome,
+                    } if t.0 == tag => Got::Done(
+                        s.tagged_result(status, name, outcome)
+                            .map(|()| UidCode::from_outcome(outcome)),
+                    ),
+                    Response::Data {
+                        status: Status::Bye,
+                        outcome,
+                    } => Got::Done(Err(ImapError::Bye(s.bye_text_of(outcome)))),
+                    _ => Got::Other,
+                })
+                .await?;
+            match got {
+                Got::Go if !sent => {
+                    let timeout = self.timeout();
+                    self.wire_mut().set_deadline(timeout);
+                    self.wire_mut()
+                        .send_literal(bytes)
+                        .await
+                        .map_err(wire_err)?;
+                    sent = true;
+                }
+                Got::Go | Got::Other => {}
+                Got::Done(result) => {
+                    return Ok(match result? {
+                        Some(UidCode::Append { uidvalidity, uids })
+                            if self.has_uidplus() && uids.len() == 1 =>
+                        {
+                            Some(Appended {
+                                uidvalidity,
+                                uid: uids[0],
+                            })
+                        }
+                        _ => None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The UIDs of the selected folder from `from` on (a search for `from:*` also
+    /// returns the highest UID below it when there is none above: filtered out).
+    pub async fn uids_from(&mut self, from: u32) -> Result<Vec<u32>, ImapError> {
+        let mut uids = Vec::new();
+        self.exec(&format!("UID SEARCH UID {}:*", from.max(1)), |r| {
+            if let Response::MailboxData(imap_proto::MailboxDatum::Search(found)) = r {
+                uids.extend(found.iter().copied().filter(|&u| u >= from));
+            }
+            Ok(())
+        })
+        .await?;
+        uids.sort_unstable();
+        uids.dedup();
+        Ok(uids)
+    }
+}

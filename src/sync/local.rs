@@ -1,0 +1,202 @@
+//! Observing the local side of a two-way account: which message files the mapped
+//! folders hold, for the planner's [`LocalView`].
+//!
+//! A pass must not read 100,000 file names when nothing changed: a folder whose
+//! `cur/` and `new/` modification times are those its last two-way pass kept (see
+//! [`keep_stamps`]) changed nothing, since every file added, renamed or removed there
+//! changes them. Only when some folder changed is every mapped folder read (a move
+//! changes two), with the records; otherwise the view is `None` and two-way plans as
+//! pull does.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::maildir::{Maildir, Stamp};
+use crate::state::State;
+
+use super::error::{SyncError, maildir_err};
+use super::model::{Fingerprint, FolderId, LocalNew, LocalView};
+
+/// A mapped folder as the local observer needs it.
+pub(super) struct Folder<'a> {
+    pub id: FolderId,
+    pub maildir: &'a Maildir,
+    /// The stamp its last two-way pass kept.
+    pub kept: Option<(i64, i64)>,
+}
+
+/// What [`observe`] found.
+pub(super) struct Observed {
+    /// `None` when no folder changed.
+    pub view: Option<LocalView>,
+    /// Each folder's stamp, read before its files were: what the pass keeps at its end
+    /// if the folder did not change meanwhile (see [`keep_stamps`]).
+    pub stamps: HashMap<FolderId, Stamp>,
+}
+
+/// Reads the local side of `folders`.
+pub(super) fn observe(state: &State, folders: &[Folder<'_>]) -> Result<Observed, SyncError> {
+    let mut stamps = HashMap::new();
+    let mut changed = false;
+    for f in folders {
+        let stamp = f.maildir.stamp().map_err(maildir_err(f.maildir.root()))?;
+        match stamp {
+            Some(s) => {
+                changed |= f.kept != Some((s.cur, s.new));
+                stamps.insert(f.id, s);
+            }
+            None => changed = true,
+        }
+    }
+    if !changed {
+        return Ok(Observed { view: None, stamps });
+    }
+    let mut view = LocalView::default();
+    let mut files_of: Vec<(FolderId, Vec<crate::maildir::LocalFile>)> = Vec::new();
+    for f in folders {
+        view.held.extend(state.records(f.id)?);
+        // A missing folder (failed by the pass) is not read: its records' files are
+        // unknown, not gone.
+        if !stamps.contains_key(&f.id) {
+            continue;
+        }
+        let files = f.maildir.list().map_err(maildir_err(f.maildir.root()))?;
+        view.files.insert(
+            f.id,
+            files.iter().map(|l| (l.base.clone(), l.flags)).collect(),
+        );
+        files_of.push((f.id, files));
+    }
+    let named: HashSet<&str> = view.held.iter().map(|r| r.base.as_str()).collect();
+    let mut fresh = Vec::new();
+    for (folder, files) in &files_of {
+        let refused = state.refused_uploads(*folder)?;
+        for file in files {
+            if named.contains(file.base.as_str()) || refused.contains(&file.base) {
+                continue;
+            }
+            // A file that vanished since the listing was taken is simply not new.
+            let Ok(fingerprint) = fingerprint(&file.path) else {
+                continue;
+            };
+            fresh.push(LocalNew {
+                folder: *folder,
+                base: file.base.clone(),
+                flags: file.flags,
+                fingerprint,
+            });
+        }
+    }
+    view.fresh = fresh;
+    Ok(Observed {
+        view: Some(view),
+        stamps,
+    })
+}
+
+/// What identifies a local file once uploaded: its Message-ID, its size with CRLF line
+/// ends (as sent, and as the server counts it), and its modification time (sent as its
+/// INTERNALDATE).
+pub(super) fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
+    let mut file = std::fs::File::open(path)?;
+    let modified = file.metadata()?.modified()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let header_end = find_header_end(&bytes);
+    Ok(Fingerprint {
+        message_id: crate::headers::message_id_from_header_block(&bytes[..header_end]),
+        size: crlf_len(&bytes),
+        internaldate: seconds(modified),
+    })
+}
+
+/// Seconds since the epoch (0 for a time before it).
+pub(super) fn seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Where the header block ends (after its blank line), or the whole message.
+fn find_header_end(bytes: &[u8]) -> usize {
+    for (i, w) in bytes.windows(2).enumerate() {
+        if w == b"\n\n" {
+            return i + 2;
+        }
+        if w == b"\n\r" && bytes.get(i + 2) == Some(&b'\n') {
+            return i + 3;
+        }
+    }
+    bytes.len()
+}
+
+/// The length of `bytes` with every bare LF written as CRLF.
+pub(super) fn crlf_len(bytes: &[u8]) -> u64 {
+    let bare = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+        .count();
+    (bytes.len() + bare) as u64
+}
+
+/// `bytes` with every bare LF written as CRLF, as IMAP wants a message.
+pub(super) fn to_crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(crlf_len(bytes) as usize);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// How recent a stamp may be and still be kept: a change within the same tick of the
+/// filesystem's clock as the stamp would not change it.
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// At the end of a pass, keeps for each folder the stamp read before its files were,
+/// if the folder still has it (nothing changed it during the pass, the pass's own
+/// renames and deliveries included) and it is older than [`SETTLED`]; otherwise the
+/// stamp is cleared, and the next pass reads the folder again.
+pub(super) fn keep_stamps(
+    state: &mut State,
+    folders: &[Folder<'_>],
+    read: &HashMap<FolderId, Stamp>,
+) -> Result<(), SyncError> {
+    let now = seconds(SystemTime::now()) as i128 * 1_000_000_000;
+    for f in folders {
+        let Some(before) = read.get(&f.id) else {
+            continue;
+        };
+        let after = f.maildir.stamp().map_err(maildir_err(f.maildir.root()))?;
+        let settled = (before.latest() as i128) < now - SETTLED.as_nanos() as i128;
+        let keep = (after == Some(*before) && settled).then_some((before.cur, before.new));
+        if keep != f.kept {
+            state.set_local_stamp(f.id, keep)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_ends_are_counted_and_written_as_crlf() {
+        assert_eq!(crlf_len(b"a\nb\r\nc\n"), 9);
+        assert_eq!(to_crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(to_crlf(b"\n"), b"\r\n");
+        assert_eq!(crlf_len(b""), 0);
+    }
+
+    #[test]
+    fn the_header_block_ends_at_the_first_blank_line() {
+        assert_eq!(find_header_end(b"A: b\r\n\r\nbody\n\nmore"), 8);
+        assert_eq!(find_header_end(b"A: b\n\nbody"), 6);
+        assert_eq!(find_header_end(b"A: b"), 4);
+    }
+}
