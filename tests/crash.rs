@@ -68,12 +68,19 @@ async fn sync_killed_when(
     reached: impl Fn() -> bool + Send + 'static,
 ) -> bool {
     let mut cmd = env.command(&["sync"]);
+    cmd.stderr(std::process::Stdio::null());
+    killed_when(cmd, jitter, reached).await
+}
+
+/// Starts `cmd` (its stdout discarded) and SIGKILLs it `jitter` after `reached` first
+/// holds (polled every 2 ms); false if it ended first.
+async fn killed_when(
+    mut cmd: std::process::Command,
+    jitter: Duration,
+    reached: impl Fn() -> bool + Send + 'static,
+) -> bool {
     tokio::task::spawn_blocking(move || {
-        let mut child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stdout(std::process::Stdio::null()).spawn().unwrap();
         while !reached() {
             if child.try_wait().unwrap().is_some() {
                 return false;
@@ -416,6 +423,37 @@ fn local_churn(env: &Env, rng: &mut Rng, next: &mut usize) -> LocalChurned {
     done
 }
 
+/// Starts `mailsync -vv sync` and SIGKILLs it `jitter` after its debug log shows it
+/// sending a command that starts with `verb` (the instant a server-side effect is on
+/// the wire); false if it ended first, or never sent one.
+async fn sync_killed_at_command(env: &Env, verb: &'static str, jitter: Duration) -> bool {
+    let log = env
+        .state_dir()
+        .with_file_name(format!("kill-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = env.command(&["-vv", "sync"]);
+    cmd.stderr(file);
+    let needle = format!("command={verb}");
+    killed_when(cmd, jitter, move || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("imap >") && l.contains(&needle))
+    })
+    .await
+}
+
+/// The commands that change the server on `profile`, by their first words as the
+/// debug log shows them (MOVE where advertised, else COPY then EXPUNGE, by UID with
+/// UIDPLUS).
+fn writes(profile: Profile) -> &'static [&'static str] {
+    match profile {
+        Profile::Full => &["APPEND", "UID MOVE", "UID STORE"],
+        Profile::Exchange => &["APPEND", "UID COPY", "UID EXPUNGE", "UID STORE"],
+        Profile::NoUidplus => &["APPEND", "UID COPY", "EXPUNGE", "UID STORE"],
+    }
+}
+
 /// Two-way passes killed at random instants while they push a reader's changes (flags,
 /// deletions, moves, new messages) and pull the server's (flags, expunges, moves, new
 /// mail): after each kill and one complete run, the store equals the server, no
@@ -468,13 +506,27 @@ async fn killed_two_way_passes_converge(profile: Profile) {
             .filter_map(|u| by_uid.get(folder)?.get(u).cloned())
             .collect();
         let local = local_churn(&env, &mut rng, &mut next_local);
+        // Every other round is killed just after a server-side effect goes out (an
+        // upload, a copy or move, an expunge, a flag change), where a kill costs most
+        // if it is not journalled; the others at a random instant of the pass.
         let at = Duration::from_micros(rng.below(pass.as_micros() as u64 + 1));
+        let verbs = writes(profile);
+        let verb = verbs[rng.below(verbs.len() as u64) as usize];
+        let targeted = (killed.len() + finished_first) % 2 == 1;
         let begun = Instant::now();
-        if sync_killed_after(&env, at).await {
-            killed.push(at.as_millis());
+        let landed = if targeted {
+            sync_killed_at_command(&env, verb, Duration::from_micros(rng.below(3000))).await
         } else {
-            finished_first += 1;
-            pass = begun.elapsed();
+            sync_killed_after(&env, at).await
+        };
+        match (landed, targeted) {
+            (true, true) => killed.push(verb.to_owned()),
+            (true, false) => killed.push(format!("{}ms", at.as_millis())),
+            (false, true) => finished_first += 1,
+            (false, false) => {
+                finished_first += 1;
+                pass = begun.elapsed();
+            }
         }
         let run = env.run(&["sync"]).await;
         assert_eq!(run.code, 0, "{run}");
@@ -518,7 +570,7 @@ async fn killed_two_way_passes_converge(profile: Profile) {
         );
     }
     eprintln!(
-        "{}: {} rounds killed at (ms) {killed:?}, {finished_first} ended before the kill; pass {pass:?}; took {:?}",
+        "{}: {} rounds killed at {killed:?}, {finished_first} ended before the kill; pass {pass:?}; took {:?}",
         profile.name(),
         killed.len(),
         started.elapsed()

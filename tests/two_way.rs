@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mailsync_testenv::dovecot::{Profile, SeedMessage};
+use mailsync_testenv::dovecot::{DovecotOptions, Profile, SeedMessage};
 
 use crate::on_three_profiles;
 use crate::support::{Env, USER};
@@ -29,7 +29,16 @@ async fn seed(env: &Env, folder: &str, range: std::ops::Range<usize>, flags: &[&
 
 /// An environment whose account syncs both ways, seeded and synced once.
 async fn two_way_env(profile: Profile, extra: &str) -> Env {
-    let env = Env::start(profile).await;
+    two_way_env_with(profile, extra, |o| o).await
+}
+
+/// [`two_way_env`] on a Dovecot with its options adjusted by `tune`.
+async fn two_way_env_with(
+    profile: Profile,
+    extra: &str,
+    tune: impl FnOnce(DovecotOptions) -> DovecotOptions,
+) -> Env {
+    let env = Env::start_with(profile, tune).await;
     std::fs::write(
         env.config_path(),
         env.config_text(&format!("direction = \"both\"\n{extra}")),
@@ -198,6 +207,17 @@ async fn local_changes_reach_the_server(profile: Profile) {
         "a pass with nothing to do changed the server"
     );
     env.assert_in_sync().await;
+    // And once the folders have settled, it does not even read their file names.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    env.run(&["sync"]).await;
+    let quiet = env.run(&["-vv", "sync"]).await;
+    assert!(
+        quiet
+            .stderr
+            .contains("local folders unchanged since the last pass"),
+        "{}: a pass with nothing changed read the local folders:\n{quiet}",
+        profile.name()
+    );
 }
 on_three_profiles!(local_changes_reach_the_server);
 
@@ -526,3 +546,85 @@ async fn local_accidents_delete_nothing_on_the_server(profile: Profile) {
     std::fs::remove_dir_all(&keep).unwrap();
 }
 on_three_profiles!(local_accidents_delete_nothing_on_the_server);
+
+/// A pass over one folder (`sync --folder`, or the daemon's pass when IDLE reports new
+/// mail in the Inbox) sees a local change in another folder but does not act on it:
+/// the next full pass must still send it, although nothing changed locally since.
+async fn a_change_seen_by_a_partial_pass_is_sent_later(profile: Profile) {
+    let env = two_way_env(profile, "").await;
+    // Settle the stamps: a full pass with nothing to do keeps them.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    env.sync().await;
+    set_letters(&file_with(&env.maildir("Archive"), "Two-way 12\r"), "FS");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let run = env.run(&["sync", "--folder", "Inbox"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(
+        server_flags(&env, "Archive", "Two-way 12\r").await.0,
+        Some(vec!["\\Seen".into()]),
+        "a pass over the Inbox acted on the Archive"
+    );
+    env.sync().await;
+    assert_eq!(
+        server_flags(&env, "Archive", "Two-way 12\r").await.0,
+        Some(vec!["\\Flagged".into(), "\\Seen".into()]),
+        "{}: the change a partial pass saw was never sent",
+        profile.name()
+    );
+}
+on_three_profiles!(a_change_seen_by_a_partial_pass_is_sent_later);
+
+/// A message the server refuses to take (here Dovecot's `quota_max_mail_size`; at
+/// Exchange, "NO Maximum size of appendable message has been exceeded") is reported
+/// for that file only: it stays local, is not offered again, and the rest of the pass
+/// goes on.
+async fn a_refused_upload_stays_local_and_the_pass_goes_on(profile: Profile) {
+    let env = two_way_env_with(profile, "", |o| {
+        o.extra_config(
+            "mail_plugins = $mail_plugins quota\nplugin {\n  quota = maildir:User quota\n  quota_max_mail_size = 20k\n}\n",
+        )
+    })
+    .await;
+    let inbox = env.maildir("Inbox");
+    let big = format!(
+        "From: me@example.org\r\nSubject: Too big\r\nMessage-ID: <big@example.org>\r\n\r\n{}",
+        format!("{}\r\n", "x".repeat(70)).repeat(600)
+    );
+    std::fs::write(inbox.join("new").join("1796000002.big.host"), &big).unwrap();
+    let small = "From: me@example.org\r\nSubject: Small one\r\nMessage-ID: <small@example.org>\r\n\r\nFits.\r\n";
+    std::fs::write(inbox.join("new").join("1796000003.small.host"), small).unwrap();
+    set_letters(&file_with(&inbox, "Two-way 6\r"), "S");
+
+    let run = env.run(&["sync"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stderr.contains("1796000002.big.host") && run.stderr.contains("not uploaded"),
+        "{}: the refusal was not reported for the file:\n{run}",
+        profile.name()
+    );
+    assert_eq!(
+        server_flags(&env, "INBOX", "Small one").await.1,
+        1,
+        "the pass stopped at the refusal"
+    );
+    assert_eq!(
+        server_flags(&env, "INBOX", "Two-way 6\r").await.0,
+        Some(vec!["\\Seen".into()])
+    );
+    assert_eq!(server_flags(&env, "INBOX", "Too big").await.1, 0);
+    assert!(
+        file_with(&inbox, "Too big").exists(),
+        "the refused file is gone"
+    );
+
+    // Not offered again: the next pass sends nothing.
+    let before = server_marks(&env);
+    let again = env.run(&["sync"]).await;
+    assert_eq!(again.code, 0, "{again}");
+    assert!(
+        !again.stderr.contains("not uploaded"),
+        "offered again:\n{again}"
+    );
+    assert_eq!(server_marks(&env), before);
+}
+on_three_profiles!(a_refused_upload_stays_local_and_the_pass_goes_on);

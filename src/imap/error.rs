@@ -70,6 +70,10 @@ pub enum ImapError {
     Protocol { command: String, detail: String },
     #[error("mailbox {0} does not exist on the server")]
     NoMailbox(String),
+    /// A command mailsync chose not to send, as it would have done more than asked;
+    /// the session is fine.
+    #[error("mailsync did not send {command}: {detail}")]
+    Withheld { command: String, detail: String },
     #[error("I/O error talking to the server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -106,7 +110,9 @@ impl ImapError {
                 None if text.to_ascii_lowercase().contains("accesstokenexpired") => Retry::NewToken,
                 None => Retry::Reconnect,
             },
-            ImapError::Connect { .. } | ImapError::Protocol { .. } => Retry::Later(None),
+            ImapError::Connect { .. } | ImapError::Protocol { .. } | ImapError::Withheld { .. } => {
+                Retry::Later(None)
+            }
             ImapError::Unavailable(text) => Retry::Later(throttle_hint(text)),
             ImapError::No { text, .. } => {
                 let t = text.to_ascii_uppercase();
@@ -142,7 +148,10 @@ impl ImapError {
 
     /// The session is unusable after this error: open a new connection.
     pub fn is_fatal_to_session(&self) -> bool {
-        !matches!(self, ImapError::No { .. } | ImapError::NoMailbox(_))
+        !matches!(
+            self,
+            ImapError::No { .. } | ImapError::NoMailbox(_) | ImapError::Withheld { .. }
+        )
     }
 }
 

@@ -122,10 +122,10 @@ impl Session {
             .await?;
             let others = marked.iter().filter(|u| !chunk.contains(u)).count();
             if others > 0 {
-                return Err(ImapError::Protocol {
+                return Err(ImapError::Withheld {
                     command: "EXPUNGE".into(),
                     detail: format!(
-                        "the server has no UIDPLUS and the folder holds {others} other message(s) marked \\Deleted, which a bare EXPUNGE would erase too; mailsync left its own marked \\Deleted: expunge the folder in a mail client"
+                        "the server has no UIDPLUS and the folder holds {others} other message(s) marked \\Deleted, which a bare EXPUNGE would erase too; mailsync left its own marked \\Deleted and tries again next pass (expunge the folder in a mail client to let it)"
                     ),
                 });
             }

@@ -51,6 +51,7 @@ pub(super) fn observe(state: &State, folders: &[Folder<'_>]) -> Result<Observed,
         }
     }
     if !changed {
+        tracing::debug!("local folders unchanged since the last pass: not read");
         return Ok(Observed { view: None, stamps });
     }
     let mut view = LocalView::default();
@@ -90,6 +91,11 @@ pub(super) fn observe(state: &State, folders: &[Folder<'_>]) -> Result<Observed,
         }
     }
     view.fresh = fresh;
+    tracing::debug!(
+        files = view.files.values().map(HashMap::len).sum::<usize>(),
+        new = view.fresh.len(),
+        "local folders read"
+    );
     Ok(Observed {
         view: Some(view),
         stamps,
@@ -153,26 +159,42 @@ pub(super) fn to_crlf(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// How recent a stamp may be and still be kept: a change within the same tick of the
-/// filesystem's clock as the stamp would not change it.
-const SETTLED: Duration = Duration::from_secs(2);
+/// How old a stamp must be to be kept: a change within the same tick of the
+/// filesystem's clock as the stamp would not change it. Times with sub-second digits
+/// come from a clock that ticks every few milliseconds (ext4, XFS, btrfs, tmpfs);
+/// whole seconds may mean a clock of a second or two (FAT, some network file systems).
+const SETTLED_FINE: Duration = Duration::from_millis(100);
+const SETTLED_COARSE: Duration = Duration::from_secs(2);
+
+fn settled_after(stamp: Stamp) -> Duration {
+    if stamp.cur % 1_000_000_000 == 0 || stamp.new % 1_000_000_000 == 0 {
+        SETTLED_COARSE
+    } else {
+        SETTLED_FINE
+    }
+}
 
 /// At the end of a pass, keeps for each folder the stamp read before its files were,
 /// if the folder still has it (nothing changed it during the pass, the pass's own
-/// renames and deliveries included) and it is older than [`SETTLED`]; otherwise the
+/// renames and deliveries included) and it is old enough ([`settled_after`]); otherwise the
 /// stamp is cleared, and the next pass reads the folder again.
+///
+/// The stamp was read before the files: a change after that moves it, so what the pass
+/// saw is kept only while the folder is still exactly as it was then.
 pub(super) fn keep_stamps(
     state: &mut State,
     folders: &[Folder<'_>],
     read: &HashMap<FolderId, Stamp>,
 ) -> Result<(), SyncError> {
-    let now = seconds(SystemTime::now()) as i128 * 1_000_000_000;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
     for f in folders {
         let Some(before) = read.get(&f.id) else {
             continue;
         };
         let after = f.maildir.stamp().map_err(maildir_err(f.maildir.root()))?;
-        let settled = (before.latest() as i128) < now - SETTLED.as_nanos() as i128;
+        let settled = (before.latest() as i128) < now - settled_after(*before).as_nanos() as i128;
         let keep = (after == Some(*before) && settled).then_some((before.cur, before.new));
         if keep != f.kept {
             state.set_local_stamp(f.id, keep)?;

@@ -557,15 +557,27 @@ async fn find_again(
             }
         }
     }
-    // A COPY that landed before its EXPUNGE did: the original goes now.
+    // A COPY that landed before its EXPUNGE did: the originals go now, each folder's
+    // in one go (without UIDPLUS an EXPUNGE is sent only when no other message is
+    // marked, and a killed batch left all of them marked).
+    let mut by_source: BTreeMap<(FolderId, u32), Vec<u32>> = BTreeMap::new();
     for (folder, uidvalidity, uid) in leftovers {
+        by_source
+            .entry((folder, uidvalidity))
+            .or_default()
+            .push(uid);
+    }
+    for ((folder, uidvalidity), uids) in by_source {
         let Some(f) = folders.get(&folder) else {
             continue;
         };
         let result = async {
             session.select_listed(&f.remote, uidvalidity).await?;
-            if session.uids_from(uid).await?.first() == Some(&uid) {
-                session.expunge_messages(&[uid]).await?;
+            let from = uids.iter().copied().min().unwrap_or(1);
+            let there: HashSet<u32> = session.uids_from(from).await?.into_iter().collect();
+            let left: Vec<u32> = uids.into_iter().filter(|u| there.contains(u)).collect();
+            if !left.is_empty() {
+                session.expunge_messages(&left).await?;
             }
             Ok::<(), ImapError>(())
         }

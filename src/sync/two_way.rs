@@ -105,6 +105,7 @@ pub(super) fn merge(
     };
     let mut touched: HashSet<(FolderId, u32, u32)> = HashSet::new();
     let mut out: Vec<Action> = Vec::with_capacity(pull.len());
+    let mut deleted: Vec<&Record> = Vec::new();
 
     for action in pull {
         match action {
@@ -165,6 +166,9 @@ pub(super) fn merge(
                         });
                     }
                     Some(Some(_)) => {}
+                    // Deleted here, and there only marked \Deleted: this pass's own
+                    // mark from a killed deletion (no one else's change); deleted.
+                    Some(None) if flags == r.flags.union(Flags::DELETED) => deleted.push(r),
                     // Deleted here, changed there: kept, downloaded again (the new
                     // file's record replaces this one).
                     Some(None) => out.push(Action::Fetch { folder, uid }),
@@ -229,7 +233,6 @@ pub(super) fn merge(
     }
 
     // What changed only locally.
-    let mut deleted: Vec<&Record> = Vec::new();
     for r in &local.held {
         let key = (r.folder, r.uidvalidity, r.uid);
         if live.get(&r.folder) != Some(&r.uidvalidity) || touched.contains(&key) {

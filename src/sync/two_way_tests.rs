@@ -449,3 +449,27 @@ proptest! {
         }
     }
 }
+
+/// A deletion a kill cut short between `\Deleted` and EXPUNGE (no UIDPLUS, or the
+/// trash itself) shows on the server as only that mark added: not someone's change,
+/// so the deletion goes on instead of the message coming back.
+#[test]
+fn deleted_here_and_only_marked_deleted_there_goes() {
+    let r = record(TRASH, 1, S);
+    let v = view(std::slice::from_ref(&r), &[], vec![]);
+    let (actions, _) = run(
+        &v,
+        vec![Action::SetFlags {
+            folder: TRASH,
+            uid: 1,
+            flags: S.union(Flags::DELETED),
+        }],
+    );
+    assert_eq!(
+        actions,
+        vec![Action::PushDelete {
+            record: r,
+            trash: None
+        }]
+    );
+}
