@@ -628,3 +628,48 @@ async fn a_refused_upload_stays_local_and_the_pass_goes_on(profile: Profile) {
     assert_eq!(server_marks(&env), before);
 }
 on_three_profiles!(a_refused_upload_stays_local_and_the_pass_goes_on);
+
+/// Under `mailsync run`, a change made in a mail reader reaches the server without
+/// waiting for the next poll (here ten minutes away): the daemon watches the mapped
+/// folders. (How fast is a benchmark's business: `bench/run --push-latency`.)
+async fn the_daemon_sends_a_local_change_without_waiting_for_a_poll(profile: Profile) {
+    let env = two_way_env(profile, "").await;
+    let text = std::fs::read_to_string(env.config_path()).unwrap().replace(
+        "command_timeout = \"20s\"",
+        "command_timeout = \"20s\"\npoll_interval = \"10m\"",
+    );
+    std::fs::write(env.config_path(), text).unwrap();
+    let daemon = crate::support::daemon::Daemon::start(&env, &[]);
+    let limit = std::time::Duration::from_secs(30);
+    let inbox = env.maildir("Inbox");
+    // The first pass is done once the daemon idles.
+    crate::support::daemon::until(limit, "first pass", &daemon, || {
+        daemon.log().contains("sync pass done")
+    })
+    .await;
+    set_letters(&file_with(&inbox, "Two-way 7\r"), "F");
+    // Polled here (the daemon's `until` takes a plain closure; this asks over IMAP).
+    let started = std::time::Instant::now();
+    while server_flags(&env, "INBOX", "Two-way 7\r").await.0 != Some(vec!["\\Flagged".into()]) {
+        assert!(
+            started.elapsed() < limit,
+            "{}: the flag did not reach the server:\n{}",
+            profile.name(),
+            daemon.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(file_with(&inbox, "Two-way 8\r")).unwrap();
+    let started = std::time::Instant::now();
+    while server_flags(&env, "Deleted Items", "Two-way 8\r").await.1 != 1 {
+        assert!(
+            started.elapsed() < limit,
+            "{}: the deletion did not reach the server:\n{}",
+            profile.name(),
+            daemon.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(daemon);
+}
+on_three_profiles!(the_daemon_sends_a_local_change_without_waiting_for_a_poll);

@@ -123,20 +123,25 @@ impl Stop {
 /// How often a two-way account's mapped local folders are looked at for changes.
 const LOCAL_POLL: Duration = Duration::from_millis(250);
 
-/// Resolves once a mapped local folder of `dirs` changes (a file added, renamed or
-/// removed); never, with no folder to watch.
-async fn local_change(dirs: Vec<Maildir>) {
+/// The stamps of `dirs` now (`None` for a folder that is missing).
+fn stamps(dirs: &[Maildir]) -> Vec<Option<crate::maildir::Stamp>> {
+    dirs.iter().map(|d| d.stamp().ok().flatten()).collect()
+}
+
+/// Resolves once the mapped local folders `dirs` differ from `baseline` (their stamps
+/// when the last full pass began: a change made during it counts, since the pass may
+/// have read the folder before it); never, with no folder to watch. A pass that changed
+/// the folders itself (a download) is thus followed by one more, which finds nothing
+/// to do unless the reader changed something meanwhile.
+async fn local_change(dirs: Vec<Maildir>, baseline: Vec<Option<crate::maildir::Stamp>>) {
     if dirs.is_empty() {
         return std::future::pending().await;
     }
-    let stamps =
-        |dirs: &[Maildir]| -> Vec<_> { dirs.iter().map(|d| d.stamp().ok().flatten()).collect() };
-    let baseline = stamps(&dirs);
     loop {
-        tokio::time::sleep(LOCAL_POLL).await;
         if stamps(&dirs) != baseline {
             return;
         }
+        tokio::time::sleep(LOCAL_POLL).await;
     }
 }
 
@@ -150,6 +155,8 @@ struct Task {
     backoff: Backoff,
     /// Kept across passes: the access token is reused until it nears expiry.
     tokens: Option<TokenSource>,
+    /// Two-way: the mapped local folders' stamps when the last full pass began.
+    local_baseline: Vec<Option<crate::maildir::Stamp>>,
 }
 
 /// Runs until stopped. Never returns an error: every failure is logged, recorded for
@@ -172,6 +179,7 @@ pub async fn run(
         stop,
         board,
         tokens: None,
+        local_baseline: Vec::new(),
     };
     tracing::Instrument::instrument(task.main(), span).await;
 }
@@ -243,6 +251,9 @@ impl Task {
 
     /// One sync pass (all folders, or one); on failure, how long to wait.
     async fn pass(&mut self, only: Option<&str>) -> Result<(), Duration> {
+        if only.is_none() {
+            self.local_baseline = stamps(&self.watched());
+        }
         self.pass_on(only, None).await.map(|_| ())
     }
 
@@ -406,12 +417,13 @@ impl Task {
             let wait = idle_timeout.min(until - now);
             let stop = self.stop.clone();
             let dirs = self.watched();
+            let baseline = self.local_baseline.clone();
             let changed = Arc::new(AtomicBool::new(false));
             let mark = changed.clone();
             let cancel = async move {
                 tokio::select! {
                     _ = stop.stopped() => {}
-                    _ = local_change(dirs) => mark.store(true, Ordering::SeqCst),
+                    _ = local_change(dirs, baseline) => mark.store(true, Ordering::SeqCst),
                 }
             };
             match session.idle(wait, cancel).await {
@@ -436,9 +448,10 @@ impl Task {
     /// true for the last.
     async fn wait(&mut self, until: Instant) -> bool {
         let dirs = self.watched();
+        let baseline = self.local_baseline.clone();
         tokio::select! {
             _ = self.stop.sleep(until.saturating_duration_since(Instant::now())) => false,
-            _ = local_change(dirs) => true,
+            _ = local_change(dirs, baseline) => true,
         }
     }
 

@@ -1096,12 +1096,18 @@ impl Session {
 
     /// Every UID in the selected folder.
     pub async fn search_all_uids(&mut self) -> Result<Vec<u32>, ImapError> {
+        self.search_uids("ALL").await
+    }
+
+    /// The UIDs of the selected folder's messages matching `criteria` (`UID SEARCH`),
+    /// sorted.
+    pub(super) async fn search_uids(&mut self, criteria: &str) -> Result<Vec<u32>, ImapError> {
         let mut uids = Vec::new();
         // One line holds every UID: up to 11 bytes each, for as many as were announced.
         self.wire
             .set_line_limit(self.exists as usize * 11 + wire::LINE_LIMIT);
         let result = self
-            .exec("UID SEARCH ALL", |r| {
+            .exec(&format!("UID SEARCH {criteria}"), |r| {
                 if let Response::MailboxData(MailboxDatum::Search(found)) = r {
                     uids.extend_from_slice(found);
                 }
@@ -1111,6 +1117,7 @@ impl Session {
         self.wire.set_line_limit(wire::LINE_LIMIT);
         result?;
         uids.sort_unstable();
+        uids.dedup();
         Ok(uids)
     }
 

@@ -112,14 +112,7 @@ impl Session {
                 self.exec(&format!("UID EXPUNGE {set}"), |_| Ok(())).await?;
                 continue;
             }
-            let mut marked = Vec::new();
-            self.exec("UID SEARCH DELETED", |r| {
-                if let Response::MailboxData(imap_proto::MailboxDatum::Search(found)) = r {
-                    marked.extend_from_slice(found);
-                }
-                Ok(())
-            })
-            .await?;
+            let marked = self.search_uids("DELETED").await?;
             let others = marked.iter().filter(|u| !chunk.contains(u)).count();
             if others > 0 {
                 return Err(ImapError::Withheld {
@@ -223,16 +216,9 @@ impl Session {
     /// The UIDs of the selected folder from `from` on (a search for `from:*` also
     /// returns the highest UID below it when there is none above: filtered out).
     pub async fn uids_from(&mut self, from: u32) -> Result<Vec<u32>, ImapError> {
-        let mut uids = Vec::new();
-        self.exec(&format!("UID SEARCH UID {}:*", from.max(1)), |r| {
-            if let Response::MailboxData(imap_proto::MailboxDatum::Search(found)) = r {
-                uids.extend(found.iter().copied().filter(|&u| u >= from));
-            }
-            Ok(())
-        })
-        .await?;
-        uids.sort_unstable();
-        uids.dedup();
+        let from = from.max(1);
+        let mut uids = self.search_uids(&format!("UID {from}:*")).await?;
+        uids.retain(|&u| u >= from);
         Ok(uids)
     }
 }
