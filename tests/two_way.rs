@@ -571,6 +571,24 @@ async fn a_change_seen_by_a_partial_pass_is_sent_later(profile: Profile) {
         "{}: the change a partial pass saw was never sent",
         profile.name()
     );
+
+    // A deletion seen by a pass that does not sync the trash waits for one that does:
+    // it never becomes an expunge.
+    std::fs::remove_file(file_with(&env.maildir("Inbox"), "Two-way 9\r")).unwrap();
+    let run = env.run(&["sync", "--folder", "Inbox"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(
+        server_flags(&env, "INBOX", "Two-way 9\r").await.1,
+        1,
+        "{}: a pass without the trash expunged a deletion:\n{run}",
+        profile.name()
+    );
+    env.sync().await;
+    assert_eq!(server_flags(&env, "INBOX", "Two-way 9\r").await.1, 0);
+    assert_eq!(
+        server_flags(&env, "Deleted Items", "Two-way 9\r").await.1,
+        1
+    );
 }
 on_three_profiles!(a_change_seen_by_a_partial_pass_is_sent_later);
 

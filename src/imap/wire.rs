@@ -157,6 +157,9 @@ impl std::fmt::Debug for Wire {
     }
 }
 
+/// How much of a literal is written under one idle timeout.
+const LITERAL_CHUNK: usize = 64 * 1024;
+
 impl Wire {
     pub fn new(stream: BoxStream, idle: Duration) -> Wire {
         Wire {
@@ -200,9 +203,13 @@ impl Wire {
         self.write(&bytes).await
     }
 
-    /// Sends a literal's bytes and the CRLF that ends the command line after it.
+    /// Sends a literal's bytes and the CRLF that ends the command line after it. The
+    /// idle timeout applies to each chunk, not the whole: a large message on a slow
+    /// link takes as long as it takes while it moves.
     pub async fn send_literal(&mut self, bytes: &[u8]) -> Result<(), WireError> {
-        self.write(bytes).await?;
+        for chunk in bytes.chunks(LITERAL_CHUNK) {
+            self.write(chunk).await?;
+        }
         self.write(b"\r\n").await
     }
 

@@ -108,23 +108,26 @@ impl Session {
                 |_| Ok(()),
             )
             .await?;
-            if self.has_uidplus() {
-                self.exec(&format!("UID EXPUNGE {set}"), |_| Ok(())).await?;
-                continue;
-            }
-            let marked = self.search_uids("DELETED").await?;
-            let others = marked.iter().filter(|u| !chunk.contains(u)).count();
-            if others > 0 {
-                return Err(ImapError::Withheld {
-                    command: "EXPUNGE".into(),
-                    detail: format!(
-                        "the server has no UIDPLUS and the folder holds {others} other message(s) marked \\Deleted, which a bare EXPUNGE would erase too; mailsync left its own marked \\Deleted and tries again next pass (expunge the folder in a mail client to let it)"
-                    ),
-                });
-            }
-            self.exec("EXPUNGE", |_| Ok(())).await?;
         }
-        Ok(())
+        if self.has_uidplus() {
+            for chunk in uids.chunks(BATCH) {
+                self.exec(&format!("UID EXPUNGE {}", uid_set(chunk)), |_| Ok(()))
+                    .await?;
+            }
+            return Ok(());
+        }
+        let ours: std::collections::HashSet<u32> = uids.iter().copied().collect();
+        let marked = self.search_uids("DELETED").await?;
+        let others = marked.iter().filter(|u| !ours.contains(u)).count();
+        if others > 0 {
+            return Err(ImapError::Withheld {
+                command: "EXPUNGE".into(),
+                detail: format!(
+                    "the server has no UIDPLUS and the folder holds {others} other message(s) marked \\Deleted, which a bare EXPUNGE would erase too; mailsync left its own marked \\Deleted and tries again next pass (expunge the folder in a mail client to let it)"
+                ),
+            });
+        }
+        self.exec("EXPUNGE", |_| Ok(())).await
     }
 
     /// Uploads a message to `folder` (its wire name) with `flags` and INTERNALDATE
@@ -164,6 +167,8 @@ impl Session {
                 .send_literal(bytes)
                 .await
                 .map_err(wire_err)?;
+            // The wait for the reply starts once the message is out.
+            self.wire_mut().set_deadline(timeout);
             sent = true;
         }
         loop {
@@ -187,12 +192,11 @@ impl Session {
                 .await?;
             match got {
                 Got::Go if !sent => {
-                    let timeout = self.timeout();
-                    self.wire_mut().set_deadline(timeout);
                     self.wire_mut()
                         .send_literal(bytes)
                         .await
                         .map_err(wire_err)?;
+                    self.wire_mut().set_deadline(timeout);
                     sent = true;
                 }
                 Got::Go | Got::Other => {}

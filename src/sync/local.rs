@@ -34,41 +34,67 @@ pub(super) struct Observed {
     /// Each folder's stamp, read before its files were: what the pass keeps at its end
     /// if the folder did not change meanwhile (see [`keep_stamps`]).
     pub stamps: HashMap<FolderId, Stamp>,
+    /// When the stamps were read (ns since the epoch).
+    pub read_at: i128,
 }
 
 /// Reads the local side of `folders`.
 pub(super) fn observe(state: &State, folders: &[Folder<'_>]) -> Result<Observed, SyncError> {
-    let mut stamps = HashMap::new();
-    let mut changed = false;
-    for f in folders {
-        let stamp = f.maildir.stamp().map_err(maildir_err(f.maildir.root()))?;
-        match stamp {
-            Some(s) => {
-                changed |= f.kept != Some((s.cur, s.new));
-                stamps.insert(f.id, s);
-            }
-            None => changed = true,
-        }
-    }
+    let read_at = now_nanos();
+    let stamps = stamps_of(folders)?;
+    let changed = folders.iter().any(|f| {
+        stamps
+            .get(&f.id)
+            .is_none_or(|s| f.kept != Some((s.cur, s.new)))
+    });
     if !changed {
         tracing::debug!("local folders unchanged since the last pass: not read");
-        return Ok(Observed { view: None, stamps });
+        return Ok(Observed {
+            view: None,
+            stamps,
+            read_at,
+        });
     }
     let mut view = LocalView::default();
-    let mut files_of: Vec<(FolderId, Vec<crate::maildir::LocalFile>)> = Vec::new();
     for f in folders {
         view.held.extend(state.records(f.id)?);
-        // A missing folder (failed by the pass) is not read: its records' files are
-        // unknown, not gone.
-        if !stamps.contains_key(&f.id) {
-            continue;
+    }
+    // The folders are read one after the other: a mail reader renaming or moving a
+    // file meanwhile could leave it in no listing, which would read as a deletion.
+    // The listings count only if no folder's stamp moved while they were taken; after
+    // a few tries, the pass goes on without deleting or uploading anything.
+    let mut stamps = stamps;
+    let mut read_at = read_at;
+    let mut files_of: Vec<(FolderId, Vec<crate::maildir::LocalFile>)> = Vec::new();
+    for attempt in 1..=READ_ATTEMPTS {
+        files_of.clear();
+        for f in folders {
+            // A missing folder (failed by the pass) is not read: its records' files
+            // are unknown, not gone.
+            if stamps.contains_key(&f.id) {
+                let files = f.maildir.list().map_err(maildir_err(f.maildir.root()))?;
+                files_of.push((f.id, files));
+            }
         }
-        let files = f.maildir.list().map_err(maildir_err(f.maildir.root()))?;
+        let after = stamps_of(folders)?;
+        if after == stamps {
+            break;
+        }
+        tracing::debug!(
+            attempt,
+            "a local folder changed while it was read: reading again"
+        );
+        if attempt == READ_ATTEMPTS {
+            view.unsettled = true;
+        }
+        stamps = after;
+        read_at = now_nanos();
+    }
+    for (folder, files) in &files_of {
         view.files.insert(
-            f.id,
+            *folder,
             files.iter().map(|l| (l.base.clone(), l.flags)).collect(),
         );
-        files_of.push((f.id, files));
     }
     let named: HashSet<&str> = view.held.iter().map(|r| r.base.as_str()).collect();
     let mut fresh = Vec::new();
@@ -99,7 +125,28 @@ pub(super) fn observe(state: &State, folders: &[Folder<'_>]) -> Result<Observed,
     Ok(Observed {
         view: Some(view),
         stamps,
+        read_at,
     })
+}
+
+/// How many times the folders are read while a mail reader keeps changing them.
+const READ_ATTEMPTS: usize = 3;
+
+fn now_nanos() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// The stamps of the folders that exist.
+fn stamps_of(folders: &[Folder<'_>]) -> Result<HashMap<FolderId, Stamp>, SyncError> {
+    let mut stamps = HashMap::new();
+    for f in folders {
+        if let Some(s) = f.maildir.stamp().map_err(maildir_err(f.maildir.root()))? {
+            stamps.insert(f.id, s);
+        }
+    }
+    Ok(stamps)
 }
 
 /// What identifies a local file once uploaded: its Message-ID, its size with CRLF line
@@ -184,17 +231,17 @@ fn settled_after(stamp: Stamp) -> Duration {
 pub(super) fn keep_stamps(
     state: &mut State,
     folders: &[Folder<'_>],
-    read: &HashMap<FolderId, Stamp>,
+    seen: &Observed,
 ) -> Result<(), SyncError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
     for f in folders {
-        let Some(before) = read.get(&f.id) else {
+        let Some(before) = seen.stamps.get(&f.id) else {
             continue;
         };
         let after = f.maildir.stamp().map_err(maildir_err(f.maildir.root()))?;
-        let settled = (before.latest() as i128) < now - settled_after(*before).as_nanos() as i128;
+        // Settled when the stamp was read, not now: a change in the same tick as the
+        // stamp, after it was read, would not have moved it.
+        let settled =
+            (before.latest() as i128) < seen.read_at - settled_after(*before).as_nanos() as i128;
         let keep = (after == Some(*before) && settled).then_some((before.cur, before.new));
         if keep != f.kept {
             state.set_local_stamp(f.id, keep)?;
@@ -202,7 +249,6 @@ pub(super) fn keep_stamps(
     }
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,8 +118,13 @@ pub enum Action {
         base: String,
         flags: Flags,
     },
-    /// Two-way: a local file no record names is uploaded (APPEND) and recorded.
-    Upload { file: LocalNew },
+    /// Two-way: a local file no record names is uploaded (APPEND) and recorded. With
+    /// `origin`, the file is that record's message, gone from the server (filed
+    /// elsewhere here, expunged there): the record goes when the upload is bound.
+    Upload {
+        file: LocalNew,
+        origin: Option<Record>,
+    },
     /// Two-way: a new message on the server is the same as the new local file `base`
     /// (same Message-ID and size): record the one as the other, download nothing,
     /// upload nothing. The record takes `flags`.
@@ -168,14 +173,28 @@ pub struct LocalView {
     pub held: Vec<Record>,
     /// Files no record names, except those the server refused before.
     pub fresh: Vec<LocalNew>,
+    /// A mail reader kept changing the folders while they were read: an absence may
+    /// be a file in flight, so nothing is deleted or uploaded this pass.
+    pub unsettled: bool,
+}
+
+/// Where a local deletion goes on the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Trash {
+    /// Expunged: `delete = "expunge"`, or no folder is mapped to `@trash`.
+    #[default]
+    Expunge,
+    /// Moved to this mapped folder (deletions inside it are expunged).
+    To(FolderId),
+    /// A trash is mapped but cannot be used this pass (not synced in it, failed,
+    /// missing locally): deletions wait for a pass that has it.
+    Wait,
 }
 
 /// How a two-way pass acts on the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
-    /// Where a local deletion goes on the server: the trash folder, or `None` to
-    /// expunge (`delete = "expunge"`, or no folder mapped to `@trash`).
-    pub trash: Option<FolderId>,
+    pub trash: Trash,
     /// How much a pass may delete or move away from one server folder; `None` with
     /// `--allow-mass-delete`.
     pub mass_delete: Option<crate::config::MassDelete>,
@@ -184,7 +203,7 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            trash: None,
+            trash: Trash::Expunge,
             mass_delete: Some(crate::config::MassDelete::default()),
         }
     }

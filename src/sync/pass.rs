@@ -28,7 +28,7 @@ use super::download;
 use super::error::{SyncError, folder_failure};
 use super::local;
 use super::login::login;
-use super::model::{Action, FolderId, Policy};
+use super::model::{Action, FolderId, Policy, Trash};
 use super::observe::{self, Failed};
 use super::options::{SyncOptions, check_stop, pause};
 use super::plan::{self, Snapshot};
@@ -89,16 +89,20 @@ pub async fn sync_account_with(
     let listed = session.list().await.map_err(imap_err)?;
     let (mut targets, failed_reports) = resolve(config, account, options, &listed, &mut state)?;
 
-    recover(&mut state, &account.name, &account.maildir)?;
-    for t in &targets {
-        t.maildir.clean_tmp().map_err(|source| SyncError::Maildir {
-            path: t.maildir.tmp(),
-            source,
-        })?;
+    // A dry run changes nothing, not even to finish what a killed run left: it plans
+    // from the state as it is.
+    if !options.dry_run {
+        recover(&mut state, &account.name, &account.maildir)?;
+        for t in &targets {
+            t.maildir.clean_tmp().map_err(|source| SyncError::Maildir {
+                path: t.maildir.tmp(),
+                source,
+            })?;
+        }
     }
 
     let two_way = account.direction == Direction::Both;
-    if two_way {
+    if two_way && !options.dry_run {
         let folders: HashMap<FolderId, push::Folder> = targets
             .iter()
             .filter(|t| !t.failed)
@@ -106,6 +110,11 @@ pub async fn sync_account_with(
             .collect();
         let failed = push::recover(&mut session, &mut state, &account.name, &folders).await?;
         for (id, e) in failed {
+            if e.is_fatal_to_session() {
+                return Err(imap_err(e));
+            }
+            // The folder sits this pass out: planned, it could send again what the
+            // journal says may already be there.
             if let Some(t) = targets.iter_mut().find(|t| t.row.id == id) {
                 fail_folder(&mut state, t, &e)?;
             }
@@ -115,6 +124,9 @@ pub async fn sync_account_with(
     // 1. Observe what changed on the server.
     let mut snapshot = Snapshot::default();
     for t in targets.iter_mut() {
+        if t.failed {
+            continue;
+        }
         let mut paused = false;
         loop {
             check_stop(options)?;
@@ -165,18 +177,13 @@ pub async fn sync_account_with(
             kept: *kept,
         })
         .collect();
-    let mut stamps = HashMap::new();
+    let mut seen_locally = None;
     if two_way {
-        let seen = local::observe(&state, &local_list)?;
-        snapshot.local = seen.view;
-        stamps = seen.stamps;
-        let trash = (account.delete == Delete::Trash)
-            .then(|| roles::resolve(&RemoteSpec::Role(Role::Trash), &listed).ok())
-            .flatten()
-            .and_then(|r| targets.iter().find(|t| t.remote.name == r.name))
-            .map(|t| t.row.id);
+        let mut seen = local::observe(&state, &local_list)?;
+        snapshot.local = seen.view.take();
+        seen_locally = Some(seen);
         snapshot.policy = Policy {
-            trash,
+            trash: trash_of(account, &listed, &targets, &local_maildirs),
             mass_delete: (!options.allow_mass_delete).then_some(account.mass_delete),
         };
     }
@@ -409,8 +416,10 @@ pub async fn sync_account_with(
         && failed_reports.is_empty()
         && targets.iter().all(|t| !t.failed)
         && targets.len() == local_list.len();
-    if two_way && whole {
-        local::keep_stamps(&mut state, &local_list, &stamps)?;
+    if let Some(seen) = &seen_locally
+        && whole
+    {
+        local::keep_stamps(&mut state, &local_list, seen)?;
     }
     let token_requests = tokens.token_requests();
 
@@ -565,6 +574,35 @@ fn toml_key(name: &str) -> String {
     }
 }
 
+/// Where a two-way pass sends local deletions: the folder mapped to the server's trash
+/// (`@trash`, or a name that resolves to the same folder) if it is synced in this pass
+/// and present locally; [`Trash::Wait`] if one is mapped but cannot be used now;
+/// expunged only with `delete = "expunge"` or no trash mapped at all.
+fn trash_of(
+    account: &Account,
+    listed: &[RemoteFolder],
+    targets: &[Target],
+    local: &[MappedMaildir],
+) -> Trash {
+    if account.delete == Delete::Expunge {
+        return Trash::Expunge;
+    }
+    let Ok(trash) = roles::resolve(&RemoteSpec::Role(Role::Trash), listed) else {
+        return Trash::Expunge;
+    };
+    let mapped = account
+        .folders
+        .iter()
+        .any(|m| roles::resolve(&m.remote, listed).is_ok_and(|r| r.name == trash.name));
+    if !mapped {
+        return Trash::Expunge;
+    }
+    match targets.iter().find(|t| t.remote.name == trash.name) {
+        Some(t) if !t.failed && local.iter().any(|(id, ..)| *id == t.row.id) => Trash::To(t.row.id),
+        _ => Trash::Wait,
+    }
+}
+
 /// A mapped folder of a two-way account: its row id, its Maildir (perhaps missing)
 /// and the stamp its last pass kept.
 type MappedMaildir = (FolderId, Maildir, Option<(i64, i64)>);
@@ -632,7 +670,7 @@ fn describe(actions: &[Action], targets: &[Target]) -> Vec<String> {
                     .entry(name(to))
                     .or_default() += 1
             }
-            Action::Upload { file } => by.entry(name(&file.folder)).or_default().upload += 1,
+            Action::Upload { file, .. } => by.entry(name(&file.folder)).or_default().upload += 1,
             Action::Adopt { folder, .. } => by.entry(name(folder)).or_default().adopt += 1,
         }
     }

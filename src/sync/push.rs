@@ -217,7 +217,7 @@ pub(super) async fn push(
         match result {
             Ok(said) => {
                 out.count(from).moved_out += uids.len() as u64;
-                bind_said(state, said, journalled, &mut unbound)?;
+                bind_said(state, &target.maildir, said, journalled, &mut unbound)?;
             }
             Err(e) => out.fail(from, e, account)?,
         }
@@ -284,7 +284,7 @@ pub(super) async fn push(
 
     // Uploads, one message at a time (each is read whole to be sent).
     for a in actions {
-        let Action::Upload { file } = a else {
+        let Action::Upload { file, origin } = a else {
             continue;
         };
         let Some(f) = folders.get(&file.folder) else {
@@ -293,7 +293,8 @@ pub(super) async fn push(
         if !out.ok(file.folder) {
             continue;
         }
-        match upload(session, state, f, file).await {
+        let origin = origin.as_ref().map(|r| (r.folder, r.uidvalidity, r.uid));
+        match upload(session, state, f, file, origin).await {
             Ok(Uploaded::Bound) => out.count(file.folder).uploaded += 1,
             Ok(Uploaded::Unbound(u)) => {
                 out.count(file.folder).uploaded += 1;
@@ -319,6 +320,7 @@ pub(super) async fn push(
 /// [`find_again`].
 fn bind_said(
     state: &mut State,
+    maildir: &Maildir,
     said: Option<(u32, Vec<(u32, u32)>)>,
     journalled: Vec<Unbound>,
     unbound: &mut Vec<Unbound>,
@@ -338,6 +340,17 @@ fn bind_said(
                     fingerprint: u.fingerprint.clone(),
                 };
                 state.bind_upload(u.id, &record, u.origin)?;
+                // The file takes the flags the record now says (a change the server
+                // made meanwhile, merged): else the next local read would take the
+                // file's old flags for a change and undo it.
+                if let Some(path) = maildir
+                    .locate(&u.base, u.flags)
+                    .map_err(maildir_err(maildir.root()))?
+                {
+                    maildir
+                        .set_flags(&path, &u.base, u.flags)
+                        .map_err(maildir_err(path))?;
+                }
             }
             None => unbound.push(u),
         }
@@ -378,6 +391,7 @@ async fn upload(
     state: &mut State,
     f: &Folder,
     file: &LocalNew,
+    origin: Option<(FolderId, u32, u32)>,
 ) -> Result<Uploaded, Failure> {
     let Some(path) = f
         .maildir
@@ -392,7 +406,7 @@ async fn upload(
         Err(e) => return Err(maildir_err(path)(e).into()),
     };
     let bytes = local::to_crlf(&bytes);
-    let id = state.journal_upload(file.folder, &file.base, f.uidnext, file.flags, None)?;
+    let id = state.journal_upload(file.folder, &file.base, f.uidnext, file.flags, origin)?;
     match session
         .append(&f.remote, file.flags, file.fingerprint.internaldate, &bytes)
         .await
@@ -409,7 +423,7 @@ async fn upload(
                     ..file.fingerprint.clone()
                 },
             };
-            state.bind_upload(id, &record, None)?;
+            state.bind_upload(id, &record, origin)?;
             // Exchange is reported to drop \Flagged given with APPEND.
             if file.flags.contains(Flags::FLAGGED) && at.uidvalidity == f.uidvalidity {
                 session
@@ -429,13 +443,13 @@ async fn upload(
             base: file.base.clone(),
             flags: file.flags,
             uidnext: f.uidnext,
-            origin: None,
+            origin,
             fingerprint: Fingerprint {
                 size: bytes.len() as u64,
                 ..file.fingerprint.clone()
             },
         })),
-        Err(e @ (ImapError::No { .. } | ImapError::Bad { .. })) => {
+        Err(e @ (ImapError::No { .. } | ImapError::Bad { .. })) if refuses_for_good(&e) => {
             state.resolve(&[id])?;
             let why = format!(
                 "{}: the server refused to take it ({e}); it stays here and is not offered again under this name",
@@ -445,14 +459,38 @@ async fn upload(
             state.refuse_upload(file.folder, &file.base, &e.to_string())?;
             Ok(Uploaded::Refused(why))
         }
-        Err(e) => Err(Failure::Folder(e)),
+        Err(e) => {
+            // Refused for now (throttled, busy): not there, offered again next pass. Any
+            // other failure (the connection lost) may have come after the server took
+            // it: the entry stays for recovery to find it again.
+            if matches!(e, ImapError::No { .. } | ImapError::Bad { .. }) {
+                state.resolve(&[id])?;
+            }
+            Err(Failure::Folder(e))
+        }
     }
+}
+
+/// Whether the server's refusal of an upload is about the message itself (too large,
+/// a line too long, malformed: Exchange's `NO Maximum size of appendable message has
+/// been exceeded`, `BAD Command Argument Error. 11`, Dovecot's `NO [LIMIT] Mail size
+/// is larger than …`), rather than the moment (throttled, busy, over quota).
+fn refuses_for_good(e: &ImapError) -> bool {
+    let text = match e {
+        ImapError::No { text, .. } | ImapError::Bad { text, .. } => text.to_ascii_lowercase(),
+        _ => return false,
+    };
+    let about_the_message = text.contains("toobig")
+        || text.contains("size")
+        || text.contains("too long")
+        || text.contains("argument error");
+    about_the_message || (e.retry() == crate::retry::Retry::Never && !text.contains("quota"))
 }
 
 /// Finds uploads whose UID the server did not say among the target's UIDs from the
 /// UIDNEXT journalled before each was sent, by Message-ID and size (or size and date),
 /// and binds them; an entry whose message is not there is dropped, and the next plan
-/// sends it again. With `recovering`, a moved message found in its target is also
+/// sends it again. With `recovering`, a moved message found in its target is first
 /// expunged from its source if a killed COPY + EXPUNGE left it there. Returns the
 /// folders that failed.
 async fn find_again(
@@ -467,7 +505,9 @@ async fn find_again(
         by_target.entry(u.folder).or_default().push(u);
     }
     let mut failed = Vec::new();
-    let mut leftovers: Vec<(FolderId, u32, u32)> = Vec::new();
+    // Entries found again: (entry, target, its UIDVALIDITY, the new UID, what the
+    // server says of it).
+    let mut matched: Vec<(Unbound, FolderId, u32, u32, Fingerprint)> = Vec::new();
     for (folder, entries) in by_target {
         let Some(f) = folders.get(&folder) else {
             continue;
@@ -508,78 +548,101 @@ async fn find_again(
         for u in entries {
             let hit = prints.iter().find(|p| {
                 !taken.contains(&p.uid)
-                    && Fingerprint {
-                        message_id: p.message_id.clone(),
-                        size: p.size,
-                        internaldate: p.internaldate,
-                    }
-                    .pairing_key()
-                        == u.fingerprint.pairing_key()
+                    && (
+                        p.message_id.as_deref(),
+                        p.size,
+                        p.message_id.is_none().then_some(p.internaldate),
+                    ) == u.fingerprint.pairing_key()
             });
             let Some(p) = hit else {
                 state.resolve(&[u.id])?;
                 continue;
             };
             taken.insert(p.uid);
-            if u.base.is_empty() {
-                // A deletion moved to the trash: the trash's copy is downloaded as new.
-                if let Some((f, v, uid)) = u.origin
-                    && let Some(r) = state.record(f, v, uid)?
-                {
-                    state.forget_records(&[r])?;
-                }
-                state.resolve(&[u.id])?;
-            } else {
-                let record = Record {
-                    folder,
-                    uidvalidity,
-                    uid: p.uid,
-                    base: u.base.clone(),
-                    flags: u.flags,
-                    fingerprint: Fingerprint {
-                        message_id: p.message_id.clone(),
-                        size: p.size,
-                        internaldate: p.internaldate,
-                    },
-                };
-                state.bind_upload(u.id, &record, u.origin)?;
-                if u.origin.is_none()
-                    && u.flags.contains(Flags::FLAGGED)
-                    && let Err(e) = session
-                        .store_flags(&[p.uid], Flags::FLAGGED, Flags::empty())
-                        .await
-                {
-                    failed.push((folder, e));
-                }
+            let fingerprint = Fingerprint {
+                message_id: p.message_id.clone(),
+                size: p.size,
+                internaldate: p.internaldate,
+            };
+            matched.push((u, folder, uidvalidity, p.uid, fingerprint));
+        }
+    }
+    // A COPY that landed before its EXPUNGE did: the originals go first, each folder's
+    // in one go (without UIDPLUS an EXPUNGE is sent only when no other message is
+    // marked, and a killed batch left all of them marked). An entry whose original
+    // could not go stays journalled: binding it now would leave the original without a
+    // record, to be downloaded again as new.
+    let mut stuck: HashSet<FolderId> = HashSet::new();
+    if recovering {
+        let mut by_source: BTreeMap<(FolderId, u32), Vec<u32>> = BTreeMap::new();
+        for (u, ..) in &matched {
+            if let Some((folder, uidvalidity, uid)) = u.origin {
+                by_source
+                    .entry((folder, uidvalidity))
+                    .or_default()
+                    .push(uid);
             }
-            if recovering && let Some(origin) = u.origin {
-                leftovers.push(origin);
+        }
+        for ((folder, uidvalidity), uids) in by_source {
+            let Some(f) = folders.get(&folder) else {
+                stuck.insert(folder);
+                continue;
+            };
+            let result = async {
+                session.select_listed(&f.remote, uidvalidity).await?;
+                let from = uids.iter().copied().min().unwrap_or(1);
+                let there: HashSet<u32> = session.uids_from(from).await?.into_iter().collect();
+                let left: Vec<u32> = uids.into_iter().filter(|u| there.contains(u)).collect();
+                if !left.is_empty() {
+                    session.expunge_messages(&left).await?;
+                }
+                Ok::<(), ImapError>(())
+            }
+            .await;
+            if let Err(e) = result {
+                stuck.insert(folder);
+                failed.push((folder, e));
             }
         }
     }
-    // A COPY that landed before its EXPUNGE did: the originals go now, each folder's
-    // in one go (without UIDPLUS an EXPUNGE is sent only when no other message is
-    // marked, and a killed batch left all of them marked).
-    let mut by_source: BTreeMap<(FolderId, u32), Vec<u32>> = BTreeMap::new();
-    for (folder, uidvalidity, uid) in leftovers {
-        by_source
-            .entry((folder, uidvalidity))
-            .or_default()
-            .push(uid);
+    let mut flagged: BTreeMap<(FolderId, u32), Vec<u32>> = BTreeMap::new();
+    for (u, folder, uidvalidity, uid, fingerprint) in matched {
+        if u.origin.is_some_and(|(source, ..)| stuck.contains(&source)) {
+            continue;
+        }
+        if u.base.is_empty() {
+            // A deletion moved to the trash: the trash's copy is downloaded as new.
+            if let Some((f, v, uid)) = u.origin
+                && let Some(r) = state.record(f, v, uid)?
+            {
+                state.forget_records(&[r])?;
+            }
+            state.resolve(&[u.id])?;
+            continue;
+        }
+        let record = Record {
+            folder,
+            uidvalidity,
+            uid,
+            base: u.base.clone(),
+            flags: u.flags,
+            fingerprint,
+        };
+        state.bind_upload(u.id, &record, u.origin)?;
+        if u.origin.is_none() && u.flags.contains(Flags::FLAGGED) {
+            flagged.entry((folder, uidvalidity)).or_default().push(uid);
+        }
     }
-    for ((folder, uidvalidity), uids) in by_source {
+    // Exchange is reported to drop \Flagged given with APPEND.
+    for ((folder, uidvalidity), uids) in flagged {
         let Some(f) = folders.get(&folder) else {
             continue;
         };
         let result = async {
             session.select_listed(&f.remote, uidvalidity).await?;
-            let from = uids.iter().copied().min().unwrap_or(1);
-            let there: HashSet<u32> = session.uids_from(from).await?.into_iter().collect();
-            let left: Vec<u32> = uids.into_iter().filter(|u| there.contains(u)).collect();
-            if !left.is_empty() {
-                session.expunge_messages(&left).await?;
-            }
-            Ok::<(), ImapError>(())
+            session
+                .store_flags(&uids, Flags::FLAGGED, Flags::empty())
+                .await
         }
         .await;
         if let Err(e) = result {

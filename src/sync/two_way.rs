@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::model::{Action, EMPTIED, FolderId, LocalNew, LocalView, Policy, Record};
+use super::model::{Action, EMPTIED, FolderId, LocalNew, LocalView, Policy, Record, Trash};
 use crate::flags::Flags;
 use crate::sync::model::Fingerprint;
 
@@ -222,8 +222,10 @@ pub(super) fn merge(
                             flags: lf,
                             fingerprint: record.fingerprint.clone(),
                         };
-                        out.push(Action::Remove { record });
-                        out.push(Action::Upload { file });
+                        out.push(Action::Upload {
+                            file,
+                            origin: Some(record),
+                        });
                     }
                     _ => out.push(Action::Remove { record }),
                 }
@@ -281,12 +283,19 @@ pub(super) fn merge(
             }
         }
     }
+    if local.unsettled {
+        deleted.clear();
+        fresh.clear();
+    }
     for r in deleted {
-        let trash = policy.trash.filter(|t| *t != r.folder);
-        // With the trash not planned this pass, the deletion waits for it.
-        if trash.is_some_and(|t| !live.contains_key(&t)) {
-            continue;
-        }
+        let trash = match policy.trash {
+            Trash::Expunge => None,
+            Trash::To(t) if t == r.folder => None,
+            Trash::To(t) if live.contains_key(&t) => Some(t),
+            // The trash is mapped but not planned this pass: the deletion waits for
+            // it rather than become an expunge.
+            Trash::To(_) | Trash::Wait => continue,
+        };
         out.push(Action::PushDelete {
             record: r.clone(),
             trash,
@@ -296,7 +305,7 @@ pub(super) fn merge(
         fresh
             .into_iter()
             .flatten()
-            .map(|file| Action::Upload { file }),
+            .map(|file| Action::Upload { file, origin: None }),
     );
 
     let refused = refusals(local, policy, live, &at, &out);
@@ -380,7 +389,10 @@ fn touches(a: &Action, folders: &HashSet<FolderId>) -> bool {
         Action::PushMove { record, to, .. } => {
             folders.contains(&record.folder) || folders.contains(to)
         }
-        Action::Upload { file } => folders.contains(&file.folder),
+        Action::Upload { file, origin } => {
+            folders.contains(&file.folder)
+                || origin.as_ref().is_some_and(|r| folders.contains(&r.folder))
+        }
     }
 }
 

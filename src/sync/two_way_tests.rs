@@ -58,7 +58,7 @@ fn live() -> HashMap<FolderId, u32> {
 
 fn policy() -> Policy {
     Policy {
-        trash: Some(TRASH),
+        trash: Trash::To(TRASH),
         mass_delete: Some(MassDelete::default()),
     }
 }
@@ -207,7 +207,13 @@ fn a_new_local_file_is_uploaded() {
         fingerprint: fp(9),
     };
     let v = view(&[], &[(INBOX, "draft", Flags::DRAFT)], vec![n.clone()]);
-    assert_eq!(run(&v, vec![]).0, vec![Action::Upload { file: n }]);
+    assert_eq!(
+        run(&v, vec![]).0,
+        vec![Action::Upload {
+            file: n,
+            origin: None
+        }]
+    );
 }
 
 /// Conflict: deleted locally while its flags changed on the server. Kept: downloaded
@@ -253,17 +259,15 @@ fn moved_here_while_expunged_there_is_uploaded_where_filed() {
     let (actions, _) = run(&v, vec![Action::Remove { record: r.clone() }]);
     assert_eq!(
         actions,
-        vec![
-            Action::Remove { record: r.clone() },
-            Action::Upload {
-                file: LocalNew {
-                    folder: ARCHIVE,
-                    base: "base1".into(),
-                    flags: S,
-                    fingerprint: r.fingerprint
-                }
+        vec![Action::Upload {
+            file: LocalNew {
+                folder: ARCHIVE,
+                base: "base1".into(),
+                flags: S,
+                fingerprint: r.fingerprint.clone()
             },
-        ]
+            origin: Some(r)
+        }]
     );
 }
 
@@ -391,7 +395,7 @@ fn an_emptied_folder_is_refused_not_deleted() {
     let (actions, refused) = merge(
         &v,
         &Policy {
-            trash: Some(TRASH),
+            trash: Trash::To(TRASH),
             mass_delete: None,
         },
         &live(),
@@ -471,5 +475,69 @@ fn deleted_here_and_only_marked_deleted_there_goes() {
             record: r,
             trash: None
         }]
+    );
+}
+
+/// With a trash mapped but not synced in this pass (`sync --folder`, the daemon's
+/// Inbox pass, a trash folder missing locally), a deletion waits: it never becomes an
+/// expunge.
+#[test]
+fn a_deletion_waits_for_a_trash_it_cannot_use() {
+    let r = record(INBOX, 1, NONE);
+    let v = view(std::slice::from_ref(&r), &[], vec![]);
+    let inbox_only: HashMap<FolderId, u32> = [(INBOX, V)].into_iter().collect();
+    for trash in [Trash::To(TRASH), Trash::Wait] {
+        let p = Policy { trash, ..policy() };
+        let (actions, _) = merge(&v, &p, &inbox_only, &HashMap::new(), vec![]);
+        assert_eq!(actions, vec![], "{trash:?}");
+    }
+    let p = Policy {
+        trash: Trash::Expunge,
+        ..policy()
+    };
+    let (actions, _) = merge(&v, &p, &inbox_only, &HashMap::new(), vec![]);
+    assert_eq!(
+        actions,
+        vec![Action::PushDelete {
+            record: r,
+            trash: None
+        }]
+    );
+}
+
+/// Folders a mail reader kept changing while they were read: an absence may be a file
+/// in flight between two folders, so nothing is deleted or uploaded; flags still go.
+#[test]
+fn an_unsettled_read_deletes_and_uploads_nothing() {
+    let gone = record(INBOX, 1, NONE);
+    let flagged = record(INBOX, 2, NONE);
+    let n = LocalNew {
+        folder: ARCHIVE,
+        base: "in.flight".into(),
+        flags: NONE,
+        fingerprint: fp(9),
+    };
+    let mut v = view(
+        &[gone, flagged],
+        &[(INBOX, "base2", F), (ARCHIVE, "in.flight", NONE)],
+        vec![n],
+    );
+    v.unsettled = true;
+    let (actions, _) = run(&v, vec![]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::PushFlags {
+                folder: INBOX,
+                uid: 2,
+                add: F,
+                remove: NONE
+            },
+            Action::SetFlags {
+                folder: INBOX,
+                uid: 2,
+                flags: F
+            },
+        ]
     );
 }
