@@ -81,4 +81,9 @@ pub struct SyncArgs {
     /// max_delete_percent / max_delete_count allow (two-way accounts)
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// Let this pass upload more new local messages to a server folder than the same
+    /// limits allow (two-way accounts; files the server does not have, such as a
+    /// Maildir written by another program)
+    #[arg(long)]
+    pub allow_mass_upload: bool,
 }

@@ -31,6 +31,7 @@ pub async fn run(config: &Config, args: &SyncArgs, quiet: bool) -> Result<Exit, 
             progress,
             dry_run: args.dry_run,
             allow_mass_delete: args.allow_mass_delete,
+            allow_mass_upload: args.allow_mass_upload,
             ..SyncOptions::default()
         };
         match sync_account(config, account, &options).await {

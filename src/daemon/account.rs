@@ -282,6 +282,7 @@ impl Task {
             login_attempts: 1,
             dry_run: false,
             allow_mass_delete: false,
+            allow_mass_upload: false,
         };
         if self.tokens.is_none() {
             match TokenSource::new(&self.account, &self.config.daemon.state_dir) {

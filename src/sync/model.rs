@@ -198,6 +198,9 @@ pub struct Policy {
     /// How much a pass may delete or move away from one server folder; `None` with
     /// `--allow-mass-delete`.
     pub mass_delete: Option<crate::config::MassDelete>,
+    /// How much a pass may upload to one server folder (the same limits, against the
+    /// folder's size); `None` with `--allow-mass-upload`.
+    pub mass_upload: Option<crate::config::MassDelete>,
 }
 
 impl Default for Policy {
@@ -205,6 +208,7 @@ impl Default for Policy {
         Policy {
             trash: Trash::Expunge,
             mass_delete: Some(crate::config::MassDelete::default()),
+            mass_upload: Some(crate::config::MassDelete::default()),
         }
     }
 }

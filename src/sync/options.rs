@@ -27,6 +27,8 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Lift the mass-deletion limit for this pass (`sync --allow-mass-delete`).
     pub allow_mass_delete: bool,
+    /// Lift the mass-upload limit for this pass (`sync --allow-mass-upload`).
+    pub allow_mass_upload: bool,
 }
 
 impl Default for SyncOptions {
@@ -40,6 +42,7 @@ impl Default for SyncOptions {
             login_attempts: super::login::TRANSIENT_ATTEMPTS,
             dry_run: false,
             allow_mass_delete: false,
+            allow_mass_upload: false,
         }
     }
 }

@@ -185,6 +185,7 @@ pub async fn sync_account_with(
         snapshot.policy = Policy {
             trash: trash_of(account, &listed, &targets, &local_maildirs),
             mass_delete: (!options.allow_mass_delete).then_some(account.mass_delete),
+            mass_upload: (!options.allow_mass_upload).then_some(account.mass_delete),
         };
     }
 

@@ -325,9 +325,6 @@ fn refusals(
     at: &Whereabouts<'_>,
     actions: &[Action],
 ) -> Vec<(FolderId, String)> {
-    let Some(limit) = policy.mass_delete else {
-        return Vec::new();
-    };
     let mut held: HashMap<FolderId, u64> = HashMap::new();
     let mut gone: HashMap<FolderId, u64> = HashMap::new();
     for r in &local.held {
@@ -339,19 +336,41 @@ fn refusals(
         }
     }
     let mut taken: HashMap<FolderId, u64> = HashMap::new();
+    let mut uploads: HashMap<FolderId, u64> = HashMap::new();
     for a in actions {
-        if let Action::PushDelete { record, .. } | Action::PushMove { record, .. } = a {
-            *taken.entry(record.folder).or_default() += 1;
+        match a {
+            Action::PushDelete { record, .. } | Action::PushMove { record, .. } => {
+                *taken.entry(record.folder).or_default() += 1;
+            }
+            Action::Upload { file, .. } => *uploads.entry(file.folder).or_default() += 1,
+            _ => {}
         }
     }
     let mut refused = Vec::new();
-    let mut folders: Vec<FolderId> = held.keys().copied().collect();
+    let mut folders: Vec<FolderId> = held.keys().chain(uploads.keys()).copied().collect();
     folders.sort();
+    folders.dedup();
     for folder in folders {
-        let n = held[&folder];
+        let n = held.get(&folder).copied().unwrap_or(0);
         let files = local.files.get(&folder).map_or(0, HashMap::len);
         let deleted = gone.get(&folder).copied().unwrap_or(0);
         let out = taken.get(&folder).copied().unwrap_or(0);
+        let up = uploads.get(&folder).copied().unwrap_or(0);
+        if let Some(limit) = policy.mass_upload
+            && limit.exceeded(up, n)
+        {
+            refused.push((
+                folder,
+                format!(
+                    "this pass would upload {up} local messages the server does not have to a folder of {n}, more than max_delete_count = {} and max_delete_percent = {}%; nothing was sent. If they are new messages (not a Maildir another program wrote, whose mail the server may have deleted since), run `mailsync sync --allow-mass-upload` once",
+                    limit.count, limit.percent
+                ),
+            ));
+            continue;
+        }
+        let Some(limit) = policy.mass_delete else {
+            continue;
+        };
         if files == 0 && n as usize > EMPTIED && deleted == n {
             refused.push((
                 folder,

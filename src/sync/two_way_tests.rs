@@ -60,6 +60,7 @@ fn policy() -> Policy {
     Policy {
         trash: Trash::To(TRASH),
         mass_delete: Some(MassDelete::default()),
+        mass_upload: Some(MassDelete::default()),
     }
 }
 
@@ -397,6 +398,7 @@ fn an_emptied_folder_is_refused_not_deleted() {
         &Policy {
             trash: Trash::To(TRASH),
             mass_delete: None,
+            mass_upload: None,
         },
         &live(),
         &HashMap::new(),
@@ -540,4 +542,34 @@ fn an_unsettled_read_deletes_and_uploads_nothing() {
             },
         ]
     );
+}
+
+/// Many local files the server does not have (a Maildir another program wrote, whose
+/// mail the server may have deleted since) are not uploaded unconfirmed.
+#[test]
+fn a_mass_upload_is_refused_until_confirmed() {
+    let fresh: Vec<LocalNew> = (1..=60)
+        .map(|i| LocalNew {
+            folder: ARCHIVE,
+            base: format!("foreign{i}"),
+            flags: S,
+            fingerprint: fp(100 + i),
+        })
+        .collect();
+    let v = view(&[], &[], fresh);
+    let (actions, refused) = run(&v, vec![]);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].1.contains("--allow-mass-upload"),
+        "{}",
+        refused[0].1
+    );
+    let p = Policy {
+        mass_upload: None,
+        ..policy()
+    };
+    let (actions, refused) = merge(&v, &p, &live(), &HashMap::new(), vec![]);
+    assert!(refused.is_empty());
+    assert_eq!(actions.len(), 60);
 }
