@@ -1,6 +1,6 @@
 //! The report: the results table (scenario × profile × tool, medians), the physical
-//! limit, the new-mail latency, the machine, the versions, the date and the exact
-//! command, as Markdown.
+//! limit, the new-mail latency, scenario e's verdicts, the machine, the versions, the
+//! date and the exact command, as Markdown.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -182,6 +182,27 @@ pub fn latency(all: &[Latency], sizes: &[f64], corpus: usize) -> String {
          per message, the notice during mbsync's run plus its run to the file, what a \
          notifier that starts mbsync on the notice could do at best (its own reaction and \
          mbsync's start-up are not in it).\n",
+    );
+    t
+}
+
+/// Scenario e's lines (see `two_way_lines` in the bench module) as a Markdown list, with
+/// what the rows of the table measure.
+pub fn two_way(lines: &[String]) -> String {
+    let mut t: String = lines.iter().map(|l| format!("- {l}\n")).collect();
+    t.push_str(
+        "\nRows e, e1, e2 of the table: one local change set made in the tool's Maildir as \
+         a mail reader would (flags by renaming the info part, files deleted, files moved \
+         into another folder's `cur/`, new files written into `new/` with CRLF line ends), \
+         the server restored before each run; e is the pass that sends it, e1 the next pass \
+         and e2 the one after, nothing changed, both once the store has been still for 3 s \
+         (mailsync reads its local folders again in e1: it keeps a folder's directory times \
+         only once they are 2-3 s old, and e's changes were made 1.1 s before e). mailsync: \
+         `direction = \"both\"`, `delete = \"expunge\"` (mbsync's semantics; mailsync's \
+         default moves a deleted message to the trash); mbsync: `Sync All`, `Create Both`, \
+         `Expunge Both`. A file moved between folders loses mbsync's `,U=` in its name, and \
+         mbsync sends it as an expunge and an upload. Server state: per folder, the \
+         Message-ID and system flags of every message.\n",
     );
     t
 }
