@@ -9,7 +9,8 @@ use super::tools::Tool;
 
 pub const USAGE: &str = "usage: mailsync-testenv bench [--messages N] [--runs R] \
 [--profiles full,exchange] [--tools mailsync,mbsync,offlineimap] [--offlineimap-initial-runs K] \
-[--mailsync PATH] [--rtt MS] [--out DIR] [--latency M] [--latency-only] [--two-way-only]
+[--mailsync PATH] [--rtt MS] [--out DIR] [--latency M] [--latency-only] [--push-latency N] \
+[--two-way-only]
 
   --latency M      also measure new-mail latency with M messages per profile (default 0:
                    off): `mailsync run` (IDLE) against one `mbsync CHANNEL:INBOX` run
@@ -17,9 +18,14 @@ pub const USAGE: &str = "usage: mailsync-testenv bench [--messages N] [--runs R]
   --latency-only   skip scenarios a, b, c and the physical limit: sync once, then only
                    the latency (M = 50 unless --latency says otherwise); OfflineIMAP is
                    left out
+  --push-latency N also measure flag-push latency with N local renames per profile
+                   (default 0: off), after scenario e: `mailsync run` (two-way) against
+                   one `mbsync CHANNEL:INBOX` (two-way) started at each rename; ~1.5 s
+                   per rename and tool
   --two-way-only   skip scenarios a, c and the physical limit: sync once, then b (the
-                   pull no-op the two-way no-op is set against) and e; OfflineIMAP is
-                   left out
+                   pull no-op the two-way no-op is set against), e and the flag-push
+                   latency (N = 20 unless --push-latency says otherwise); OfflineIMAP
+                   is left out
 
 Scenario e (two-way push) runs in every mode but --latency-only.";
 
@@ -47,7 +53,9 @@ pub struct BenchArgs {
     pub latency: usize,
     /// Only the latency: no scenarios a, b, c, e, no physical limit.
     pub latency_only: bool,
-    /// Only what two-way needs: one unmeasured sync, b and e.
+    /// Flag-push latency: local renames per profile and tool (0: off).
+    pub push_latency: usize,
+    /// Only what two-way needs: one unmeasured sync, b, e and the flag-push latency.
     pub two_way_only: bool,
     /// The command line as given, for the report.
     pub command_line: String,
@@ -74,6 +82,7 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<BenchArgs> {
         rtt_ms: 0,
         latency: 0,
         latency_only: false,
+        push_latency: 0,
         two_way_only: false,
         command_line: format!("mailsync-testenv bench {}", argv.join(" ")),
     };
@@ -97,6 +106,7 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<BenchArgs> {
             "--rtt" => args.rtt_ms = value("--rtt")?.parse()?,
             "--latency" => args.latency = value("--latency")?.parse()?,
             "--latency-only" => args.latency_only = true,
+            "--push-latency" => args.push_latency = value("--push-latency")?.parse()?,
             "--two-way-only" => args.two_way_only = true,
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown option {other:?}\n{USAGE}"),
@@ -108,7 +118,13 @@ pub fn parse(argv: impl Iterator<Item = String>) -> Result<BenchArgs> {
     if args.latency_only && args.two_way_only {
         bail!("--latency-only and --two-way-only: choose one");
     }
+    if args.latency_only && args.push_latency > 0 {
+        bail!("--push-latency runs after scenario e, which --latency-only skips");
+    }
     if args.two_way_only {
+        if args.push_latency == 0 {
+            args.push_latency = 20;
+        }
         args.tools.retain(|&t| super::two_way::supports(t));
     }
     if args.latency_only {

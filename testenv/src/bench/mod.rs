@@ -17,8 +17,17 @@
 //! folders, 20 new messages) from the store c left, mailsync with `direction = "both"`,
 //! mbsync with `Sync All`, the server reset before every run; the servers they leave
 //! are compared (Message-IDs and flags per folder), and the two passes after (e1, e2:
-//! nothing changed) give the two-way no-op, set against b's pull no-op.
-//! `--two-way-only` does one unmeasured sync, then b and e.
+//! nothing changed) give the two-way no-op, set against b's pull no-op. With
+//! `--push-latency N`, after e, N local renames adding `F`, each timed until the server
+//! shows `\Flagged` (`push_latency`): `mailsync run` against one `mbsync CHANNEL:INBOX`
+//! started at the rename. `--two-way-only` does one unmeasured sync, then b, e and the
+//! flag-push latency (N = 20 unless given):
+//!
+//! ```text
+//! bench/run --two-way-only --messages 2000 --runs 1     # quick check, a few minutes
+//! bench/run --two-way-only --messages 20000 --runs 3    # the figures
+//! bench/run --push-latency 20                           # everything, then the latency
+//! ```
 
 mod args;
 mod compare;
@@ -26,6 +35,7 @@ mod fsutil;
 mod latency;
 mod limit;
 mod measure;
+mod push_latency;
 mod report;
 mod server;
 mod tools;
@@ -251,6 +261,7 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
         max_size: Some(200_000),
     });
     let mut latencies = Vec::new();
+    let mut push_latencies = Vec::new();
     let mut two_way_notes: Vec<String> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut limit = None;
@@ -433,6 +444,19 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
                 println!("[{}] {}", profile.name(), report::latency_line(&l));
                 latencies.push(l);
             }
+            if args.push_latency > 0 && two_way::supports(tool) {
+                let l = push_latency::measure(
+                    &setup.two_way()?,
+                    &server,
+                    &logs,
+                    profile.name(),
+                    args.push_latency,
+                )
+                .await
+                .with_context(|| format!("{} flag-push latency", tool.name()))?;
+                println!("[{}] {}", profile.name(), report::push_latency_line(&l));
+                push_latencies.push(l);
+            }
             if std::env::var_os("MAILSYNC_BENCH_KEEP").is_none() {
                 remove_tree(&dir)?;
             }
@@ -518,6 +542,11 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
         let md = report::two_way(&two_way_notes);
         println!("\n{md}");
         sections.push(format!("### Two-way push (scenario e)\n\n{md}"));
+    }
+    if !push_latencies.is_empty() {
+        let md = report::push_latency(&push_latencies);
+        println!("\n{md}");
+        sections.push(format!("### Flag-push latency\n\n{md}"));
     }
     let env = report::environment(work, &args.mailsync);
     let md = format!(
