@@ -17,7 +17,8 @@
 //! folders, 20 new messages) from the store c left, mailsync with `direction = "both"`,
 //! mbsync with `Sync All`, the server reset before every run; the servers they leave
 //! are compared (Message-IDs and flags per folder), and the two passes after (e1, e2:
-//! nothing changed) give the two-way no-op, set against b's pull no-op. With
+//! nothing changed) give the two-way no-op, set against b's pull no-op and against a
+//! pull no-op on the same store and server (e3). With
 //! `--push-latency N`, after e, N local renames adding `F`, each timed until the server
 //! shows `\Flagged` (`push_latency`): `mailsync run` against one `mbsync CHANNEL:INBOX`
 //! started at the rename. `--two-way-only` does one unmeasured sync, then b, e and the
@@ -56,18 +57,20 @@ use report::Row;
 use server::{Server, Snapshot};
 use tools::{Setup, Tool};
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "a. initial sync",
     "b. no-op resync",
     "c. resync after changes",
     "e. two-way push of local changes",
     "e1. two-way, next pass (nothing changed)",
     "e2. two-way no-op",
+    "e3. pull no-op after e2",
 ];
-/// Scenario e's three timed passes (indexes into [`SCENARIOS`]).
+/// Scenario e's four timed passes (indexes into [`SCENARIOS`]).
 const E: usize = 3;
 const E_NEXT: usize = 4;
 const E_NOOP: usize = 5;
+const E_PULL: usize = 6;
 
 /// A scenario's short name ("a", "e1"): log file names and `runs.tsv`.
 fn key(s: usize) -> &'static str {
@@ -196,12 +199,20 @@ fn two_way_lines(
         } else {
             String::new()
         };
-        lines.push(format!(
+        let mut line = format!(
             "{profile}: {}: two-way no-op ÷ pull no-op = e2 {:.3} s ÷ b {:.3} s = {ratio:.2}{bar}",
             tool.name(),
             noop.wall,
             pull.wall
-        ));
+        );
+        if let Some(same) = medians.get(&(E_PULL, tool)) {
+            line.push_str(&format!(
+                "; ÷ the pull no-op on the same store and server after e2 (e3, {:.3} s) = {:.2}",
+                same.wall,
+                noop.wall / same.wall
+            ));
+        }
+        lines.push(line);
     }
     lines
 }
@@ -428,6 +439,7 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
                 medians.insert((E, tool), measure::median(&o.push));
                 medians.insert((E_NEXT, tool), measure::median(&o.next));
                 medians.insert((E_NOOP, tool), measure::median(&o.noop));
+                medians.insert((E_PULL, tool), measure::median(&o.pull));
                 println!(
                     "[{}] {} messages per folder on the server before and after e: {:?} {:?}",
                     profile.name(),

@@ -192,13 +192,14 @@ pub fn latency(all: &[Latency], sizes: &[f64], corpus: usize) -> String {
 pub fn two_way(lines: &[String]) -> String {
     let mut t: String = lines.iter().map(|l| format!("- {l}\n")).collect();
     t.push_str(
-        "\nRows e, e1, e2 of the table: one local change set made in the tool's Maildir as \
-         a mail reader would (flags by renaming the info part, files deleted, files moved \
-         into another folder's `cur/`, new files written into `new/` with CRLF line ends), \
-         the server restored before each run; e is the pass that sends it, e1 the next pass \
-         and e2 the one after, nothing changed, both once the store has been still for 3 s \
+        "\nRows e to e3 of the table: one local change set made in the tool's Maildir as a \
+         mail reader would (flags by renaming the info part, files deleted, files moved into \
+         another folder's `cur/`, new files written into `new/` with CRLF line ends), the \
+         server restored before each run; e is the pass that sends it; e1 the next pass and \
+         e2 the one after, nothing changed, both once the store has been still for 3 s \
          (mailsync reads its local folders again in e1: it keeps a folder's directory times \
-         only once they are 2-3 s old, and e's changes were made 1.1 s before e). mailsync: \
+         only once they are 2-3 s old, and e's changes were made 1.1 s before e); e3 a pull \
+         pass (the pull config) on the same store and server as e2. mailsync: \
          `direction = \"both\"`, `delete = \"expunge\"` (mbsync's semantics; mailsync's \
          default moves a deleted message to the trash); mbsync: `Sync All`, `Create Both`, \
          `Expunge Both`. A file moved between folders loses mbsync's `,U=` in its name, and \

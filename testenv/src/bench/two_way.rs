@@ -16,7 +16,10 @@
 //!   whole second the pass ends in (its `SETTLED`; 2 to 3 s), and e's changes were made
 //!   1.1 s before e started. Run once the store has been still for over 3 s, as a next
 //!   pass after a pause in reading mail is, so that it keeps them;
-//! - e2: the pass after, nothing changed: the two-way no-op, against b's pull no-op.
+//! - e2: the pass after, nothing changed: the two-way no-op, against b's pull no-op;
+//! - e3: a pull pass (the tool's pull config) after it: the pull no-op on the same
+//!   store and the same server as e2, which b (before the change set, on the server
+//!   as the first sync left it) is not.
 //!
 //! The change set ([`ChangeSet::plan`]), chosen once per profile by Message-ID from the
 //! server as the first tool found it, in proportion to the folders' sizes as scenario c
@@ -499,6 +502,7 @@ pub struct Outcome {
     pub push: Vec<Run>,
     pub next: Vec<Run>,
     pub noop: Vec<Run>,
+    pub pull: Vec<Run>,
     /// The server before the change set (the two-way snapshot).
     pub before: ServerState,
     /// The server after the last run's e2.
@@ -512,7 +516,7 @@ pub struct Outcome {
 /// Runs scenario e for `pull`'s tool `runs` times (see the module header). `plan` is
 /// the profile's change set, chosen here by the first tool; `baseline` is where the
 /// store is kept aside; `record(scenario, run, r)` is called for every timed pass, with
-/// scenario [`super::E`], [`super::E_NEXT`] or [`super::E_NOOP`].
+/// scenario [`super::E`], [`super::E_NEXT`], [`super::E_NOOP`] or [`super::E_PULL`].
 #[allow(clippy::too_many_arguments)]
 pub async fn measure(
     pull: &Setup,
@@ -545,6 +549,7 @@ pub async fn measure(
         push: Vec::new(),
         next: Vec::new(),
         noop: Vec::new(),
+        pull: Vec::new(),
         before,
         after: ServerState(Vec::new()),
         runs_agree: true,
@@ -555,16 +560,17 @@ pub async fn measure(
         remove_tree(&two.dir)?;
         copy_tree(baseline, &two.dir)?;
         set.apply(&two)?;
-        for (s, passes) in [
-            (super::E, &mut out.push),
-            (super::E_NEXT, &mut out.next),
-            (super::E_NOOP, &mut out.noop),
+        for (s, setup, passes) in [
+            (super::E, &two, &mut out.push),
+            (super::E_NEXT, &two, &mut out.next),
+            (super::E_NOOP, &two, &mut out.noop),
+            (super::E_PULL, pull, &mut out.pull),
         ] {
             if s == super::E_NEXT {
                 wait_settled(&two.folders)?;
             }
             let label = format!("{tool}-{}-{}", super::key(s), i + 1);
-            let r = measure::run(&two, server, logs, &label)
+            let r = measure::run(setup, server, logs, &label)
                 .with_context(|| format!("{tool} {}", super::SCENARIOS[s]))?;
             record(s, i, &r)?;
             passes.push(r);
