@@ -26,7 +26,9 @@
 //! is: 2,000 flags added (`S` where unseen, else `F`) by renaming the file's info
 //! part; 100 files deleted; 50 files moved into another mapped folder's `cur/` (30
 //! from INBOX to Archive, 20 back); 20 new messages written into `new/` (through
-//! `tmp/`, CRLF, Message-IDs of their own; seed 4545, the corpus's folder split).
+//! `tmp/`, CRLF, Message-IDs of their own; seed 4545, the corpus's folder split and
+//! sizes up to 200 KB). A small corpus gets fewer: at most half a folder flagged and a
+//! twentieth deleted, and as much moved (2,000 messages: 999, 99 and 49).
 //! mbsync names its files `…,U=<uid>:2,<flags>` with the UID of its own Maildir
 //! folder; a file moved to another folder loses the `,U=` (as a reader that knows
 //! mbsync does), so mbsync sees a deletion and a new message, which it sends as an
