@@ -94,13 +94,13 @@ pub async fn measure(
     let mut notices = Notices::start(server).await?;
     if let Some(d) = daemon.as_mut() {
         // The first pass (over every folder) and then IDLE.
-        wait_for_idle(server, d, Duration::from_secs(120))?;
+        wait_for_idle(server, d, Duration::from_secs(120), 2)?;
     }
     let mut session = server.admin_session().await?;
     for (i, bytes) in messages.iter().enumerate() {
         tokio::task::block_in_place(|| std::thread::sleep(GAP));
         if let Some(d) = daemon.as_mut() {
-            wait_for_idle(server, d, LAND_DEADLINE)?;
+            wait_for_idle(server, d, LAND_DEADLINE, 2)?;
         }
         notices.forget();
         let before = inbox.look()?;
@@ -141,7 +141,7 @@ pub async fn measure(
 
 /// `mbsync -q -c RC CHANNEL:INBOX`: the same channel as the sync scenarios, the Inbox
 /// only; output appended to `log`.
-fn mbsync_inbox(setup: &Setup, log: &Path) -> Result<Child> {
+pub(super) fn mbsync_inbox(setup: &Setup, log: &Path) -> Result<Child> {
     let mut argv = setup.argv.clone();
     if argv.pop().as_deref() != Some("-a") {
         bail!("mbsync's command does not end with -a: {:?}", setup.argv);
@@ -161,9 +161,14 @@ fn mbsync_inbox(setup: &Setup, log: &Path) -> Result<Child> {
         .context("start mbsync")
 }
 
-/// Waits until the server shows two sessions in IDLE (Dovecot's process titles): the
-/// harness's notice watcher and mailsync, back to idling.
-fn wait_for_idle(server: &Server, daemon: &mut Daemon, within: Duration) -> Result<()> {
+/// Waits until the server shows `sessions` sessions in IDLE (Dovecot's process titles):
+/// here two, the harness's notice watcher and mailsync, back to idling.
+pub(super) fn wait_for_idle(
+    server: &Server,
+    daemon: &mut Daemon,
+    within: Duration,
+    sessions: usize,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
         let idling = server
@@ -172,7 +177,7 @@ fn wait_for_idle(server: &Server, daemon: &mut Daemon, within: Duration) -> Resu
             .iter()
             .filter(|t| t.ends_with(" IDLE]"))
             .count();
-        if idling >= 2 {
+        if idling >= sessions {
             return Ok(());
         }
         daemon.alive()?;
@@ -327,7 +332,7 @@ impl Inbox {
 
 /// `mailsync run` as a child, stopped (SIGTERM, then SIGKILL after 10 s) when dropped,
 /// so an error anywhere in the bench does not leave it running.
-struct Daemon {
+pub(super) struct Daemon {
     child: Option<Child>,
     log: PathBuf,
 }
@@ -335,7 +340,7 @@ struct Daemon {
 impl Daemon {
     /// Writes `run.toml` next to the sync config (the same account and state, the poll
     /// interval an hour, IDLE on) and starts `mailsync --config run.toml run`.
-    fn start(setup: &Setup, log: &Path) -> Result<Daemon> {
+    pub(super) fn start(setup: &Setup, log: &Path) -> Result<Daemon> {
         let text = std::fs::read_to_string(&setup.config)
             .with_context(|| format!("read {}", setup.config.display()))?;
         if !text.starts_with("[daemon]\n") {
@@ -368,7 +373,7 @@ impl Daemon {
     }
 
     /// Fails if the daemon has exited.
-    fn alive(&mut self) -> Result<()> {
+    pub(super) fn alive(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut()
             && let Some(status) = c.try_wait()?
         {
@@ -383,7 +388,7 @@ impl Daemon {
     }
 
     /// SIGTERM and wait; fails if it does not exit cleanly within 10 s.
-    fn stop(mut self) -> Result<()> {
+    pub(super) fn stop(mut self) -> Result<()> {
         match self.terminate() {
             Some(s) if s.success() => Ok(()),
             other => bail!(

@@ -11,6 +11,24 @@
 //! and mbsync then also take M new messages one at a time into the Inbox they synced,
 //! and the time each takes to land is reported (`latency`); `--latency-only` does just
 //! that, after one unmeasured sync.
+//!
+//! Scenario e (two-way push, `two_way`; mailsync and mbsync, not OfflineIMAP): each
+//! sends the same local change set (2,000 flag changes, 100 deletes, 50 moves between
+//! folders, 20 new messages) from the store c left, mailsync with `direction = "both"`,
+//! mbsync with `Sync All`, the server reset before every run; the servers they leave
+//! are compared (Message-IDs and flags per folder), and the two passes after (e1, e2:
+//! nothing changed) give the two-way no-op, set against b's pull no-op and against a
+//! pull no-op on the same store and server (e3). With
+//! `--push-latency N`, after e, N local renames adding `F`, each timed until the server
+//! shows `\Flagged` (`push_latency`): `mailsync run` against one `mbsync CHANNEL:INBOX`
+//! started at the rename. `--two-way-only` does one unmeasured sync, then b, e and the
+//! flag-push latency (N = 20 unless given):
+//!
+//! ```text
+//! bench/run --two-way-only --messages 2000 --runs 1     # quick check, a few minutes
+//! bench/run --two-way-only --messages 20000 --runs 3    # the figures
+//! bench/run --push-latency 20                           # everything, then the latency
+//! ```
 
 mod args;
 mod compare;
@@ -18,9 +36,11 @@ mod fsutil;
 mod latency;
 mod limit;
 mod measure;
+mod push_latency;
 mod report;
 mod server;
 mod tools;
+mod two_way;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -37,11 +57,25 @@ use report::Row;
 use server::{Server, Snapshot};
 use tools::{Setup, Tool};
 
-const SCENARIOS: [&str; 3] = [
+const SCENARIOS: [&str; 7] = [
     "a. initial sync",
     "b. no-op resync",
     "c. resync after changes",
+    "e. two-way push of local changes",
+    "e1. two-way, next pass (nothing changed)",
+    "e2. two-way no-op",
+    "e3. pull no-op after e2",
 ];
+/// Scenario e's four timed passes (indexes into [`SCENARIOS`]).
+const E: usize = 3;
+const E_NEXT: usize = 4;
+const E_NOOP: usize = 5;
+const E_PULL: usize = 6;
+
+/// A scenario's short name ("a", "e1"): log file names and `runs.tsv`.
+fn key(s: usize) -> &'static str {
+    SCENARIOS[s].split('.').next().unwrap_or("?")
+}
 
 /// Runs the benchmark with the arguments after `bench`.
 pub async fn main(argv: impl Iterator<Item = String>) -> Result<()> {
@@ -105,7 +139,7 @@ impl<R: FnMut(usize, usize, &Run) -> Result<()>> Runs<'_, R> {
         let mut all = Vec::new();
         for i in 0..n {
             prepare(server)?;
-            let label = format!("{tool}-{}-{}", &SCENARIOS[s][..1], i + 1);
+            let label = format!("{tool}-{}-{}", key(s), i + 1);
             let r = measure::run(self.setup, server, self.logs, &label)
                 .with_context(|| format!("{tool} {}", SCENARIOS[s]))?;
             (self.record)(s, i, &r)?;
@@ -113,6 +147,74 @@ impl<R: FnMut(usize, usize, &Run) -> Result<()>> Runs<'_, R> {
         }
         Ok(measure::median(&all))
     }
+}
+
+/// Scenario e's outcome on one profile, a line each: the change set, whether both tools
+/// started from and ended with the same server, whether each ended where the change set
+/// leads, and the two-way no-op (e2) against the pull no-op (b).
+fn two_way_lines(
+    profile: &str,
+    set: &two_way::ChangeSet,
+    outcomes: &HashMap<Tool, two_way::Outcome>,
+    medians: &HashMap<(usize, Tool), Run>,
+) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{profile} profile: scenario e = {}, made in each tool's store",
+        set.describe()
+    )];
+    if let (Some(m), Some(b)) = (outcomes.get(&Tool::Mailsync), outcomes.get(&Tool::Mbsync)) {
+        lines.push(format!(
+            "{profile}: server before e the same for mailsync and mbsync: {}",
+            m.before.verdict(&b.before)
+        ));
+        lines.push(format!(
+            "{profile}: same server state after e (mailsync vs mbsync, Message-IDs and flags per folder): {}",
+            m.after.verdict(&b.after)
+        ));
+    }
+    for tool in [Tool::Mailsync, Tool::Mbsync] {
+        let Some(o) = outcomes.get(&tool) else {
+            continue;
+        };
+        lines.push(format!(
+            "{profile}: {}: server after e as the change set makes it: {}; every run left the same server: {}; messages per folder before {:?}, after {:?}",
+            tool.name(),
+            o.after.verdict(&set.expected(&o.before)),
+            if o.runs_agree { "yes" } else { "no" },
+            o.before.counts(),
+            o.after.counts(),
+        ));
+    }
+    for tool in [Tool::Mailsync, Tool::Mbsync] {
+        let (Some(noop), Some(pull)) = (medians.get(&(E_NOOP, tool)), medians.get(&(1, tool)))
+        else {
+            continue;
+        };
+        let ratio = noop.wall / pull.wall;
+        let bar = if tool == Tool::Mailsync {
+            format!(
+                " (bar ≤ 1.2: {})",
+                if ratio <= 1.2 { "met" } else { "not met" }
+            )
+        } else {
+            String::new()
+        };
+        let mut line = format!(
+            "{profile}: {}: two-way no-op ÷ pull no-op = e2 {:.3} s ÷ b {:.3} s = {ratio:.2}{bar}",
+            tool.name(),
+            noop.wall,
+            pull.wall
+        );
+        if let Some(same) = medians.get(&(E_PULL, tool)) {
+            line.push_str(&format!(
+                "; ÷ the pull no-op on the same store and server after e2 (e3, {:.3} s) = {:.2}",
+                same.wall,
+                noop.wall / same.wall
+            ));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 /// `$MAILSYNC_TESTENV_TMPDIR`, else `/dev/shm` when it has room, else the temp dir.
@@ -162,7 +264,16 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
     .into_iter()
     .map(|m| m.bytes)
     .collect();
+    // Scenario e's new local messages: capped at 200 KB (a reader's drafts and filed
+    // mail; the corpus's 1-5 MB ones would dominate 20 uploads), another seed.
+    let new_local = Corpus::generate(&CorpusOptions {
+        seed: 4545,
+        count: two_way::NEW_LOCAL,
+        max_size: Some(200_000),
+    });
     let mut latencies = Vec::new();
+    let mut push_latencies = Vec::new();
+    let mut two_way_notes: Vec<String> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut limit = None;
     let mut notes = Vec::new();
@@ -185,7 +296,7 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
         }
         println!("{line}");
         notes.push(line);
-        if limit.is_none() && !args.latency_only {
+        if limit.is_none() && !args.latency_only && !args.two_way_only {
             let l = limit::measure(&server, &corpus, &work.join("limit")).await?;
             println!(
                 "[{}] physical limit: fetch {:.2}s ({:.1} MB), write {:.2}s",
@@ -198,52 +309,67 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
         }
         let mut medians: HashMap<(usize, Tool), Run> = HashMap::new();
         let mut digests: HashMap<(usize, Tool), Digest> = HashMap::new();
+        let mut outcomes: HashMap<Tool, two_way::Outcome> = HashMap::new();
+        // Scenario e's change set, chosen from the server as the first tool found it.
+        let mut change_set = None;
         for &tool in &args.tools {
             let dir = work.join(profile.name()).join(tool.name());
             let logs = work.join(profile.name()).join("logs");
             std::fs::create_dir_all(&logs)?;
             let setup = Setup::new(tool, &server, &dir, &args.mailsync)?;
-            if args.latency_only {
-                // The store the latency starts from: one sync of the pristine server.
+            let mut record = |scenario: usize, i: usize, r: &Run| -> Result<()> {
+                println!(
+                    "[{}] {:<11} {:<40} run {}: wall {:>7.2}s cpu {:>7.2}s server cpu {:>7.2}s rss {:>6.0} MB server {:>8.1} MB sessions {}",
+                    profile.name(),
+                    tool.name(),
+                    SCENARIOS[scenario],
+                    i + 1,
+                    r.wall,
+                    r.cpu,
+                    r.others_cpu,
+                    r.rss_mb,
+                    r.server_mb,
+                    r.sessions
+                );
+                writeln!(
+                    tsv,
+                    "{}\t{}\t{}\t{}\t{:.3}\t{:.3}\t{:.1}\t{:.3}\t{}\t{:.3}",
+                    profile.name(),
+                    tool.name(),
+                    key(scenario),
+                    i + 1,
+                    r.wall,
+                    r.cpu,
+                    r.rss_mb,
+                    r.server_mb,
+                    r.sessions,
+                    r.others_cpu
+                )?;
+                Ok(())
+            };
+            if args.latency_only || args.two_way_only {
+                // The store the latency or scenario e starts from: one sync of the
+                // pristine server.
                 server.restore(Snapshot::Pristine)?;
                 setup.make_fresh()?;
                 measure::run(&setup, &server, &logs, &format!("{}-sync", tool.name()))
-                    .with_context(|| format!("{} sync before the latency", tool.name()))?;
-            } else {
-                let record = |scenario: usize, i: usize, r: &Run| -> Result<()> {
-                    println!(
-                        "[{}] {:<11} {:<40} run {}: wall {:>7.2}s cpu {:>7.2}s server cpu {:>7.2}s rss {:>6.0} MB server {:>8.1} MB sessions {}",
-                        profile.name(),
-                        tool.name(),
-                        SCENARIOS[scenario],
-                        i + 1,
-                        r.wall,
-                        r.cpu,
-                        r.others_cpu,
-                        r.rss_mb,
-                        r.server_mb,
-                        r.sessions
-                    );
-                    writeln!(
-                        tsv,
-                        "{}\t{}\t{}\t{}\t{:.3}\t{:.3}\t{:.1}\t{:.3}\t{}\t{:.3}",
-                        profile.name(),
-                        tool.name(),
-                        &SCENARIOS[scenario][..1],
-                        i + 1,
-                        r.wall,
-                        r.cpu,
-                        r.rss_mb,
-                        r.server_mb,
-                        r.sessions,
-                        r.others_cpu
-                    )?;
-                    Ok(())
-                };
+                    .with_context(|| format!("{} first sync", tool.name()))?;
+            }
+            if args.two_way_only {
+                // b: the pull no-op that e2 is set against, on that store.
                 let mut runs = Runs {
                     setup: &setup,
                     logs: &logs,
-                    record,
+                    record: &mut record,
+                };
+                let m = runs.median(1, args.runs, &mut server, |_| Ok(()))?;
+                medians.insert((1, tool), m);
+                digests.insert((1, tool), compare::digest(&setup.folders)?);
+            } else if !args.latency_only {
+                let mut runs = Runs {
+                    setup: &setup,
+                    logs: &logs,
+                    record: &mut record,
                 };
                 // a: initial sync, a fresh store each run; the last run's store stays.
                 server.restore(Snapshot::Pristine)?;
@@ -293,6 +419,36 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
                 );
                 remove_tree(&baseline)?;
             }
+            if args.two_way() && two_way::supports(tool) {
+                // e: from the store as c (or the first sync) left it, in sync.
+                let baseline = work
+                    .join(profile.name())
+                    .join(format!("{}.e-baseline", tool.name()));
+                let o = two_way::measure(
+                    &setup,
+                    &mut server,
+                    &logs,
+                    &baseline,
+                    args.runs,
+                    &mut change_set,
+                    &new_local,
+                    &mut record,
+                )
+                .await
+                .with_context(|| format!("{} two-way push", tool.name()))?;
+                medians.insert((E, tool), measure::median(&o.push));
+                medians.insert((E_NEXT, tool), measure::median(&o.next));
+                medians.insert((E_NOOP, tool), measure::median(&o.noop));
+                medians.insert((E_PULL, tool), measure::median(&o.pull));
+                println!(
+                    "[{}] {} messages per folder on the server before and after e: {:?} {:?}",
+                    profile.name(),
+                    tool.name(),
+                    o.before.counts(),
+                    o.after.counts()
+                );
+                outcomes.insert(tool, o);
+            }
             if args.latency > 0 && latency::supports(tool) {
                 let l = latency::measure(&setup, &server, &logs, profile.name(), &new_mail)
                     .await
@@ -300,26 +456,48 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
                 println!("[{}] {}", profile.name(), report::latency_line(&l));
                 latencies.push(l);
             }
+            if args.push_latency > 0 && two_way::supports(tool) {
+                let l = push_latency::measure(
+                    &setup.two_way()?,
+                    &server,
+                    &logs,
+                    profile.name(),
+                    args.push_latency,
+                )
+                .await
+                .with_context(|| format!("{} flag-push latency", tool.name()))?;
+                println!("[{}] {}", profile.name(), report::push_latency_line(&l));
+                push_latencies.push(l);
+            }
             if std::env::var_os("MAILSYNC_BENCH_KEEP").is_none() {
                 remove_tree(&dir)?;
             }
         }
-        let measured = if args.latency_only {
-            0
-        } else {
-            SCENARIOS.len()
-        };
-        for s in 0..measured {
+        for (s, scenario) in SCENARIOS.iter().enumerate() {
             let reference = medians.get(&(s, Tool::Mbsync)).copied();
             for &tool in &args.tools {
-                let m = medians[&(s, tool)];
-                let same = match digests.get(&(s, Tool::Mbsync)) {
-                    Some(_) if tool == Tool::Mbsync => "(reference)".to_string(),
-                    Some(r) => digests[&(s, tool)].verdict(r),
-                    None => "–".to_string(),
+                let Some(&m) = medians.get(&(s, tool)) else {
+                    continue;
+                };
+                let same = if tool == Tool::Mbsync && reference.is_some() {
+                    "(reference)".to_string()
+                } else if s == E {
+                    match (outcomes.get(&tool), outcomes.get(&Tool::Mbsync)) {
+                        (Some(o), Some(r)) => format!(
+                            "server: {}; Maildir: {}",
+                            o.after.verdict(&r.after),
+                            o.digest.verdict(&r.digest)
+                        ),
+                        _ => "–".to_string(),
+                    }
+                } else {
+                    match (digests.get(&(s, tool)), digests.get(&(s, Tool::Mbsync))) {
+                        (Some(d), Some(r)) => d.verdict(r),
+                        _ => "–".to_string(),
+                    }
                 };
                 rows.push(Row {
-                    scenario: SCENARIOS[s],
+                    scenario,
                     profile: profile.name(),
                     tool: tool.name(),
                     median: m,
@@ -327,6 +505,13 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
                     same,
                 });
             }
+        }
+        if let Some(set) = &change_set {
+            let lines = two_way_lines(profile.name(), set, &outcomes, &medians);
+            for l in &lines {
+                println!("{l}");
+            }
+            two_way_notes.extend(lines);
         }
         server.wait_idle()?;
         drop(server);
@@ -364,6 +549,16 @@ async fn run(args: &args::BenchArgs, work: &Path) -> Result<()> {
             "### New-mail latency".to_string()
         };
         sections.push(format!("{heading}\n\n{latency_md}"));
+    }
+    if !two_way_notes.is_empty() {
+        let md = report::two_way(&two_way_notes);
+        println!("\n{md}");
+        sections.push(format!("### Two-way push (scenario e)\n\n{md}"));
+    }
+    if !push_latencies.is_empty() {
+        let md = report::push_latency(&push_latencies);
+        println!("\n{md}");
+        sections.push(format!("### Flag-push latency\n\n{md}"));
     }
     let env = report::environment(work, &args.mailsync);
     let md = format!(

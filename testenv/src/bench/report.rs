@@ -1,6 +1,6 @@
 //! The report: the results table (scenario × profile × tool, medians), the physical
-//! limit, the new-mail latency, the machine, the versions, the date and the exact
-//! command, as Markdown.
+//! limit, the new-mail latency, scenario e's verdicts, the flag-push latency, the
+//! machine, the versions, the date and the exact command, as Markdown.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -9,6 +9,7 @@ use std::process::Command;
 use super::latency::{Latency, quantile};
 use super::limit::Limit;
 use super::measure::Run;
+use super::push_latency::PushLatency;
 use super::tools::Tool;
 
 /// One table row.
@@ -183,6 +184,97 @@ pub fn latency(all: &[Latency], sizes: &[f64], corpus: usize) -> String {
          notifier that starts mbsync on the notice could do at best (its own reaction and \
          mbsync's start-up are not in it).\n",
     );
+    t
+}
+
+/// Scenario e's lines (see `two_way_lines` in the bench module) as a Markdown list, with
+/// what the rows of the table measure.
+pub fn two_way(lines: &[String]) -> String {
+    let mut t: String = lines.iter().map(|l| format!("- {l}\n")).collect();
+    t.push_str(
+        "\nRows e to e3 of the table: one local change set made in the tool's Maildir as a \
+         mail reader would (flags by renaming the info part, files deleted, files moved into \
+         another folder's `cur/`, new files written into `new/` with CRLF line ends), the \
+         server restored before each run; e is the pass that sends it; e1 the next pass and \
+         e2 the one after, nothing changed, both once the store has been still for 3 s \
+         (mailsync reads its local folders again in e1: it keeps a folder's directory times \
+         only once they are 2-3 s old, and e's changes were made 1.1 s before e); e3 a pull \
+         pass (the pull config) on the same store and server as e2. mailsync: \
+         `direction = \"both\"`, `delete = \"expunge\"` (mbsync's semantics; mailsync's \
+         default moves a deleted message to the trash); mbsync: `Sync All`, `Create Both`, \
+         `Expunge Both`. A file moved between folders loses mbsync's `,U=` in its name, and \
+         mbsync sends it as an expunge and an upload. Server state: per folder, the \
+         Message-ID and system flags of every message.\n",
+    );
+    t
+}
+
+/// One tool's flag-push latencies on one line, for the console.
+pub fn push_latency_line(l: &PushLatency) -> String {
+    let ms = |v: &[f64], p: f64| quantile(v, p) * 1e3;
+    let mut line = format!(
+        "{:<11} flag push, rename → \\Flagged on the server over {} renames: median {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+        l.tool.name(),
+        l.flagged.len(),
+        ms(&l.flagged, 0.5),
+        ms(&l.flagged, 0.95),
+        ms(&l.flagged, 1.0),
+    );
+    if !l.exited.is_empty() {
+        line.push_str(&format!(
+            "; mbsync exited after {:.0} ms (median)",
+            ms(&l.exited, 0.5)
+        ));
+    }
+    line
+}
+
+/// The flag-push latency table in Markdown, then every latency.
+pub fn push_latency(all: &[PushLatency]) -> String {
+    let mut t = String::from(
+        "| profile | tool | how the flag is sent | renames | median ms | p95 ms | max ms | median ÷ mbsync | median ≤ 2 s |\n\
+         |---|---|---|--:|--:|--:|--:|--:|:-:|\n",
+    );
+    for l in all {
+        let reference = all
+            .iter()
+            .find(|r| r.profile == l.profile && r.tool == Tool::Mbsync)
+            .map(|r| quantile(&r.flagged, 0.5));
+        let median = quantile(&l.flagged, 0.5);
+        let how = match l.tool {
+            Tool::Mailsync => "`mailsync run`, two-way (it looks every 250 ms)",
+            _ => "one `mbsync bench:INBOX` (two-way) started at the rename",
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {how} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            l.profile,
+            l.tool.name(),
+            l.flagged.len(),
+            median * 1e3,
+            quantile(&l.flagged, 0.95) * 1e3,
+            quantile(&l.flagged, 1.0) * 1e3,
+            reference.map_or("–".into(), |r| format!("{:.2}", median / r)),
+            if median <= 2.0 { "yes" } else { "no" },
+        );
+    }
+    t.push_str(
+        "\nEach figure: from the rename of a local Inbox file adding `F` (one message at a \
+         time, each ≥ 1.1 s after the previous was handled; mailsync back in IDLE) until the \
+         harness's own connection sees `\\Flagged` on that UID (NOOP + UID FETCH FLAGS every \
+         20 ms, so up to ~20 ms late). mbsync sleeps a second when a Maildir folder changed \
+         within the current second (\"sleeping due to recent directory modification\"): \
+         part of its figure, as for any watcher that starts it on the change. Every latency, \
+         in order (ms):\n\n",
+    );
+    for l in all {
+        let v: Vec<String> = l
+            .flagged
+            .iter()
+            .map(|x| format!("{:.0}", x * 1e3))
+            .collect();
+        let _ = writeln!(t, "- {} {}: {}", l.profile, l.tool.name(), v.join(", "));
+    }
     t
 }
 

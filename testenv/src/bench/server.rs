@@ -1,9 +1,10 @@
 //! One server per profile: the identity provider, a Dovecot, the corpus seeded once with
-//! `seed_fast`, and two snapshots of the user's Maildir (with Dovecot's index files):
-//! `pristine` (as seeded) and `changed` (the scenario-c change set applied to the server
-//! as one tool's runs of a and b left it; taken again for every tool). A run restores
-//! one of them by copying it back while no session is open, then runs
-//! `doveadm force-resync`.
+//! `seed_fast`, and snapshots of the user's Maildir (with Dovecot's index files):
+//! `pristine` (as seeded), `changed` (the scenario-c change set applied to the server
+//! as one tool's runs of a and b left it; taken again for every tool) and `two-way`
+//! (the server as one tool's store is in sync with before scenario e; taken again for
+//! every tool). A run restores one of them by copying it back while no session is
+//! open, then runs `doveadm force-resync`.
 //!
 //! Why `changed` is taken per tool: Dovecot remembers in its cache file which fields
 //! clients fetch from a folder. The first time a client asks for a field the folder has
@@ -61,6 +62,7 @@ pub struct Server {
 pub enum Snapshot {
     Pristine,
     Changed,
+    TwoWay,
 }
 
 impl Server {
@@ -128,10 +130,17 @@ impl Server {
     /// runs left it, starting from `pristine`) and snapshots the result as `changed`.
     /// The change set is the same every time: the same UIDs, the same new messages.
     pub async fn snapshot_changed(&mut self) -> Result<()> {
-        let changed = self.snapshot_path(Snapshot::Changed);
-        super::fsutil::remove_tree(&changed)?;
         self.changes = self.apply_changes(&self.seeded).await?;
-        copy_tree(&self.maildir(), &changed)
+        self.take(Snapshot::Changed)
+    }
+
+    /// Snapshots the server as it is now as `s` (no session may be open), replacing
+    /// what `s` held.
+    pub fn take(&mut self, s: Snapshot) -> Result<()> {
+        self.wait_idle()?;
+        let path = self.snapshot_path(s);
+        super::fsutil::remove_tree(&path)?;
+        copy_tree(&self.maildir(), &path)
     }
 
     /// The IMAPS port the tools use: the delay proxy's, or Dovecot's own.
@@ -151,6 +160,7 @@ impl Server {
         self.snapshots.join(match s {
             Snapshot::Pristine => "pristine",
             Snapshot::Changed => "changed",
+            Snapshot::TwoWay => "two-way",
         })
     }
 

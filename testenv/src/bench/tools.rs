@@ -2,6 +2,12 @@
 //! "Deleted Items" over implicit TLS into its own Maildir: mailsync (its own config
 //! writer, client-credentials OAuth), mbsync (an mbsyncrc with the master login, PLAIN)
 //! and OfflineIMAP (readonly remote, `maxconnections = 1`, the master login).
+//!
+//! [`Setup::two_way`] gives mailsync and mbsync a second config on the same store and
+//! state for scenario e and the flag-push latency: mailsync with `direction = "both"`
+//! and `delete = "expunge"` (a local deletion expunges the message, which is what
+//! mbsync's `Expunge Both` does, so the two servers can be compared; mailsync's default
+//! moves it to the trash), mbsync with `Sync All`, `Create Both` and `Expunge Both`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -43,6 +49,7 @@ impl std::str::FromStr for Tool {
 }
 
 /// One tool set up against one server: everything lives under `dir`.
+#[derive(Clone, Debug)]
 pub struct Setup {
     pub tool: Tool,
     /// Config, state and Maildir.
@@ -156,6 +163,41 @@ impl Setup {
                 }
             }
         };
+        Ok(setup)
+    }
+
+    /// The same tool, store and state configured for two-way sync (see the module
+    /// header): the config is written next to the pull one. OfflineIMAP has none here.
+    pub fn two_way(&self) -> Result<Setup> {
+        let text = std::fs::read_to_string(&self.config)?;
+        // The pull config's own lines are replaced, so a change to its writer fails
+        // here rather than measuring a pull as two-way.
+        let (from, to, name) = match self.tool {
+            Tool::Mailsync => (
+                "\n\n[accounts.demo.folders]\n",
+                "\ndirection = \"both\"\ndelete = \"expunge\"\n\n[accounts.demo.folders]\n",
+                "config-both.toml",
+            ),
+            Tool::Mbsync => (
+                "Sync Pull\nCreate Near\nExpunge Near\n",
+                "Sync All\nCreate Both\nExpunge Both\n",
+                "mbsyncrc-both",
+            ),
+            Tool::Offlineimap => bail!("no two-way set-up for OfflineIMAP"),
+        };
+        if text.matches(from).count() != 1 {
+            bail!("{}: cannot make it two-way", self.config.display());
+        }
+        let path = self.dir.join(name);
+        std::fs::write(&path, text.replacen(from, to, 1))?;
+        let old = self.config.display().to_string();
+        let mut setup = self.clone();
+        for a in &mut setup.argv {
+            if *a == old {
+                *a = path.display().to_string();
+            }
+        }
+        setup.config = path;
         Ok(setup)
     }
 
