@@ -257,6 +257,11 @@ impl Maildir {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(with_path(e, &expected)),
             Err(_) => {}
         }
+        // Already so named: a mail reader made the change this rename would (the
+        // usual case in two-way sync, where its flags are what is being recorded).
+        if fs::symlink_metadata(&target).is_ok() {
+            return Ok(Some(target));
+        }
         match self.locate(base, known)? {
             Some(path) => self.set_flags(&path, base, flags).map(Some),
             None => Ok(None),

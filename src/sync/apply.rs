@@ -168,14 +168,33 @@ pub(super) fn apply_local(
     if !removed.is_empty() {
         step()?;
         let ids = state.journal_removals(&removed)?;
+        // Finding a file that is not where its record says scans its folder: with many
+        // removals (two-way: files a reader deleted), each folder is listed once.
+        let mut per_folder: HashMap<FolderId, usize> = HashMap::new();
+        for r in &removed {
+            *per_folder.entry(r.folder).or_default() += 1;
+        }
+        let mut indexes: HashMap<FolderId, HashMap<String, std::path::PathBuf>> = HashMap::new();
+        for (folder, n) in per_folder {
+            if n > INDEX_FROM {
+                let maildir = &folders[&folder].maildir;
+                indexes.insert(
+                    folder,
+                    maildir.index().map_err(maildir_err(maildir.root()))?,
+                );
+            }
+        }
         for record in &removed {
             let f = &folders[&record.folder];
             step()?;
-            if let Some(path) = f
-                .maildir
-                .locate(&record.base, record.flags)
-                .map_err(maildir_err(f.maildir.root()))?
-            {
+            let path = match indexes.get(&record.folder) {
+                Some(index) => index.get(&record.base).cloned(),
+                None => f
+                    .maildir
+                    .locate(&record.base, record.flags)
+                    .map_err(maildir_err(f.maildir.root()))?,
+            };
+            if let Some(path) = path {
                 f.maildir.remove(&path).map_err(maildir_err(path.clone()))?;
             }
             counts.entry(record.folder).or_default().removed += 1;
@@ -186,6 +205,10 @@ pub(super) fn apply_local(
     }
     Ok(counts)
 }
+
+/// Removals in one folder from which its files are listed once rather than each
+/// looked for.
+const INDEX_FROM: usize = 8;
 
 /// A [`apply_local`] step that always goes on.
 pub(super) fn always() -> bool {
