@@ -169,9 +169,30 @@ pub(super) fn merge(
                     // Deleted here, and there only marked \Deleted: this pass's own
                     // mark from a killed deletion (no one else's change); deleted.
                     Some(None) if flags == r.flags.union(Flags::DELETED) => deleted.push(r),
-                    // Deleted here, changed there: kept, downloaded again (the new
-                    // file's record replaces this one).
-                    Some(None) => out.push(Action::Fetch { folder, uid }),
+                    Some(None) => {
+                        // Moved by copying (mutt: a new name elsewhere, the original
+                        // deleted) while the server changed its flags: a move, with
+                        // the flags merged.
+                        let copy = take_fresh(&|n: &LocalNew| {
+                            n.folder != folder
+                                && n.fingerprint.pairing_key() == r.fingerprint.pairing_key()
+                        });
+                        match copy {
+                            Some(n) => {
+                                let merged = merge3(r.flags, n.flags, flags);
+                                out.extend(push(folder, uid, flags, merged));
+                                out.push(Action::PushMove {
+                                    record: (*r).clone(),
+                                    to: n.folder,
+                                    base: n.base,
+                                    flags: merged,
+                                });
+                            }
+                            // Deleted here, changed there: kept, downloaded again (the
+                            // new file's record replaces this one).
+                            None => out.push(Action::Fetch { folder, uid }),
+                        }
+                    }
                 }
             }
             Action::Relocate {

@@ -573,3 +573,46 @@ fn a_mass_upload_is_refused_until_confirmed() {
     assert!(refused.is_empty());
     assert_eq!(actions.len(), 60);
 }
+
+/// Moved by copying (mutt) while the server changed the flags: a move with the flags
+/// merged, not a download here and an upload there.
+#[test]
+fn a_move_by_copy_while_flagged_there_is_a_move() {
+    let r = record(INBOX, 1, NONE);
+    let copy = LocalNew {
+        folder: ARCHIVE,
+        base: "mutt.copy".into(),
+        flags: S,
+        fingerprint: fp(1),
+    };
+    let v = view(
+        std::slice::from_ref(&r),
+        &[(ARCHIVE, "mutt.copy", S)],
+        vec![copy],
+    );
+    let (actions, _) = run(
+        &v,
+        vec![Action::SetFlags {
+            folder: INBOX,
+            uid: 1,
+            flags: F,
+        }],
+    );
+    assert_eq!(
+        actions,
+        vec![
+            Action::PushFlags {
+                folder: INBOX,
+                uid: 1,
+                add: S,
+                remove: NONE
+            },
+            Action::PushMove {
+                record: r,
+                to: ARCHIVE,
+                base: "mutt.copy".into(),
+                flags: S.union(F)
+            },
+        ]
+    );
+}
