@@ -161,17 +161,19 @@ impl Session {
             Done(Result<Option<UidCode>, ImapError>),
             Other,
         }
+        // With LITERAL+ the message goes at once; otherwise after the server's `+`.
+        let mut go = plus;
         let mut sent = false;
-        if plus {
-            self.wire_mut()
-                .send_literal(bytes)
-                .await
-                .map_err(wire_err)?;
-            // The wait for the reply starts once the message is out.
-            self.wire_mut().set_deadline(timeout);
-            sent = true;
-        }
         loop {
+            if go && !sent {
+                self.wire_mut()
+                    .send_literal(bytes)
+                    .await
+                    .map_err(wire_err)?;
+                // The wait for the reply starts once the message is out.
+                self.wire_mut().set_deadline(timeout);
+                sent = true;
+            }
             let got = self
                 .read_one(name, |s, r| match r {
                     Response::Continue { .. } => Got::Go,
@@ -191,15 +193,8 @@ impl Session {
                 })
                 .await?;
             match got {
-                Got::Go if !sent => {
-                    self.wire_mut()
-                        .send_literal(bytes)
-                        .await
-                        .map_err(wire_err)?;
-                    self.wire_mut().set_deadline(timeout);
-                    sent = true;
-                }
-                Got::Go | Got::Other => {}
+                Got::Go => go = true,
+                Got::Other => {}
                 Got::Done(result) => {
                     return Ok(match result? {
                         Some(UidCode::Append { uidvalidity, uids })

@@ -43,7 +43,7 @@ pub struct FolderRow {
     pub last_error: Option<String>,
     /// The modification times (ns) of the local `cur/` and `new/` when a two-way pass
     /// last found the folder as its records say: while they stand, nothing changed.
-    pub local_stamp: Option<(i64, i64)>,
+    pub local_stamp: Option<crate::maildir::Stamp>,
 }
 
 /// An effect on the local store, journalled (in the same transaction as its record's
@@ -523,12 +523,12 @@ impl State {
     pub fn set_local_stamp(
         &mut self,
         folder: FolderId,
-        stamp: Option<(i64, i64)>,
+        stamp: Option<crate::maildir::Stamp>,
     ) -> Result<(), StateError> {
         self.conn
             .execute(
                 "UPDATE folders SET local_cur = ?2, local_new = ?3 WHERE id = ?1",
-                params![folder.0, stamp.map(|s| s.0), stamp.map(|s| s.1)],
+                params![folder.0, stamp.map(|s| s.cur), stamp.map(|s| s.new)],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -657,7 +657,7 @@ fn folder_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FolderRow> {
         last_sync: r.get(7)?,
         last_error: r.get(8)?,
         local_stamp: match (r.get(9)?, r.get(10)?) {
-            (Some(cur), Some(new)) => Some((cur, new)),
+            (Some(cur), Some(new)) => Some(crate::maildir::Stamp { cur, new }),
             _ => None,
         },
     })

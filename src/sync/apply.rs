@@ -91,16 +91,14 @@ pub(super) fn apply_local(
             let mut found = from
                 .locate(&r.base, r.flags)
                 .map_err(maildir_err(from.root()))?;
-            for other in folders.values() {
+            for other in folders.values().filter(|o| o.maildir != *from) {
                 if found.is_some() {
                     break;
                 }
-                if other.maildir != *from {
-                    found = other
-                        .maildir
-                        .locate(&r.base, r.flags)
-                        .map_err(maildir_err(other.maildir.root()))?;
-                }
+                found = other
+                    .maildir
+                    .locate(&r.base, r.flags)
+                    .map_err(maildir_err(other.maildir.root()))?;
             }
             if let Some(path) = found {
                 from.move_to(&path, to, &r.base, m.flags)

@@ -57,8 +57,33 @@ impl SyncError {
     }
 }
 
+/// Why a step for one folder stopped: the folder failed (the pass goes on without it),
+/// or the pass must stop.
+pub(super) enum Failed {
+    Folder(ImapError),
+    Pass(SyncError),
+}
+
+impl From<StateError> for Failed {
+    fn from(e: StateError) -> Self {
+        Failed::Pass(e.into())
+    }
+}
+
+impl From<ImapError> for Failed {
+    fn from(e: ImapError) -> Self {
+        Failed::Folder(e)
+    }
+}
+
+impl From<SyncError> for Failed {
+    fn from(e: SyncError) -> Self {
+        Failed::Pass(e)
+    }
+}
+
 /// Logs a folder's failure and returns the text its report and row keep.
-pub(super) fn folder_failure(local: &str, display: &str, e: &ImapError) -> String {
+pub(super) fn folder_failure(local: &str, display: &str, e: &dyn std::fmt::Display) -> String {
     tracing::warn!(folder = %local, "{e}");
     format!("{local} ({display}): {e}")
 }

@@ -20,11 +20,12 @@ use super::error::{SyncError, maildir_err};
 use super::model::{Fingerprint, FolderId, LocalNew, LocalView};
 
 /// A mapped folder as the local observer needs it.
-pub(super) struct Folder<'a> {
+pub(super) struct Folder {
     pub id: FolderId,
-    pub maildir: &'a Maildir,
+    /// Not created if missing: a missing folder must stay missing.
+    pub maildir: Maildir,
     /// The stamp its last two-way pass kept.
-    pub kept: Option<(i64, i64)>,
+    pub kept: Option<Stamp>,
 }
 
 /// What [`observe`] found.
@@ -39,14 +40,12 @@ pub(super) struct Observed {
 }
 
 /// Reads the local side of `folders`.
-pub(super) fn observe(state: &State, folders: &[Folder<'_>]) -> Result<Observed, SyncError> {
+pub(super) fn observe(state: &State, folders: &[Folder]) -> Result<Observed, SyncError> {
     let read_at = now_nanos();
     let stamps = stamps_of(folders)?;
-    let changed = folders.iter().any(|f| {
-        stamps
-            .get(&f.id)
-            .is_none_or(|s| f.kept != Some((s.cur, s.new)))
-    });
+    let changed = folders
+        .iter()
+        .any(|f| stamps.get(&f.id).is_none_or(|s| f.kept != Some(*s)));
     if !changed {
         tracing::debug!("local folders unchanged since the last pass: not read");
         return Ok(Observed {
@@ -139,7 +138,7 @@ fn now_nanos() -> i128 {
 }
 
 /// The stamps of the folders that exist.
-fn stamps_of(folders: &[Folder<'_>]) -> Result<HashMap<FolderId, Stamp>, SyncError> {
+fn stamps_of(folders: &[Folder]) -> Result<HashMap<FolderId, Stamp>, SyncError> {
     let mut stamps = HashMap::new();
     for f in folders {
         if let Some(s) = f.maildir.stamp().map_err(maildir_err(f.maildir.root()))? {
@@ -157,31 +156,18 @@ pub(super) fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
     let modified = file.metadata()?.modified()?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
-    let header_end = find_header_end(&bytes);
     Ok(Fingerprint {
-        message_id: crate::headers::message_id_from_header_block(&bytes[..header_end]),
+        // Read as a downloaded message's is (writer.rs), so the two compare.
+        message_id: crate::headers::parse(&bytes).0,
         size: crlf_len(&bytes),
         internaldate: seconds(modified),
     })
 }
 
 /// Seconds since the epoch (0 for a time before it).
-pub(super) fn seconds(t: SystemTime) -> i64 {
+fn seconds(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Where the header block ends (after its blank line), or the whole message.
-fn find_header_end(bytes: &[u8]) -> usize {
-    for (i, w) in bytes.windows(2).enumerate() {
-        if w == b"\n\n" {
-            return i + 2;
-        }
-        if w == b"\n\r" && bytes.get(i + 2) == Some(&b'\n') {
-            return i + 3;
-        }
-    }
-    bytes.len()
 }
 
 /// The length of `bytes` with every bare LF written as CRLF.
@@ -230,7 +216,7 @@ fn settled_after(stamp: Stamp) -> Duration {
 /// saw is kept only while the folder is still exactly as it was then.
 pub(super) fn keep_stamps(
     state: &mut State,
-    folders: &[Folder<'_>],
+    folders: &[Folder],
     seen: &Observed,
 ) -> Result<(), SyncError> {
     for f in folders {
@@ -242,7 +228,7 @@ pub(super) fn keep_stamps(
         // stamp, after it was read, would not have moved it.
         let settled =
             (before.latest() as i128) < seen.read_at - settled_after(*before).as_nanos() as i128;
-        let keep = (after == Some(*before) && settled).then_some((before.cur, before.new));
+        let keep = (after == Some(*before) && settled).then_some(*before);
         if keep != f.kept {
             state.set_local_stamp(f.id, keep)?;
         }
@@ -259,12 +245,5 @@ mod tests {
         assert_eq!(to_crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
         assert_eq!(to_crlf(b"\n"), b"\r\n");
         assert_eq!(crlf_len(b""), 0);
-    }
-
-    #[test]
-    fn the_header_block_ends_at_the_first_blank_line() {
-        assert_eq!(find_header_end(b"A: b\r\n\r\nbody\n\nmore"), 8);
-        assert_eq!(find_header_end(b"A: b\n\nbody"), 6);
-        assert_eq!(find_header_end(b"A: b"), 4);
     }
 }

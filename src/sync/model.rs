@@ -139,7 +139,8 @@ pub enum Action {
 }
 
 impl Action {
-    /// Whether the action changes the server (two-way).
+    /// Whether the action belongs to the server-side step of a two-way pass
+    /// (`push.rs`): it changes the server, or (Adopt) records what both sides have.
     pub fn is_push(&self) -> bool {
         matches!(
             self,

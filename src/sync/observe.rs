@@ -5,30 +5,11 @@
 
 use std::collections::HashSet;
 
-use crate::imap::{self, ImapError, Session};
-use crate::state::{FolderRow, State, StateError};
+use crate::imap::{self, Session};
+use crate::state::{FolderRow, State};
 
-use super::error::SyncError;
+use super::error::Failed;
 use super::plan::{self, ListingMode, Need, Observed, Snapshot, Watermark};
-
-/// Why observing a folder stopped: the folder failed (the pass goes on without it), or
-/// the pass must stop.
-pub(super) enum Failed {
-    Folder(ImapError),
-    Pass(SyncError),
-}
-
-impl From<StateError> for Failed {
-    fn from(e: StateError) -> Self {
-        Failed::Pass(e.into())
-    }
-}
-
-impl From<ImapError> for Failed {
-    fn from(e: ImapError) -> Self {
-        Failed::Folder(e)
-    }
-}
 
 /// The watermark a folder row holds, if it was ever synced.
 pub(super) fn stored(row: &FolderRow) -> Option<Watermark> {

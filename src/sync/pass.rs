@@ -25,11 +25,11 @@ use crate::state::{AccountLock, FolderRow, State, unix_now};
 
 use super::apply::{LocalFolder, always, apply_local};
 use super::download;
-use super::error::{SyncError, folder_failure};
+use super::error::{Failed, SyncError, folder_failure};
 use super::local;
 use super::login::login;
 use super::model::{Action, FolderId, Policy, Trash};
-use super::observe::{self, Failed};
+use super::observe;
 use super::options::{SyncOptions, check_stop, pause};
 use super::plan::{self, Snapshot};
 use super::push;
@@ -164,26 +164,18 @@ pub async fn sync_account_with(
 
     // Two-way: what changed locally, over every mapped folder (a file moved into a
     // folder this pass does not sync must not read as deleted).
-    let local_maildirs: Vec<MappedMaildir> = if two_way {
+    let local_list: Vec<local::Folder> = if two_way {
         local_folders_of(account, &mut state)?
     } else {
         Vec::new()
     };
-    let local_list: Vec<local::Folder<'_>> = local_maildirs
-        .iter()
-        .map(|(id, maildir, kept)| local::Folder {
-            id: *id,
-            maildir,
-            kept: *kept,
-        })
-        .collect();
     let mut seen_locally = None;
     if two_way {
         let mut seen = local::observe(&state, &local_list)?;
         snapshot.local = seen.view.take();
         seen_locally = Some(seen);
         snapshot.policy = Policy {
-            trash: trash_of(account, &listed, &targets, &local_maildirs),
+            trash: trash_of(account, &listed, &targets, &local_list),
             mass_delete: (!options.allow_mass_delete).then_some(account.mass_delete),
             mass_upload: (!options.allow_mass_upload).then_some(account.mass_delete),
         };
@@ -245,11 +237,7 @@ pub async fn sync_account_with(
 
     for (id, why) in &plan.refused {
         if let Some(t) = targets.iter_mut().find(|t| t.row.id == *id) {
-            let text = format!("{} ({}): {why}", t.mapping.local, t.remote.display);
-            tracing::warn!(folder = %t.mapping.local, "{why}");
-            t.failed = true;
-            t.report.error = Some(text.clone());
-            state.set_folder_error(t.row.id, &text)?;
+            fail_folder(&mut state, t, why)?;
         }
         if let Some(f) = snapshot.folders.iter_mut().find(|f| f.id == *id) {
             f.failed = true;
@@ -554,7 +542,12 @@ fn throttle_pause(e: &ImapError) -> Option<Duration> {
     }
 }
 
-fn fail_folder(state: &mut State, t: &mut Target, e: &ImapError) -> Result<(), SyncError> {
+/// Marks a target failed for this pass, with why, in its report and its row.
+fn fail_folder(
+    state: &mut State,
+    t: &mut Target,
+    e: &dyn std::fmt::Display,
+) -> Result<(), SyncError> {
     let text = folder_failure(&t.mapping.local, &t.remote.display, e);
     t.failed = true;
     t.report.error = Some(text.clone());
@@ -583,7 +576,7 @@ fn trash_of(
     account: &Account,
     listed: &[RemoteFolder],
     targets: &[Target],
-    local: &[MappedMaildir],
+    local: &[local::Folder],
 ) -> Trash {
     if account.delete == Delete::Expunge {
         return Trash::Expunge;
@@ -599,14 +592,10 @@ fn trash_of(
         return Trash::Expunge;
     }
     match targets.iter().find(|t| t.remote.name == trash.name) {
-        Some(t) if !t.failed && local.iter().any(|(id, ..)| *id == t.row.id) => Trash::To(t.row.id),
+        Some(t) if !t.failed && local.iter().any(|f| f.id == t.row.id) => Trash::To(t.row.id),
         _ => Trash::Wait,
     }
 }
-
-/// A mapped folder of a two-way account: its row id, its Maildir (perhaps missing)
-/// and the stamp its last pass kept.
-type MappedMaildir = (FolderId, Maildir, Option<(i64, i64)>);
 
 /// A target as the server-side effects need it.
 fn push_folder(t: &Target, uidvalidity: u32, uidnext: u32) -> push::Folder {
@@ -620,15 +609,18 @@ fn push_folder(t: &Target, uidvalidity: u32, uidnext: u32) -> push::Folder {
 
 /// Every mapped folder of a two-way account that has a row, with its Maildir (not
 /// created: a missing one must stay missing) and the stamp its last pass kept.
-fn local_folders_of(account: &Account, state: &mut State) -> Result<Vec<MappedMaildir>, SyncError> {
+fn local_folders_of(account: &Account, state: &mut State) -> Result<Vec<local::Folder>, SyncError> {
     let rows = state.folders(&account.name)?;
     Ok(account
         .folders
         .iter()
         .filter_map(|m| {
             let row = rows.iter().find(|r| r.local == m.local)?;
-            let maildir = Maildir::at(&account.maildir.join(&m.local));
-            Some((row.id, maildir, row.local_stamp))
+            Some(local::Folder {
+                id: row.id,
+                maildir: Maildir::at(&account.maildir.join(&m.local)),
+                kept: row.local_stamp,
+            })
         })
         .collect())
 }

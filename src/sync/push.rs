@@ -20,7 +20,7 @@ use crate::imap::{ImapError, Session};
 use crate::maildir::Maildir;
 use crate::state::{Effect, State};
 
-use super::error::{SyncError, maildir_err};
+use super::error::{Failed, SyncError, maildir_err};
 use super::local;
 use super::model::{Action, Fingerprint, FolderId, LocalNew, Record};
 
@@ -302,8 +302,8 @@ pub(super) async fn push(
             }
             Ok(Uploaded::Gone) => {}
             Ok(Uploaded::Refused(why)) => out.count(file.folder).refused.push(why),
-            Err(Failure::Folder(e)) => out.fail(file.folder, e, account)?,
-            Err(Failure::Pass(e)) => return Err(e),
+            Err(Failed::Folder(e)) => out.fail(file.folder, e, account)?,
+            Err(Failed::Pass(e)) => return Err(e),
         }
     }
 
@@ -366,23 +366,6 @@ enum Uploaded {
     Refused(String),
 }
 
-enum Failure {
-    Folder(ImapError),
-    Pass(SyncError),
-}
-
-impl From<SyncError> for Failure {
-    fn from(e: SyncError) -> Self {
-        Failure::Pass(e)
-    }
-}
-
-impl From<crate::state::StateError> for Failure {
-    fn from(e: crate::state::StateError) -> Self {
-        Failure::Pass(e.into())
-    }
-}
-
 /// Uploads one local file: journalled, then APPENDed; bound to its UID if the server
 /// said it. A message the server refuses (too large, a line too long) is noted and
 /// left local; the pass goes on.
@@ -392,7 +375,7 @@ async fn upload(
     f: &Folder,
     file: &LocalNew,
     origin: Option<(FolderId, u32, u32)>,
-) -> Result<Uploaded, Failure> {
+) -> Result<Uploaded, Failed> {
     let Some(path) = f
         .maildir
         .locate(&file.base, file.flags)
@@ -429,11 +412,11 @@ async fn upload(
                 session
                     .select_listed(&f.remote, f.uidvalidity)
                     .await
-                    .map_err(Failure::Folder)?;
+                    .map_err(Failed::Folder)?;
                 session
                     .store_flags(&[at.uid], Flags::FLAGGED, Flags::empty())
                     .await
-                    .map_err(Failure::Folder)?;
+                    .map_err(Failed::Folder)?;
             }
             Ok(Uploaded::Bound)
         }
@@ -466,7 +449,7 @@ async fn upload(
             if matches!(e, ImapError::No { .. } | ImapError::Bad { .. }) {
                 state.resolve(&[id])?;
             }
-            Err(Failure::Folder(e))
+            Err(Failed::Folder(e))
         }
     }
 }
