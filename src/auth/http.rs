@@ -43,8 +43,8 @@ fn http_client_with(account: &str, ca_file: Option<&Path>) -> Result<reqwest::Cl
     };
     // A ca_file that cannot be read or parsed is the config's fault: retrying will
     // not help, so it is no transient failure.
-    let tls = crate::imap::tls_connector(key.as_deref()).map_err(|e| match e {
-        crate::imap::ImapError::CaFile { .. } => AuthError::Io {
+    let tls = crate::tls::tls_connector(key.as_deref()).map_err(|e| match e {
+        crate::tls::TlsError::CaFile { .. } => AuthError::Io {
             account: account.to_owned(),
             detail: e.to_string(),
         },

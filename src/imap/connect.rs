@@ -2,34 +2,21 @@
 //! verified), the greeting, and SASL XOAUTH2 / OAUTHBEARER.
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use openssl::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslVerifyMode, SslVersion};
-use openssl::x509::verify::X509CheckFlags;
-use openssl::x509::{X509, X509VerifyResult};
 use tokio::io::BufReader;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::error::{AuthFailure, ImapError};
 use super::session::{Capabilities, SaslEnd, Session};
 use super::stream::BoxStream;
-use super::text::Scrubber;
 use super::wire::Wire;
 use crate::config::{ImapEndpoint, Tls};
 use crate::secret::Secret;
-
-/// What the server's certificate says, for `mailsync test`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsInfo {
-    pub subject: String,
-    pub issuer: String,
-    pub not_after: String,
-    pub days_left: i32,
-}
+use crate::server_text::Scrubber;
+use crate::tls::{HandshakeError, Peer, TlsError, TlsInfo, Trust, certificate_info};
 
 /// A connection that has not logged in yet.
 pub struct Client {
@@ -78,14 +65,6 @@ pub async fn connect(
     }
 }
 
-/// Which certificate authorities a connection trusts: `ca_file` alone, or the
-/// system's store (plus `ca_file`, if set).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Trust {
-    CaFileOnly,
-    System,
-}
-
 /// A failed connection attempt; `OtherIssuer` may succeed with the system store.
 enum Attempt {
     Failed(ImapError),
@@ -103,6 +82,44 @@ impl Attempt {
 impl From<ImapError> for Attempt {
     fn from(e: ImapError) -> Attempt {
         Attempt::Failed(e)
+    }
+}
+
+impl From<HandshakeError> for Attempt {
+    fn from(e: HandshakeError) -> Attempt {
+        match e {
+            HandshakeError::Failed(e) => Attempt::Failed(e.into()),
+            HandshakeError::OtherIssuer(e) => Attempt::OtherIssuer(e.into()),
+        }
+    }
+}
+
+impl From<TlsError> for ImapError {
+    fn from(e: TlsError) -> ImapError {
+        match e {
+            TlsError::Handshake {
+                host,
+                port,
+                detail,
+                hint,
+            } => ImapError::Tls {
+                host,
+                port,
+                detail,
+                hint,
+            },
+            TlsError::CaFile { path, detail } => ImapError::CaFile { path, detail },
+        }
+    }
+}
+
+/// Who the handshake is with, as [`crate::tls`] wants it.
+fn peer(endpoint: &ImapEndpoint) -> Peer<'_> {
+    Peer {
+        host: &endpoint.host,
+        port: endpoint.port,
+        ca_file: endpoint.ca_file.as_deref(),
+        plain_port_hint: "tls = \"starttls\" (port 143)",
     }
 }
 
@@ -145,7 +162,7 @@ async fn connect_trusting(
     let mut tls = None;
     let stream: BoxStream = match endpoint.tls {
         Tls::Implicit => {
-            let stream = handshake(endpoint, tcp, command_timeout, trust).await?;
+            let stream = crate::tls::handshake(peer(endpoint), tcp, command_timeout, trust).await?;
             tls = certificate_info(stream.ssl());
             Box::new(stream)
         }
@@ -175,7 +192,8 @@ async fn connect_trusting(
                     detail: "the server sent data after STARTTLS's OK, before TLS; refusing it"
                         .into(),
                 })?;
-            let stream = handshake(endpoint, stream, command_timeout, trust).await?;
+            let stream =
+                crate::tls::handshake(peer(endpoint), stream, command_timeout, trust).await?;
             tls = certificate_info(stream.ssl());
             Box::new(stream)
         }
@@ -195,230 +213,8 @@ async fn connect_trusting(
     Ok(Client { session, tls, port })
 }
 
-/// Subject, issuer and expiry of the server's certificate (already verified).
-fn certificate_info(ssl: &openssl::ssl::SslRef) -> Option<TlsInfo> {
-    let cert = ssl.peer_certificate()?;
-    let name = |n: &openssl::x509::X509NameRef| {
-        n.entries()
-            .map(|e| {
-                let key = e.object().nid().short_name().unwrap_or("?");
-                let value = e.data().to_string().unwrap_or_default();
-                format!("{key}={value}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let now = openssl::asn1::Asn1Time::days_from_now(0).ok()?;
-    let days_left = now.diff(cert.not_after()).map(|d| d.days).unwrap_or(0);
-    Some(TlsInfo {
-        subject: name(cert.subject_name()),
-        issuer: name(cert.issuer_name()),
-        not_after: cert.not_after().to_string(),
-        days_left,
-    })
-}
-
 /// Bytes read from the socket at a time at most.
 const READ_BUFFER: usize = 64 * 1024;
-
-/// The TLS handshake, verifying the chain against `trust` and the name against the
-/// configured host (SNI sent for names, not for IP addresses), as OpenSSL's own
-/// `SslConnector` does.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    endpoint: &ImapEndpoint,
-    tcp: S,
-    command_timeout: Duration,
-    trust: Trust,
-) -> Result<tokio_openssl::SslStream<S>, Attempt> {
-    let ca_file = endpoint.ca_file.as_deref();
-    let tls_err = |detail: String| ImapError::Tls {
-        host: endpoint.host.clone(),
-        port: endpoint.port,
-        hint: tls_hint(&detail, ca_file),
-        detail,
-    };
-    let context = ssl_context(ca_file, trust).map_err(|e| e.for_endpoint(endpoint))?;
-    let setup = |e: openssl::error::ErrorStack| tls_err(format!("cannot set up TLS: {e}"));
-    let mut ssl = Ssl::new(&context).map_err(setup)?;
-    let host = endpoint.host.as_str();
-    let param = ssl.param_mut();
-    param.set_hostflags(X509CheckFlags::NO_PARTIAL_WILDCARDS);
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => param.set_ip(ip).map_err(setup)?,
-        Err(_) => {
-            param.set_host(host).map_err(setup)?;
-            ssl.set_hostname(host).map_err(setup)?;
-        }
-    }
-    let mut stream = tokio_openssl::SslStream::new(ssl, tcp).map_err(setup)?;
-    match timeout(command_timeout, std::pin::Pin::new(&mut stream).connect()).await {
-        Err(_) => Err(tls_err(format!(
-            "no TLS handshake within {}s",
-            command_timeout.as_secs()
-        ))
-        .into()),
-        Ok(Ok(())) => Ok(stream),
-        Ok(Err(e)) => {
-            let verify = stream.ssl().verify_result();
-            if verify == X509VerifyResult::OK {
-                return Err(tls_err(e.to_string()).into());
-            }
-            let error = tls_err(format!(
-                "certificate verify failed: {}",
-                verify.error_string()
-            ));
-            // 18, 19, 20: self-signed, or an issuer ca_file does not hold.
-            if trust == Trust::CaFileOnly && matches!(verify.as_raw(), 18..=20) {
-                Err(Attempt::OtherIssuer(error))
-            } else {
-                Err(Attempt::Failed(error))
-            }
-        }
-    }
-}
-
-/// The bytes of `ca_file` (none without one): what the TLS configurations are cached by.
-fn read_ca_file(ca_file: Option<&Path>) -> Result<Vec<u8>, ImapError> {
-    match ca_file {
-        Some(path) => std::fs::read(path).map_err(|e| ImapError::CaFile {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        }),
-        None => Ok(Vec::new()),
-    }
-}
-
-/// The OpenSSL client context for a CA set, built once per process and reused: the
-/// daemon connects again and again, and loading the system store is the costly part.
-/// Certificates are always verified; TLS 1.2 at least.
-fn ssl_context(ca_file: Option<&Path>, trust: Trust) -> Result<SslContext, ImapError> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    type Cache = Mutex<HashMap<(Vec<u8>, Trust), SslContext>>;
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let key = (read_ca_file(ca_file)?, trust);
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(context) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-        return Ok(context);
-    }
-    let setup = |e: openssl::error::ErrorStack| ImapError::Tls {
-        host: String::new(),
-        port: 0,
-        detail: format!("cannot set up TLS: {e}"),
-        hint: String::new(),
-    };
-    let mut builder = SslContext::builder(SslMethod::tls_client()).map_err(setup)?;
-    builder
-        .set_min_proto_version(Some(SslVersion::TLS1_2))
-        .map_err(setup)?;
-    builder.set_options(SslOptions::NO_COMPRESSION);
-    builder.set_verify(SslVerifyMode::PEER);
-    if trust == Trust::System {
-        builder.set_default_verify_paths().map_err(setup)?;
-    }
-    if let Some(path) = ca_file {
-        let certs = X509::stack_from_pem(&key.0).map_err(|e| ImapError::CaFile {
-            path: path.to_owned(),
-            detail: format!("not a PEM certificate ({e})"),
-        })?;
-        if certs.is_empty() {
-            return Err(ImapError::CaFile {
-                path: path.to_owned(),
-                detail: "not a PEM certificate (no -----BEGIN CERTIFICATE----- block)".into(),
-            });
-        }
-        for cert in certs {
-            builder.cert_store_mut().add_cert(cert).map_err(setup)?;
-        }
-    }
-    let context = builder.build();
-    if let Ok(mut c) = cache.lock() {
-        c.insert(key, context.clone());
-    }
-    Ok(context)
-}
-
-/// The native-tls configuration for the OAuth HTTP client (reqwest takes no other),
-/// trusting the system's CAs and `ca_file`, built once per CA file content and
-/// reused: building one loads the system's CA bundle (twice, in native-tls), tens of
-/// milliseconds of CPU with OpenSSL 3. Certificates are always verified.
-pub fn tls_connector(ca_file: Option<&Path>) -> Result<native_tls::TlsConnector, ImapError> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, native_tls::TlsConnector>>> = OnceLock::new();
-    let pem = read_ca_file(ca_file)?;
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Ok(c) = cache.lock()
-        && let Some(connector) = c.get(&pem)
-    {
-        return Ok(connector.clone());
-    }
-    let mut builder = native_tls::TlsConnector::builder();
-    if let Some(path) = ca_file {
-        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| ImapError::CaFile {
-            path: path.to_owned(),
-            detail: format!("not a PEM certificate ({e})"),
-        })?;
-        builder.add_root_certificate(cert);
-    }
-    let connector = builder.build().map_err(|e| ImapError::Tls {
-        host: String::new(),
-        port: 0,
-        detail: format!("cannot set up TLS: {e}"),
-        hint: String::new(),
-    })?;
-    if let Ok(mut c) = cache.lock() {
-        c.insert(pem, connector.clone());
-    }
-    Ok(connector)
-}
-
-impl ImapError {
-    /// Names the endpoint in a TLS set-up error made without one.
-    fn for_endpoint(self, endpoint: &ImapEndpoint) -> ImapError {
-        match self {
-            ImapError::Tls { detail, hint, .. } => ImapError::Tls {
-                host: endpoint.host.clone(),
-                port: endpoint.port,
-                detail,
-                hint,
-            },
-            other => other,
-        }
-    }
-}
-
-fn tls_hint(detail: &str, ca_file: Option<&Path>) -> String {
-    let d = detail.to_ascii_lowercase();
-    if d.contains("certificate") || d.contains("verify") {
-        match ca_file {
-            Some(p) => format!(
-                "; the server's certificate is not signed by a CA in ca_file {} (nor the system store): check that ca_file is the CA that issued the server's certificate",
-                p.display()
-            ),
-            None => "; the server's certificate is not trusted by the system store: set ca_file to the CA that issued it, or fix the server's certificate".into(),
-        }
-    } else if d.contains("wrong version") || d.contains("packet length") {
-        "; the port does not speak TLS: try tls = \"starttls\" (port 143)".into()
-    } else {
-        String::new()
-    }
-}
-
-/// The XOAUTH2 initial response (Google's and Microsoft's format).
-fn xoauth2_payload(user: &str, token: &Secret) -> Vec<u8> {
-    format!("user={user}\x01auth=Bearer {}\x01\x01", token.expose()).into_bytes()
-}
-
-/// The OAUTHBEARER initial response (RFC 7628).
-fn oauthbearer_payload(user: &str, host: &str, port: u16, token: &Secret) -> Vec<u8> {
-    let user = user.replace('=', "=3D").replace(',', "=2C");
-    format!(
-        "n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {}\x01\x01",
-        token.expose()
-    )
-    .into_bytes()
-}
 
 impl Client {
     pub fn capabilities(&self) -> &Capabilities {
@@ -468,9 +264,12 @@ impl Client {
         let host = session.host().to_owned();
         let caps = session.capabilities();
         let (mechanism, payload) = if caps.has("AUTH=XOAUTH2") {
-            ("XOAUTH2", xoauth2_payload(user, token))
+            ("XOAUTH2", crate::sasl::xoauth2(user, token))
         } else if caps.has("AUTH=OAUTHBEARER") {
-            ("OAUTHBEARER", oauthbearer_payload(user, &host, port, token))
+            (
+                "OAUTHBEARER",
+                crate::sasl::oauthbearer(user, &host, port, token),
+            )
         } else {
             return Err(ImapError::NoOAuthMechanism {
                 host,

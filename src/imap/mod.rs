@@ -13,13 +13,13 @@ mod error;
 mod listing;
 mod session;
 mod stream;
-mod text;
 mod uidplus;
 pub mod utf7;
 mod wire;
 mod write;
 
-pub use connect::{Client, TlsInfo, connect, tls_connector};
+pub use crate::tls::TlsInfo;
+pub use connect::{Client, connect};
 pub use date::{format_internaldate, parse_internaldate};
 pub use error::{AuthFailure, ImapError};
 pub use listing::{Listing, Opened};

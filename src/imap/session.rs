@@ -12,12 +12,12 @@ use imap_proto::{
 };
 
 use super::error::ImapError;
-use super::text::Scrubber;
 use super::wire::{self, Literals, Wire, WireError};
 use super::{parse_internaldate, quote, uid_set};
 use crate::config::roles::RemoteFolder;
 use crate::flags::Flags;
 use crate::secret::Secret;
+use crate::server_text::Scrubber;
 
 /// Capabilities the server advertised, upper-cased.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -746,7 +746,7 @@ impl Session {
                     // It could not be named in a command without injecting another.
                     tracing::warn!(
                         "the server listed a folder whose name holds a line break or another control character ({:?}); it is left out",
-                        super::text::shorten(&name)
+                        crate::server_text::shorten(&name)
                     );
                     return Ok(());
                 }

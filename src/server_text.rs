@@ -1,6 +1,7 @@
-//! Server text made safe to show: what a server says in NO, BAD, BYE, `[ALERT]` or a
-//! SASL challenge reaches logs, `status` and the database, so it is cut to one short
-//! line and stripped of the credential just sent (a server may echo it back).
+//! Server text made safe to show: what an IMAP or SMTP server says (NO, BAD, BYE,
+//! `[ALERT]`, a 5xx reply, a SASL challenge) reaches logs, `status` and the database,
+//! so it is cut to one short line and stripped of the credential just sent (a server
+//! may echo it back).
 
 use crate::secret::Secret;
 
