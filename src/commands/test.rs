@@ -13,6 +13,7 @@ use crate::auth::{AuthError, TokenSource};
 use crate::config::{self, Account, Config, Tls};
 use crate::imap::{self, ImapError};
 use crate::sync::login::context;
+use crate::tls::TlsError;
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -211,10 +212,10 @@ async fn check_account(config: &Config, account: &Account, r: &mut Report<'_>) {
         Ok(c) => c,
         Err(e) => {
             let (cause, fix) = match &e {
-                ImapError::Tls { detail, hint, .. } => {
+                ImapError::Tls(TlsError::Handshake { detail, hint, .. }) => {
                     (detail.clone(), hint.trim_start_matches("; ").to_owned())
                 }
-                ImapError::CaFile { .. } => (
+                ImapError::Tls(TlsError::CaFile { .. }) => (
                     e.to_string(),
                     "point ca_file at a readable PEM CA certificate".into(),
                 ),

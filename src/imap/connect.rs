@@ -16,7 +16,7 @@ use super::wire::Wire;
 use crate::config::{ImapEndpoint, Tls};
 use crate::secret::Secret;
 use crate::server_text::Scrubber;
-use crate::tls::{HandshakeError, Peer, TlsError, TlsInfo, Trust, certificate_info};
+use crate::tls::{HandshakeError, Peer, TlsInfo, Trust, certificate_info};
 
 /// A connection that has not logged in yet.
 pub struct Client {
@@ -90,25 +90,6 @@ impl From<HandshakeError> for Attempt {
         match e {
             HandshakeError::Failed(e) => Attempt::Failed(e.into()),
             HandshakeError::OtherIssuer(e) => Attempt::OtherIssuer(e.into()),
-        }
-    }
-}
-
-impl From<TlsError> for ImapError {
-    fn from(e: TlsError) -> ImapError {
-        match e {
-            TlsError::Handshake {
-                host,
-                port,
-                detail,
-                hint,
-            } => ImapError::Tls {
-                host,
-                port,
-                detail,
-                hint,
-            },
-            TlsError::CaFile { path, detail } => ImapError::CaFile { path, detail },
         }
     }
 }

@@ -1,7 +1,6 @@
 //! IMAP errors, with what a user needs to act on them. How an error is retried is
 //! decided in one place, [`ImapError::retry`].
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::retry::{Retry, throttle_hint};
@@ -25,15 +24,8 @@ pub enum ImapError {
         #[source]
         source: std::io::Error,
     },
-    #[error("TLS handshake with {host}:{port} failed: {detail}{hint}")]
-    Tls {
-        host: String,
-        port: u16,
-        detail: String,
-        hint: String,
-    },
-    #[error("cannot read ca_file {path}: {detail}")]
-    CaFile { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error(
         "{host} resolved to {addr}, which is not a loopback address: tls = \"plain\" would send the token in clear text; use tls = \"implicit\" or \"starttls\", or a host that is this machine"
     )]
@@ -132,8 +124,7 @@ impl ImapError {
                 None => Retry::Never,
             },
             ImapError::AuthFailed(_) => Retry::NewToken,
-            ImapError::Tls { .. }
-            | ImapError::CaFile { .. }
+            ImapError::Tls(_)
             | ImapError::NoStartTls { .. }
             | ImapError::NoOAuthMechanism { .. }
             | ImapError::PlainNotLoopback { .. }
