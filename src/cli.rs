@@ -52,6 +52,9 @@ pub enum Command {
     /// The daemon: keep every account's mapped folders in sync (IDLE on the Inbox,
     /// polling for the rest), reloading the config when it changes or on SIGHUP
     Run,
+    /// Send mail as an account: a drop-in sendmail (message on standard input) over SMTP
+    /// with the account's OAuth token; what cannot go now waits in the outbox
+    Send(Box<crate::commands::send::SendArgs>),
     /// Disconnect an account: delete its tokens (revoking them at Google), its sync
     /// state and its tables in the config; the local mail stays unless --purge
     Stop(crate::commands::stop::StopArgs),

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             Command::Sync(args) => commands::sync::run(&config, args, cli.quiet).await,
             Command::ConsentUrl(args) => commands::consent_url::run(&config, args).await,
             Command::Status(args) => commands::status::run(&config, args).await,
+            Command::Send(args) => commands::send::run(&config, args).await,
             Command::Test(_) | Command::Connect(_) | Command::Stop(_) | Command::Run => {
                 unreachable!("handled above")
             }

@@ -11,7 +11,7 @@ use crate::config::{Account, Flow, Provider};
 pub const REDIRECT_URI: &str = "http://localhost";
 const AUTHORITY: &str = "https://login.microsoftonline.com";
 const APP_ONLY_SCOPE: &str = "https://outlook.office365.com/.default";
-const DELEGATED_SCOPES: &str = "https://outlook.office.com/IMAP.AccessAsUser.All offline_access";
+const DELEGATED_SCOPES: &str = "https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send offline_access";
 
 /// The tenant's admin-consent URL for a Microsoft account's app and scopes; `None` for
 /// other providers (admin consent is a Microsoft Entra concept).
@@ -132,7 +132,7 @@ scopes = ["imap"]
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0/adminconsent\
              ?client_id=11111111-2222-3333-4444-555555555555\
              &redirect_uri=http%3A%2F%2Flocalhost\
-             &scope=https%3A%2F%2Foutlook.office.com%2FIMAP.AccessAsUser.All%20offline_access%20openid%20profile"
+             &scope=https%3A%2F%2Foutlook.office.com%2FIMAP.AccessAsUser.All%20https%3A%2F%2Foutlook.office.com%2FSMTP.Send%20offline_access%20openid%20profile"
         );
     }
 

@@ -23,6 +23,7 @@ use crate::state::{GrantStatus, State, StoredAccessToken, unix_now};
 
 pub use error::{AuthError, StoreError};
 pub use flows::Grant;
+pub use scopes::{SMTP_SEND, Sending, is_smtp_send, sending};
 
 /// Refresh this long before the access token expires, so a command never starts with a
 /// token about to lapse.
@@ -277,6 +278,8 @@ impl TokenSource {
                 })?;
         let http = self.http()?;
         self.token_requests += 1;
+        let mut account = account;
+        account.oauth.scopes = scopes::refresh_scopes(&self.account, &loaded.grant.scopes);
         let grant = match flows::refresh(&account, &refresh_token, &http).await {
             Ok(g) => g,
             Err(e) if e.needs_connect() => {

@@ -95,8 +95,17 @@ fn instructions(account: &Account) -> String {
              Add-MailboxPermission -Identity {} -User {sp} -AccessRights FullAccess\n\
              The Object ID: Entra admin center → Enterprise applications → search for {client_id} → Object ID\n\
              (NOT the Object ID on the App registrations page: that is the application object, not its service principal).\n\
-             Changes can take up to 1 hour to reach IMAP; then run `mailsync test {}`.",
-            account.email, account.name
+             Changes can take up to 1 hour to reach IMAP; then run `mailsync test {}`.\n\
+             \nSending (`mailsync send`) as the app needs the application permission SMTP.SendAsApp:\n  \
+             App registrations → {client_id} → API permissions → Add a permission → APIs my organization uses →\n  \
+             Office 365 Exchange Online → Application permissions → SMTP.SendAsApp, then Grant admin consent\n  \
+             (IMAP.AccessAsApp is added the same way). SMTP AUTH must be on for the mailbox:\n  \
+             Set-CASMailbox -Identity {email} -SmtpClientAuthenticationDisabled $false\n\
+             To send with another From address than {email}, also grant Send As on it:\n  \
+             Add-RecipientPermission -Identity <that address> -Trustee {sp} -AccessRights SendAs",
+            account.email,
+            account.name,
+            email = account.email
         );
     } else {
         let _ = writeln!(
@@ -132,6 +141,9 @@ mod tests {
             "Enterprise applications → search for 66666666-7777-8888-9999-000000000000 → Object ID",
             "NOT the Object ID on the App registrations page",
             "up to 1 hour",
+            "Application permissions → SMTP.SendAsApp",
+            "Set-CASMailbox -Identity robot@contoso.com -SmtpClientAuthenticationDisabled $false",
+            "Add-RecipientPermission -Identity <that address> -Trustee <Object ID of the Enterprise application> -AccessRights SendAs",
         ] {
             assert!(text.contains(line), "{line:?} missing in:\n{text}");
         }

@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod consent_url;
 pub mod folders;
+pub mod send;
 pub mod status;
 pub mod stop;
 pub mod sync;

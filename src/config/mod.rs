@@ -80,6 +80,11 @@ pub struct Account {
     /// How much one pass may delete or move away from a server folder (two-way only).
     pub mass_delete: MassDelete,
     pub imap: ImapEndpoint,
+    /// Where `mailsync send` submits mail.
+    pub smtp: SmtpEndpoint,
+    /// The remote folder a copy of sent mail is appended to; `None` where the server
+    /// files submitted mail itself (Microsoft 365, Gmail).
+    pub save_sent: Option<RemoteSpec>,
     pub oauth: OAuthEndpoints,
     /// In the order of the file.
     pub folders: Vec<Mapping>,
@@ -139,6 +144,16 @@ impl ImapEndpoint {
     pub fn is_local(&self) -> bool {
         is_loopback(&self.host)
     }
+}
+
+/// The SMTP submission server (`smtp_host`, `smtp_port`, `smtp_tls`; `ca_file` is
+/// shared with IMAP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmtpEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -670,6 +685,8 @@ fn account(
     };
 
     let imap = imap_endpoint(check, name, kind, raw);
+    let smtp = smtp_endpoint(check, name, kind, raw, &imap);
+    let save_sent = save_sent(check, name, kind, raw);
     let oauth = oauth_endpoints(check, name, kind, flow, &tenant, raw);
     let folders = mappings(check, name, &raw.folders);
 
@@ -686,9 +703,110 @@ fn account(
         delete,
         mass_delete,
         imap,
+        smtp,
+        save_sent,
         oauth,
         folders,
     })
+}
+
+/// Microsoft: smtp.office365.com:587 with STARTTLS; Google: smtp.gmail.com:465; a
+/// custom server: the IMAP host, port 587 with STARTTLS unless set.
+fn smtp_endpoint(
+    check: &mut Checker<'_>,
+    name: &str,
+    kind: Kind,
+    raw: &RawAccount,
+    imap: &ImapEndpoint,
+) -> SmtpEndpoint {
+    let key = |k: &'static str| -> [&str; 3] { ["accounts", name, k] };
+    let (default_host, default_tls) = match kind {
+        Kind::Microsoft => ("smtp.office365.com".to_owned(), Tls::Starttls),
+        Kind::Google => ("smtp.gmail.com".to_owned(), Tls::Implicit),
+        Kind::Custom => (imap.host.clone(), Tls::Starttls),
+    };
+    let host = match raw.smtp_host.as_deref().map(str::trim) {
+        Some(h) => {
+            if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+                check.error(
+                    &key("smtp_host"),
+                    format!("{h:?} is not a host name or address"),
+                );
+            }
+            h.to_owned()
+        }
+        None => default_host,
+    };
+    let tls = raw.smtp_tls.unwrap_or(default_tls);
+    if tls == Tls::Plain && !is_loopback(&host) {
+        check.error(
+            &key("smtp_tls"),
+            format!("\"plain\" would send the token in clear text to {host:?}; it is allowed only towards localhost or a loopback address (use \"starttls\" or \"implicit\")"),
+        );
+    }
+    let port = match raw.smtp_port {
+        Some(p) => match u16::try_from(p) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                check.error(
+                    &key("smtp_port"),
+                    format!(
+                        "{p} is not a port (use 1 to 65535; 587 for starttls, 465 for implicit)"
+                    ),
+                );
+                587
+            }
+        },
+        None if tls == Tls::Implicit => 465,
+        None => 587,
+    };
+    SmtpEndpoint {
+        host,
+        port,
+        tls,
+        ca_file: imap.ca_file.clone(),
+    }
+}
+
+/// Off for Microsoft 365 and Gmail, which file submitted mail in Sent themselves;
+/// `"@sent"` for other servers.
+fn save_sent(
+    check: &mut Checker<'_>,
+    name: &str,
+    kind: Kind,
+    raw: &RawAccount,
+) -> Option<RemoteSpec> {
+    let key = ["accounts", name, "save_sent"];
+    match &raw.save_sent {
+        None if kind == Kind::Custom => Some(RemoteSpec::Role(Role::Sent)),
+        None | Some(raw::RawSaveSent::Flag(false)) => None,
+        Some(raw::RawSaveSent::Flag(true)) => Some(RemoteSpec::Role(Role::Sent)),
+        Some(raw::RawSaveSent::Folder(f)) => {
+            let f = f.trim();
+            if f.starts_with('@') {
+                match f.parse::<Role>() {
+                    Ok(role) => Some(RemoteSpec::Role(role)),
+                    Err(()) => {
+                        check.error(
+                            &key,
+                            format!("unknown role {f:?} (use \"@sent\", a folder name, or false)"),
+                        );
+                        None
+                    }
+                }
+            } else if f.is_empty() || f.contains(['\r', '\n', '\0']) {
+                check.error(
+                    &key,
+                    format!(
+                        "{f:?} is not a remote folder name (use \"@sent\", a folder name, or false)"
+                    ),
+                );
+                None
+            } else {
+                Some(RemoteSpec::Name(f.to_owned()))
+            }
+        }
+    }
 }
 
 fn imap_endpoint(
@@ -794,8 +912,11 @@ fn oauth_endpoints(
             if flow == Flow::ClientCredentials {
                 vec!["https://outlook.office365.com/.default".into()]
             } else {
+                // One token serves IMAP and SMTP: both scopes are of the same
+                // resource (outlook.office.com).
                 vec![
                     "https://outlook.office.com/IMAP.AccessAsUser.All".into(),
+                    crate::auth::SMTP_SEND.into(),
                     "offline_access".into(),
                 ]
             },

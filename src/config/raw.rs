@@ -63,8 +63,20 @@ pub(super) struct RawAccount {
     pub device_url: Option<String>,
     pub authorize_url: Option<String>,
     pub scopes: Option<Vec<String>>,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<i64>,
+    pub smtp_tls: Option<Tls>,
+    /// `false`, or the remote folder (a name or a role such as "@sent").
+    pub save_sent: Option<RawSaveSent>,
     #[serde(default)]
     pub folders: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "false, or a remote folder such as \"@sent\"")]
+pub(super) enum RawSaveSent {
+    Flag(bool),
+    Folder(String),
 }
 
 /// A duration as written (`"5m"`); parsed later so the error can name the key.

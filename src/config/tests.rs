@@ -117,10 +117,21 @@ fn defaults_for_a_minimal_microsoft_account() {
             ),
             scopes: vec![
                 "https://outlook.office.com/IMAP.AccessAsUser.All".into(),
+                "https://outlook.office.com/SMTP.Send".into(),
                 "offline_access".into()
             ],
         }
     );
+    assert_eq!(
+        a.smtp,
+        SmtpEndpoint {
+            host: "smtp.office365.com".into(),
+            port: 587,
+            tls: Tls::Starttls,
+            ca_file: None
+        }
+    );
+    assert_eq!(a.save_sent, None, "Microsoft 365 files sent mail itself");
     assert!(a.folders.is_empty());
 }
 
@@ -173,6 +184,11 @@ flow = "browser"
     );
     assert_eq!(a.oauth.scopes, ["https://mail.google.com/"]);
     assert_eq!(
+        (a.smtp.host.as_str(), a.smtp.port, a.smtp.tls),
+        ("smtp.gmail.com", 465, Tls::Implicit)
+    );
+    assert_eq!(a.save_sent, None, "Gmail files sent mail itself");
+    assert_eq!(
         a.client_secret_file,
         Some(PathBuf::from("/home/jane/.config/mailsync/me.secret"))
     );
@@ -215,6 +231,12 @@ Junk = "@junk"
     let a = &c.accounts["t"];
     assert_eq!(a.imap.tls, Tls::Plain);
     assert_eq!(a.imap.port, 14300);
+    assert_eq!(
+        (a.smtp.host.as_str(), a.smtp.port, a.smtp.tls),
+        ("127.0.0.1", 587, Tls::Starttls),
+        "a custom server's SMTP defaults to its IMAP host"
+    );
+    assert_eq!(a.save_sent, Some(RemoteSpec::Role(Role::Sent)));
     assert_eq!(a.oauth.scopes, Vec::<String>::new());
     assert_eq!(a.login_user, "user");
     assert_eq!(
@@ -241,6 +263,40 @@ Junk = "@junk"
         a.folder_path(&a.folders[2]),
         PathBuf::from("/tmp/ms/m/Junk")
     );
+}
+
+#[test]
+fn smtp_settings_are_read_and_checked() {
+    let a = parse_ok(&work(
+        "smtp_host = \"mail.contoso.com\"\nsmtp_tls = \"implicit\"\nsave_sent = \"Sent Items\"",
+    ));
+    let a = &a.accounts["work"];
+    assert_eq!(
+        (a.smtp.host.as_str(), a.smtp.port),
+        ("mail.contoso.com", 465)
+    );
+    assert_eq!(a.save_sent, Some(RemoteSpec::Name("Sent Items".into())));
+    let a = parse_ok(&work("smtp_port = 2525\nsave_sent = true"));
+    assert_eq!(a.accounts["work"].smtp.port, 2525);
+    assert_eq!(
+        a.accounts["work"].save_sent,
+        Some(RemoteSpec::Role(Role::Sent))
+    );
+    for (extra, want) in [
+        (
+            "smtp_tls = \"plain\"",
+            "accounts.work.smtp_tls: \"plain\" would send the token in clear text",
+        ),
+        ("smtp_port = 0", "accounts.work.smtp_port: 0 is not a port"),
+        (
+            "save_sent = \"@sentt\"",
+            "accounts.work.save_sent: unknown role \"@sentt\"",
+        ),
+        ("save_sent = 3", "accounts.work.save_sent"),
+    ] {
+        let e = parse_err(&work(extra));
+        assert!(e.contains(want), "{extra}: {e}");
+    }
 }
 
 /// Two-way sync is not written yet: "both" used to load and then only pull, so local
@@ -291,7 +347,7 @@ fn errors_name_file_line_key_and_fix() {
     let cases: &[(&str, &str)] = &[
         (
             "[accounts.work]\nprovider = \"microsoft\"\nemial = \"j@c.com\"\n",
-            "config.toml:3: accounts.work: unknown key \"emial\"; did you mean \"email\"? (expected one of provider, email, tenant, client_id, flow, client_secret_file, maildir, direction, delete, max_delete_percent, max_delete_count, login_user, imap_host, imap_port, tls, ca_file, token_url, device_url, authorize_url, scopes, folders)",
+            "config.toml:3: accounts.work: unknown key \"emial\"; did you mean \"email\"? (expected one of provider, email, tenant, client_id, flow, client_secret_file, maildir, direction, delete, max_delete_percent, max_delete_count, login_user, imap_host, imap_port, tls, ca_file, token_url, device_url, authorize_url, scopes, smtp_host, smtp_port, smtp_tls, save_sent, folders)",
         ),
         (
             "[daemon]\nidle = true\npoll = \"5m\"\n",

@@ -65,6 +65,28 @@ pub fn format_internaldate(secs: i64) -> String {
     )
 }
 
+/// Formats seconds since the epoch as an RFC 5322 `Date:` in UTC
+/// (`Mon, 07 Dec 2026 23:45:27 +0000`), for a message sent without one.
+pub fn format_message_date(secs: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} +0000",
+        DAYS[days.rem_euclid(7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// The proleptic Gregorian date of a day count since 1970-01-01 (the inverse of
 /// [`days_from_civil`]).
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
@@ -112,6 +134,15 @@ mod tests {
         assert_eq!(
             parse_internaldate("29-Feb-2024 12:00:00 +0100"),
             Some(1_709_204_400)
+        );
+    }
+
+    #[test]
+    fn formats_a_message_date() {
+        assert_eq!(format_message_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            format_message_date(1_796_687_127),
+            "Mon, 07 Dec 2026 23:45:27 +0000"
         );
     }
 

@@ -20,7 +20,7 @@ mod write;
 
 pub use crate::tls::TlsInfo;
 pub use connect::{Client, connect};
-pub use date::{format_internaldate, parse_internaldate};
+pub use date::{format_internaldate, format_message_date, parse_internaldate};
 pub use error::{AuthFailure, ImapError};
 pub use listing::{Listing, Opened};
 pub use session::{

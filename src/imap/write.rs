@@ -220,4 +220,15 @@ impl Session {
         uids.retain(|&u| u >= from);
         Ok(uids)
     }
+
+    /// The UIDs in the selected folder of messages whose Message-ID is `id` (without
+    /// angle brackets). An ID a search cannot carry (not ASCII, a control character)
+    /// finds nothing.
+    pub async fn uids_with_message_id(&mut self, id: &str) -> Result<Vec<u32>, ImapError> {
+        if !id.is_ascii() || id.chars().any(|c| c.is_ascii_control()) {
+            return Ok(Vec::new());
+        }
+        let criteria = format!("HEADER Message-ID {}", quote(&format!("<{id}>"))?);
+        self.search_uids(&criteria).await
+    }
 }

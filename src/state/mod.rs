@@ -8,6 +8,7 @@
 
 mod error;
 mod lock;
+mod outbox;
 mod runtime;
 mod schema;
 mod tokens;
@@ -22,7 +23,8 @@ use crate::sync::model::{Fingerprint, FolderId, Record};
 
 pub use error::StateError;
 
-pub use lock::{AccountLock, LockError};
+pub use lock::{AccountLock, LockError, OutboxLock};
+pub use outbox::{NewMessage, OutboxEntry, OutboxState, OutboxSummary, Settled};
 pub use runtime::{
     DaemonStatus, FolderStatus, ForgetReport, GrantSummary, HEARTBEAT, RunState, UnknownRunState,
     unix_now,

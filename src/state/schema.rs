@@ -128,6 +128,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         PRIMARY KEY (folder, base)
     ) WITHOUT ROWID;",
+    // 8: the outbox of `mailsync send` (see state/outbox.rs): a message is a row from
+    // the moment `send` took it until the server took it (and, where a Sent copy is
+    // made, until the copy is filed), or kept as failed once refused for good.
+    "CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        message BLOB NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'copy', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (account, state, next_try);",
 ];
 
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {

@@ -1,0 +1,445 @@
+//! Sending mail as the account: a message is queued in the outbox (the state
+//! database) before anything is sent, then [`flush`] submits queued messages over
+//! SMTP with the account's OAuth token, settles each by what the server answered, and
+//! files the Sent copy where the server does not file one itself.
+//!
+//! - [`message`] (pure): recipients, Bcc, Date, Message-ID, line endings.
+//! - [`sent_copy`]: the copy appended to the Sent folder, found again before it is
+//!   appended a second time.
+//!
+//! What goes wrong is sorted once, by [`SmtpError::retry`] and
+//! [`SmtpError::is_about_message`]: a refusal of the message keeps it as failed (a file
+//! to look at, `status` says why); anything else leaves it queued for later.
+
+pub mod message;
+mod sent_copy;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::auth::{AuthError, TokenSource};
+use crate::config::{Account, Daemon};
+use crate::retry::Retry;
+use crate::secret::Secret;
+use crate::smtp::{self, Connection, SmtpError};
+use crate::state::{
+    LockError, OutboxEntry, OutboxLock, OutboxState, Settled, State, StateError, unix_now,
+};
+
+/// How long a sender waits for another one (the daemon, a `send --flush`) to finish.
+pub const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// Which queued messages a flush sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// Those whose next try is due.
+    Due,
+    /// All of them, now (`send --flush`).
+    All,
+    /// One message (the one `send` just queued), if it is still queued.
+    One(i64),
+}
+
+/// What a failure of the account or the server (not of one message) does to the
+/// messages it stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnAccountError {
+    /// Kept as failed, and reported now: `send` with a person waiting, who will send
+    /// again once it is fixed (so it must not go later by itself as well).
+    Fail,
+    /// Left queued, tried again after a delay (the daemon; `--flush`).
+    Defer,
+}
+
+/// What a flush did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Messages the server took: (id, recipients it took).
+    pub sent: Vec<(i64, Vec<String>)>,
+    /// Messages left queued, with why.
+    pub deferred: Vec<(i64, String)>,
+    /// Messages kept as failed: (id, why, the file holding it).
+    pub failed: Vec<(i64, String, PathBuf)>,
+    /// Why the flush stopped early, when the account or the server failed.
+    pub stopped: Option<String>,
+    /// Sent copies filed, and why one was not.
+    pub copied: usize,
+    pub copy_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot keep the failed message in {path}: {source}")]
+    Keep {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a failed message is kept as a file: `<state_dir>/failed/<account>/<id>.eml`.
+pub fn failed_path(state_dir: &Path, account: &str, id: i64) -> PathBuf {
+    state_dir
+        .join("failed")
+        .join(account)
+        .join(format!("{id}.eml"))
+}
+
+/// The delay before the `attempts`-th retry: a minute, doubling, at most an hour; at
+/// least what the server asked for.
+pub fn backoff(attempts: i64, retry: Retry) -> Duration {
+    let exp = attempts.clamp(0, 6) as u32;
+    retry.delay(Duration::from_secs(60 * 2u64.pow(exp)).min(Duration::from_secs(3600)))
+}
+
+/// Sends the account's queued messages (see [`Which`]), then files the Sent copies.
+pub async fn flush(
+    account: &Account,
+    daemon: &Daemon,
+    which: Which,
+    on_account_error: OnAccountError,
+) -> Result<Report, SendError> {
+    let state_dir = &daemon.state_dir;
+    let _lock = OutboxLock::acquire(state_dir, &account.name, LOCK_WAIT).await?;
+    let mut state = State::open(state_dir)?;
+    let rows: Vec<OutboxEntry> = match which {
+        Which::Due => state.outbox(&account.name, OutboxState::Queued, Some(unix_now()))?,
+        Which::All => state.outbox(&account.name, OutboxState::Queued, None)?,
+        Which::One(id) => state
+            .outbox_entry(id)?
+            .filter(|e| e.state == OutboxState::Queued)
+            .into_iter()
+            .collect(),
+    };
+    let mut report = Report::default();
+    if !rows.is_empty() {
+        let mut sender = Sender::new(account, daemon);
+        let mut rows = rows.into_iter();
+        while let Some(row) = rows.next() {
+            let Some(message) = state.outbox_message(row.id)? else {
+                continue;
+            };
+            match sender.send(&row, &message).await {
+                Ok(Outcome::Taken { accepted, refused }) => {
+                    let copy = account.save_sent.is_some() && !accepted.is_empty();
+                    let settled = settle(&row, refused, copy);
+                    state.outbox_sent(row.id, &settled)?;
+                    if !accepted.is_empty() {
+                        tracing::info!(account = %account.name, id = row.id, message_id = %row.message_id, recipients = accepted.len(), "sent");
+                        report.sent.push((row.id, accepted));
+                    }
+                    for to in &settled.retry {
+                        report
+                            .deferred
+                            .push((row.id, format!("{to}: {}", settled.reason)));
+                    }
+                    keep_failed_split(
+                        &state,
+                        state_dir,
+                        &account.name,
+                        row.id,
+                        &settled,
+                        &mut report,
+                    )?;
+                }
+                Err(Failure::Message(e)) => {
+                    let why = e.to_string();
+                    tracing::warn!(account = %account.name, id = row.id, "not sent, kept as failed: {why}");
+                    fail(
+                        &mut state,
+                        state_dir,
+                        &account.name,
+                        &row,
+                        &message,
+                        &why,
+                        &mut report,
+                    )?;
+                }
+                Err(Failure::Account { why, retry }) => {
+                    tracing::warn!(account = %account.name, "sending stopped: {why}");
+                    let permanent = !retry.is_transient() && retry != Retry::NewToken;
+                    for row in std::iter::once(row).chain(rows.by_ref()) {
+                        if permanent && on_account_error == OnAccountError::Fail {
+                            let message = state.outbox_message(row.id)?.unwrap_or_default();
+                            fail(
+                                &mut state,
+                                state_dir,
+                                &account.name,
+                                &row,
+                                &message,
+                                &why,
+                                &mut report,
+                            )?;
+                        } else {
+                            // A problem someone must fix is not retried every minute.
+                            let wait = if permanent {
+                                Duration::from_secs(30 * 60)
+                            } else {
+                                backoff(row.attempts, retry)
+                            };
+                            state.outbox_defer(row.id, unix_now() + wait.as_secs() as i64, &why)?;
+                            report.deferred.push((row.id, why.clone()));
+                        }
+                    }
+                    report.stopped = Some(why);
+                    break;
+                }
+            }
+        }
+        sender.quit().await;
+    }
+    if account.save_sent.is_some() {
+        match sent_copy::file(account, daemon, &mut state).await {
+            Ok(n) => report.copied = n,
+            Err(e) => {
+                tracing::warn!(account = %account.name, "the Sent copy waits: {e}");
+                report.copy_error = Some(e);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Sorts a sent message's refused recipients: for now (a new queued row), for good (a
+/// failed row).
+fn settle(row: &OutboxEntry, refused: Vec<(String, SmtpError)>, copy: bool) -> Settled {
+    let mut s = Settled {
+        copy,
+        ..Settled::default()
+    };
+    let mut reasons = Vec::new();
+    let mut retry = Retry::Later(None);
+    for (to, e) in refused {
+        if e.retry().is_transient() {
+            retry = e.retry();
+            s.retry.push(to);
+        } else {
+            s.failed.push(to);
+        }
+        reasons.push(e.to_string());
+    }
+    s.retry_at = unix_now() + backoff(row.attempts, retry).as_secs() as i64;
+    s.reason = reasons.join("; ");
+    s
+}
+
+/// Writes the failed part of a split message to its file.
+fn keep_failed_split(
+    state: &State,
+    state_dir: &Path,
+    account: &str,
+    id: i64,
+    settled: &Settled,
+    report: &mut Report,
+) -> Result<(), SendError> {
+    if settled.failed.is_empty() {
+        return Ok(());
+    }
+    for row in state.outbox(account, OutboxState::Failed, None)? {
+        let path = failed_path(state_dir, account, row.id);
+        if row.id > id && !path.exists() {
+            let message = state.outbox_message(row.id)?.unwrap_or_default();
+            keep_file(&path, &message)?;
+            report
+                .failed
+                .push((row.id, row.last_error.clone().unwrap_or_default(), path));
+        }
+    }
+    Ok(())
+}
+
+fn fail(
+    state: &mut State,
+    state_dir: &Path,
+    account: &str,
+    row: &OutboxEntry,
+    message: &[u8],
+    why: &str,
+    report: &mut Report,
+) -> Result<(), SendError> {
+    let path = failed_path(state_dir, account, row.id);
+    keep_file(&path, message)?;
+    state.outbox_fail(row.id, why)?;
+    report.failed.push((row.id, why.to_owned(), path));
+    Ok(())
+}
+
+/// The message as a file a person can open or send again (`mailsync send < FILE`),
+/// written before the row says it failed.
+fn keep_file(path: &Path, message: &[u8]) -> Result<(), SendError> {
+    let err = |source| SendError::Keep {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = path.with_extension("eml.tmp");
+    std::fs::write(&tmp, message).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// What became of one message.
+enum Outcome {
+    /// The server took it for `accepted`; the others were refused.
+    Taken {
+        accepted: Vec<String>,
+        refused: Vec<(String, SmtpError)>,
+    },
+}
+
+enum Failure {
+    /// This message was refused for good; others may go.
+    Message(SmtpError),
+    /// The account, the token or the server failed: no message goes now.
+    Account { why: String, retry: Retry },
+}
+
+impl From<AuthError> for Failure {
+    fn from(e: AuthError) -> Failure {
+        Failure::Account {
+            retry: e.retry(),
+            why: e.to_string(),
+        }
+    }
+}
+
+/// One connection, opened for the first message and reused for the rest.
+struct Sender<'a> {
+    account: &'a Account,
+    daemon: &'a Daemon,
+    tokens: Option<TokenSource>,
+    connection: Option<Connection>,
+}
+
+impl<'a> Sender<'a> {
+    fn new(account: &'a Account, daemon: &'a Daemon) -> Sender<'a> {
+        Sender {
+            account,
+            daemon,
+            tokens: None,
+            connection: None,
+        }
+    }
+
+    async fn token(&mut self, fresh: bool) -> Result<Secret, Failure> {
+        if self.tokens.is_none() {
+            self.tokens = Some(TokenSource::new(self.account, &self.daemon.state_dir)?);
+        }
+        let tokens = self.tokens.as_mut().expect("just set");
+        if fresh {
+            tokens.invalidate();
+            Ok(tokens.request_access_token().await?)
+        } else {
+            Ok(tokens.access_token().await?)
+        }
+    }
+
+    /// A connection signed in: a refused token is replaced once.
+    async fn connection(&mut self) -> Result<&mut Connection, Failure> {
+        if self.connection.is_none() {
+            let account = Failure::account;
+            let mut fresh = false;
+            let connection = loop {
+                let token = self.token(fresh).await?;
+                let mut c = smtp::connect(&self.account.smtp, self.daemon.command_timeout)
+                    .await
+                    .map_err(account)?;
+                match c.authenticate(&self.account.login_user, &token).await {
+                    Ok(_) => break c,
+                    Err(e) if e.retry() == Retry::NewToken && !fresh => {
+                        tracing::debug!(account = %self.account.name, "SMTP refused the token ({e}); trying a new one");
+                        c.quit().await;
+                        fresh = true;
+                    }
+                    Err(e) => {
+                        c.quit().await;
+                        return Err(Failure::Account {
+                            why: e.to_string(),
+                            // Refused twice: not for a retry every minute.
+                            retry: match e.retry() {
+                                Retry::NewToken => Retry::Never,
+                                r => r,
+                            },
+                        });
+                    }
+                }
+            };
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("just set"))
+    }
+
+    async fn send(&mut self, row: &OutboxEntry, message: &[u8]) -> Result<Outcome, Failure> {
+        let result = self.try_send(row, message).await;
+        if let Err(Failure::Account { .. }) = &result {
+            // The connection may be out of step: a new one for the next message.
+            if let Some(c) = self.connection.take() {
+                c.quit().await;
+            }
+        }
+        result
+    }
+
+    async fn try_send(&mut self, row: &OutboxEntry, message: &[u8]) -> Result<Outcome, Failure> {
+        let eight_bit = message.iter().any(|&b| b >= 0x80);
+        let c = self.connection().await?;
+        let envelope = match c
+            .envelope(
+                &row.sender,
+                &row.recipients,
+                message.len() as u64,
+                eight_bit,
+            )
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                if e.is_about_message() {
+                    let _ = c.rset().await;
+                }
+                return Err(Failure::of(e));
+            }
+        };
+        if envelope.accepted.is_empty() {
+            let _ = c.rset().await;
+            return Ok(Outcome::Taken {
+                accepted: Vec::new(),
+                refused: envelope.refused,
+            });
+        }
+        match c.data(message).await {
+            Ok(_) => Ok(Outcome::Taken {
+                accepted: envelope.accepted,
+                refused: envelope.refused,
+            }),
+            Err(e) => Err(Failure::of(e)),
+        }
+    }
+
+    async fn quit(self) {
+        if let Some(c) = self.connection {
+            c.quit().await;
+        }
+    }
+}
+
+impl Failure {
+    fn account(e: SmtpError) -> Failure {
+        Failure::Account {
+            retry: e.retry(),
+            why: e.to_string(),
+        }
+    }
+
+    fn of(e: SmtpError) -> Failure {
+        if e.is_about_message() {
+            Failure::Message(e)
+        } else {
+            Failure::account(e)
+        }
+    }
+}
