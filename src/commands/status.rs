@@ -31,6 +31,15 @@
 //!     "granted_to": string | null,
 //!     "scopes": [string]
 //!   },
+//!   "sending": null | {          // null: the account is not in the config
+//!     "allowed": "yes" | "no" | "app-only" | "unknown",  // whether the sign-in allows SMTP
+//!     "detail": string | null,   // why not, and what to do
+//!     "queued": number,          // messages waiting in the outbox (or their Sent copy)
+//!     "failed": number,          // messages refused for good, kept in <state_dir>/failed/<account>/
+//!     "next_try": time | null,   // the earliest retry of a waiting message
+//!     "last_error": string | null,   // why the waiting message tried most is waiting
+//!     "last_failure": string | null  // why the newest failed message failed
+//!   },
 //!   "folders": [{
 //!     "local": string,
 //!     "remote": string,          // decoded server name, or the mapping ("@archive") before the first sync
@@ -52,10 +61,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::{CommandError, Exit};
+use crate::auth::Sending;
 use crate::config::Config;
 use crate::imap::utf7;
 use crate::state::{
-    AccountLock, DaemonStatus, FolderStatus, GrantStatus, GrantSummary, RunState, State,
+    AccountLock, DaemonStatus, FolderStatus, GrantStatus, GrantSummary, OutboxSummary, RunState,
+    State,
 };
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +87,7 @@ struct AccountLine {
     pid: Option<u32>,
     since: Option<String>,
     token: Option<TokenLine>,
+    sending: Option<SendingLine>,
     folders: Vec<FolderLine>,
     last_error: Option<String>,
     /// For the table: when the state began, unix seconds.
@@ -97,6 +109,19 @@ struct TokenLine {
     scopes: Vec<String>,
     #[serde(skip)]
     access_expires_unix: Option<i64>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+struct SendingLine {
+    allowed: &'static str,
+    detail: Option<String>,
+    queued: u64,
+    failed: u64,
+    next_try: Option<String>,
+    last_error: Option<String>,
+    last_failure: Option<String>,
+    #[serde(skip)]
+    next_try_unix: Option<i64>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -192,14 +217,31 @@ fn account_line(
 ) -> Result<AccountLine, crate::state::StateError> {
     let state_dir = &config.daemon.state_dir;
     let account = config.accounts.get(name);
-    let (row, grant, folders) = match state {
+    let (row, grant, folders, outbox) = match state {
         Some(s) => (
             s.daemon_state(name)?,
             s.grant_summary(name)?,
             s.folder_status(name)?,
+            s.outbox_summary(name)?,
         ),
-        None => (None, None, Vec::new()),
+        None => (None, None, Vec::new(), Default::default()),
     };
+    let sending = account.map(|a| {
+        let granted = grant.as_ref().map(|g| g.scopes.clone()).unwrap_or_default();
+        let (allowed, detail) = match crate::auth::sending(a, &granted) {
+            Sending::Allowed => ("yes", None),
+            Sending::AppOnly => (
+                "app-only",
+                Some(
+                    "needs SMTP.SendAsApp granted to the app (see `mailsync consent-url`)"
+                        .to_owned(),
+                ),
+            ),
+            Sending::Unknown => ("unknown", None),
+            Sending::NotGranted(why) => ("no", Some(why)),
+        };
+        sending_line(allowed, detail, outbox)
+    });
     let delegated = match (account, &grant) {
         (Some(a), _) => Some(a.flow.is_delegated()),
         (None, Some(g)) => Some(!g.flow.starts_with("client")),
@@ -240,6 +282,7 @@ fn account_line(
         since_unix: decided.since,
         delegated,
         token: grant.map(token_line),
+        sending,
         folders: lines,
         last_error,
     })
@@ -341,6 +384,19 @@ fn folder_line(
         last_sync: row.and_then(|r| r.last_sync).map(rfc3339),
         last_sync_unix: row.and_then(|r| r.last_sync),
         last_error: row.and_then(|r| r.last_error.clone()),
+    }
+}
+
+fn sending_line(allowed: &'static str, detail: Option<String>, o: OutboxSummary) -> SendingLine {
+    SendingLine {
+        allowed,
+        detail,
+        queued: o.queued,
+        failed: o.failed,
+        next_try: o.next_try.map(rfc3339),
+        next_try_unix: o.next_try,
+        last_error: o.last_error,
+        last_failure: o.last_failure,
     }
 }
 
@@ -453,6 +509,37 @@ fn write_table(out: &mut impl Write, lines: &[AccountLine], now: i64) -> std::io
         }
         if let Some(e) = &a.last_error {
             writeln!(out, "  last error: {e}")?;
+        }
+        if let Some(s) = &a.sending {
+            let mut line = match (s.allowed, &s.detail) {
+                ("yes", _) => "allowed".to_owned(),
+                ("unknown", _) => "allowed if the server takes the token".to_owned(),
+                (_, Some(d)) => format!("{}: {d}", s.allowed.replace('-', " ")),
+                (other, None) => other.to_owned(),
+            };
+            if s.queued > 0 {
+                line.push_str(&format!(
+                    "; {} waiting in the outbox (next try {}{})",
+                    s.queued,
+                    when(now, s.next_try_unix),
+                    s.last_error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+            if s.failed > 0 {
+                line.push_str(&format!(
+                    "; {} failed, kept in failed/{}/ under the state directory{}",
+                    s.failed,
+                    a.account,
+                    s.last_failure
+                        .as_ref()
+                        .map(|e| format!(" (last: {e})"))
+                        .unwrap_or_default()
+                ));
+            }
+            writeln!(out, "  sending: {line}")?;
         }
         if a.folders.is_empty() {
             writeln!(out, "  no folders")?;

@@ -170,6 +170,7 @@ pub async fn run(
     heartbeat: Heartbeat,
 ) {
     let span = tracing::info_span!("account", name = %account.name);
+    let outbox = send_outbox(config.clone(), account.clone(), stop.clone());
     let mut task = Task {
         heartbeat,
         state: State::open(&config.daemon.state_dir).ok(),
@@ -181,7 +182,70 @@ pub async fn run(
         tokens: None,
         local_baseline: Vec::new(),
     };
-    tracing::Instrument::instrument(task.main(), span).await;
+    let both = async { tokio::join!(task.main(), outbox) };
+    tracing::Instrument::instrument(both, span).await;
+}
+
+/// How often the outbox is looked at for what `mailsync send` queued while the
+/// daemon runs (it sends at once itself; this is for what it could not send).
+const OUTBOX_POLL: Duration = Duration::from_secs(30);
+
+/// Sends the account's queued messages as they come due, until stopped. A sync in
+/// progress does not hold it up: sending has its own lock.
+async fn send_outbox(config: Arc<Config>, account: Account, stop: Stop) {
+    let mut state = None;
+    loop {
+        if state.is_none() {
+            state = State::open(&config.daemon.state_dir).ok();
+        }
+        let now = crate::state::unix_now();
+        let due = state
+            .as_ref()
+            .and_then(|s| s.outbox_summary(&account.name).ok())
+            .and_then(|o| o.next_try)
+            .is_some_and(|t| t <= now);
+        let mut wait = OUTBOX_POLL;
+        // A Sent copy that could not be filed is due at once again: not every second.
+        let mut floor = Duration::from_secs(1);
+        if due {
+            match crate::send::flush(
+                &account,
+                &config.daemon,
+                crate::send::Which::Due,
+                crate::send::OnAccountError::Defer,
+            )
+            .await
+            {
+                Ok(r) => {
+                    if !r.sent.is_empty() || !r.failed.is_empty() || !r.deferred.is_empty() {
+                        tracing::info!(
+                            sent = r.sent.len(),
+                            waiting = r.deferred.len(),
+                            failed = r.failed.len(),
+                            "outbox"
+                        );
+                    }
+                    if r.copy_error.is_some() {
+                        floor = OUTBOX_POLL;
+                    }
+                }
+                Err(e) => tracing::warn!("outbox: {e}"),
+            }
+        }
+        // Woken early for a retry that comes due sooner.
+        if let Some(next) = state
+            .as_ref()
+            .and_then(|s| s.outbox_summary(&account.name).ok())
+            .and_then(|o| o.next_try)
+        {
+            let until =
+                Duration::from_secs(next.saturating_sub(crate::state::unix_now()).max(1) as u64);
+            wait = wait.min(until).max(floor);
+        }
+        if !stop.sleep(wait).await {
+            return;
+        }
+    }
 }
 
 impl Task {
