@@ -1,5 +1,6 @@
-//! Test environment for mailsync: a real Dovecot IMAP server on loopback ports, an
-//! in-process OAuth identity provider shaped like Microsoft identity platform v2.0, a
+//! Test environment for mailsync: a real Dovecot IMAP server on loopback ports (with SMTP
+//! submission if asked), an in-process OAuth identity provider shaped like Microsoft
+//! identity platform v2.0, an SMTP sink for sending tests (what Dovecot relays to), a
 //! deterministic mail corpus, and a writer for mailsync's TOML config.
 //!
 //! Typical use in an integration test:
@@ -20,8 +21,11 @@ pub mod dovecot;
 pub mod exchange_proxy;
 pub mod hostile;
 pub mod idp;
+mod loopback;
 pub mod mailsync_config;
 pub mod random;
+pub mod smtp_sink;
+mod smtp_wire;
 pub mod utf7;
 pub mod xoauth2;
 
@@ -36,4 +40,6 @@ pub use exchange_proxy::{ExchangeProxy, Fault};
 pub use hostile::{HostileOptions, HostileServer};
 pub use idp::{Idp, TokenFailure};
 pub use mailsync_config::{MailsyncConfig, write_mailsync_config};
+pub use smtp_sink::SmtpSink;
+pub use smtp_wire::Received;
 pub use xoauth2::XOAuth2;

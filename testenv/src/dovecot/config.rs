@@ -29,6 +29,8 @@ pub struct Instance<'a> {
     pub imaps_port: u16,
     pub mail_user: &'a MailUser,
     pub options: &'a DovecotOptions,
+    /// Dovecot's own plain and implicit-TLS submission ports, when submission is on.
+    pub submission: Option<(u16, u16)>,
 }
 
 fn quote(s: &str) -> String {
@@ -66,7 +68,7 @@ base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
 listen = 127.0.0.1
-protocols = imap
+protocols = {protocols}
 ssl = yes
 ssl_cert = <{d}/cert.pem
 ssl_key = <{d}/key.pem
@@ -84,6 +86,11 @@ first_valid_uid = 1
 ",
         name = i.name,
         maxconn = o.max_user_connections,
+        protocols = if i.submission.is_some() {
+            "imap submission"
+        } else {
+            "imap"
+        },
     );
     match o.profile {
         Profile::Full => {
@@ -120,17 +127,18 @@ first_valid_uid = 1
 {chroot}  unix_listener anvil-auth-penalty {{
     mode = 0
   }}
-}}
-service imap-login {{
-{chroot}  inet_listener imap {{
-    port = {imap}
-  }}
-  inet_listener imaps {{
-    port = {imaps}
-    ssl = yes
-  }}
-}}
-passdb {{
+}}"
+    );
+    login_service(
+        &mut c,
+        "imap-login",
+        ("imap", i.imap_port),
+        ("imaps", i.imaps_port),
+        &chroot,
+    );
+    let _ = writeln!(
+        c,
+        "passdb {{
   driver = passwd-file
   master = yes
   args = {d}/master-users
@@ -147,8 +155,6 @@ userdb {{
 namespace inbox {{
   inbox = yes
   separator = /",
-        imap = i.imap_port,
-        imaps = i.imaps_port,
         u = i.mail_user.user,
         g = i.mail_user.group,
     );
@@ -160,6 +166,63 @@ namespace inbox {{
         c.push_str("    auto = subscribe\n  }\n");
     }
     c.push_str("}\n");
+    if let (Some((plain, tls)), Some(relay)) = (i.submission, o.submission_relay_port) {
+        submission(&mut c, plain, tls, relay, &chroot, o.profile);
+    }
     c.push_str(&o.extra_config);
     c
+}
+
+/// A login service with a plain listener and an implicit-TLS one: `(name, port)` each.
+fn login_service(
+    c: &mut String,
+    service: &str,
+    plain: (&str, u16),
+    tls: (&str, u16),
+    chroot: &str,
+) {
+    let _ = writeln!(
+        c,
+        "service {service} {{
+{chroot}  inet_listener {} {{
+    port = {}
+  }}
+  inet_listener {} {{
+    port = {}
+    ssl = yes
+  }}
+}}",
+        plain.0, plain.1, tls.0, tls.1
+    );
+}
+
+/// The submission service. `ssl = required` hides AUTH until STARTTLS on connections
+/// Dovecot does not count as local (see `submission.rs` for why that matters here).
+fn submission(c: &mut String, plain: u16, tls: u16, relay: u16, chroot: &str, profile: Profile) {
+    // login_greeting is shared by all login services: the Exchange profile's IMAP
+    // greeting must not reach SMTP clients.
+    let greeting = match profile {
+        Profile::Exchange => "  login_greeting = Microsoft ESMTP MAIL Service ready\n",
+        Profile::Full | Profile::NoUidplus => "",
+    };
+    let _ = writeln!(
+        c,
+        "hostname = localhost
+submission_relay_host = 127.0.0.1
+submission_relay_port = {relay}
+submission_relay_trusted = yes"
+    );
+    login_service(
+        c,
+        "submission-login",
+        ("submission", plain),
+        ("submissions", tls),
+        chroot,
+    );
+    let _ = writeln!(
+        c,
+        "protocol submission {{
+  ssl = required
+{greeting}}}"
+    );
 }

@@ -1,9 +1,11 @@
 //! A real Dovecot (Debian's `dovecot-imapd`, 2.3) per test: its own temporary directory,
 //! free loopback ports for IMAPS (implicit TLS) and IMAP (STARTTLS), TLS from a CA it
 //! generates, XOAUTH2/OAUTHBEARER validated by the test IdP's `/introspect`, and a
-//! master user for seeding and inspecting mail.
+//! master user for seeding and inspecting mail. Optionally SMTP submission too
+//! (`dovecot-submissiond`), relaying to a test SMTP server.
 //!
-//! Process control is here; the seeding API is in `mail` and `maildir`.
+//! Process control is here; the seeding API is in `mail` and `maildir`, the submission
+//! ports in `submission`.
 
 mod admin;
 mod config;
@@ -11,6 +13,7 @@ mod mail;
 mod maildir;
 mod messages;
 mod options;
+mod submission;
 pub(crate) mod tls;
 
 use std::fs;
@@ -30,6 +33,7 @@ pub use messages::{MoveMode, SeedMessage, ServerMessage, maildir_letters};
 pub use options::{DovecotOptions, EXCHANGE_CAPABILITIES, MailboxSpec, Profile, default_mailboxes};
 
 use config::MailUser;
+use submission::Submission;
 
 static INSTANCES: AtomicU32 = AtomicU32::new(0);
 
@@ -49,6 +53,7 @@ pub struct Dovecot {
     admin_password: String,
     mail_user: MailUser,
     mail_ids: (u32, u32),
+    submission: Option<Submission>,
     running: bool,
 }
 
@@ -147,13 +152,28 @@ impl Dovecot {
             admin_password,
             mail_user,
             mail_ids,
+            submission: None,
             running: false,
         };
         let mut last_err = None;
         for _ in 0..5 {
             dovecot.imap_port = free_port()?;
             dovecot.imaps_port = free_port()?;
-            if dovecot.imap_port == dovecot.imaps_port {
+            let mut ports = vec![dovecot.imap_port, dovecot.imaps_port];
+            if dovecot.options.submission_relay_port.is_some() {
+                let s = Submission {
+                    port: free_port()?,
+                    dovecot_port: free_port()?,
+                    tls_port: free_port()?,
+                    forwarder: None,
+                };
+                ports.extend([s.port, s.dovecot_port, s.tls_port]);
+                dovecot.submission = Some(s);
+            }
+            let chosen = ports.len();
+            ports.sort_unstable();
+            ports.dedup();
+            if ports.len() < chosen {
                 continue;
             }
             dovecot.write_config()?;
@@ -161,7 +181,8 @@ impl Dovecot {
                 Ok(()) => return Ok(dovecot),
                 Err(e) => {
                     dovecot.stop_blocking();
-                    let in_use = dovecot.log().contains("Address already in use");
+                    let in_use = dovecot.log().contains("Address already in use")
+                        || format!("{e:#}").contains("Address already in use");
                     last_err = Some(e);
                     if !in_use {
                         break;
@@ -182,6 +203,10 @@ impl Dovecot {
             imaps_port: self.imaps_port,
             mail_user: &self.mail_user,
             options: &self.options,
+            submission: self
+                .submission
+                .as_ref()
+                .map(|s| (s.dovecot_port, s.tls_port)),
         });
         fs::write(self.config_path(), text)?;
         Ok(())
@@ -205,11 +230,19 @@ impl Dovecot {
             bail!("dovecot -c exited with {status}: {output}");
         }
         self.running = true;
+        if let Some(s) = &mut self.submission {
+            s.start_forwarder()?;
+        }
         Ok(())
     }
 
-    /// Whether the IMAP port answers with Dovecot's real greeting (auth is up).
+    /// Whether the IMAP port answers with Dovecot's real greeting (auth is up), and the
+    /// plain submission port with its 220.
     fn probe(&self) -> bool {
+        self.probe_imap() && self.submission.as_ref().is_none_or(Submission::probe)
+    }
+
+    fn probe_imap(&self) -> bool {
         let Ok(s) = TcpStream::connect(("127.0.0.1", self.imap_port)) else {
             return false;
         };
@@ -252,6 +285,9 @@ impl Dovecot {
 
     /// Stops Dovecot and waits until its master process is gone.
     pub fn stop_blocking(&mut self) {
+        if let Some(s) = &mut self.submission {
+            s.stop_forwarder();
+        }
         if !self.running {
             return;
         }
@@ -272,6 +308,9 @@ impl Dovecot {
 
     /// Stops Dovecot (existing connections are dropped).
     pub async fn stop(&mut self) {
+        if let Some(s) = &mut self.submission {
+            s.stop_forwarder();
+        }
         if !self.running {
             return;
         }
@@ -404,6 +443,19 @@ impl Dovecot {
     /// The IMAP (STARTTLS) port on 127.0.0.1.
     pub fn imap_port(&self) -> u16 {
         self.imap_port
+    }
+
+    /// The SMTP submission port on 127.0.0.1, like 587: plain, STARTTLS before AUTH
+    /// (EHLO offers no AUTH before it; AUTH gets `530 5.7.0 TLS required.`). `None`
+    /// unless started with [`DovecotOptions::submission`].
+    pub fn submission_port(&self) -> Option<u16> {
+        self.submission.as_ref().map(|s| s.port)
+    }
+
+    /// The SMTP submission port with implicit TLS on 127.0.0.1, like 465. `None` unless
+    /// started with [`DovecotOptions::submission`].
+    pub fn submissions_port(&self) -> Option<u16> {
+        self.submission.as_ref().map(|s| s.tls_port)
     }
 
     /// The CA certificate (PEM) clients must trust.

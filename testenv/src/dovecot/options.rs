@@ -109,6 +109,9 @@ pub struct DovecotOptions {
     pub mailboxes: Vec<MailboxSpec>,
     /// `mail_max_userip_connections` (default 20, like Exchange's per-user limit).
     pub max_user_connections: u32,
+    /// SMTP submission on (see [`DovecotOptions::submission`]): the port of the relay
+    /// Dovecot forwards every accepted message to, on 127.0.0.1.
+    pub submission_relay_port: Option<u16>,
     /// Appended verbatim to the generated config.
     pub extra_config: String,
 }
@@ -126,6 +129,7 @@ impl DovecotOptions {
             introspection_url: url.to_string(),
             mailboxes: default_mailboxes(),
             max_user_connections: 20,
+            submission_relay_port: None,
             extra_config: String::new(),
         }
     }
@@ -155,6 +159,17 @@ impl DovecotOptions {
     /// Sets `mail_max_userip_connections`.
     pub fn max_user_connections(mut self, n: u32) -> Self {
         self.max_user_connections = n;
+        self
+    }
+
+    /// Turns on Dovecot's SMTP submission service, relaying every accepted message to
+    /// `127.0.0.1:relay_port` (an [`crate::SmtpSink`], say). Two ports: a plain one where
+    /// STARTTLS must come before AUTH, like 587 ([`crate::Dovecot::submission_port`]),
+    /// and an implicit-TLS one, like 465 ([`crate::Dovecot::submissions_port`]). AUTH
+    /// takes XOAUTH2 and OAUTHBEARER, checked by the same passdb as IMAP (the profile's
+    /// `auth_mechanisms`: the Exchange profile offers `PLAIN XOAUTH2`).
+    pub fn submission(mut self, relay_port: u16) -> Self {
+        self.submission_relay_port = Some(relay_port);
         self
     }
 
