@@ -1,0 +1,285 @@
+//! `mailsync send` against real parts: Dovecot's SMTP submission service (XOAUTH2
+//! validated by the test identity provider, as for IMAP) relaying to a sink on
+//! loopback that stores each message back into the test Dovecot, so what was sent is
+//! then synced like any mail. The `full` profile is reached with implicit TLS (Gmail's
+//! shape, port 465), `exchange` with STARTTLS (Microsoft 365's, port 587).
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mailsync_testenv::SmtpSink;
+use mailsync_testenv::dovecot::Profile;
+
+use crate::on_both_profiles;
+use crate::support::{Env, Run, USER};
+
+pub struct SendEnv {
+    pub env: Env,
+    pub sink: SmtpSink,
+}
+
+impl SendEnv {
+    pub async fn start(profile: Profile) -> SendEnv {
+        SendEnv::start_with(profile, "").await
+    }
+
+    /// With `extra` lines in the account table.
+    pub async fn start_with(profile: Profile, extra: &str) -> SendEnv {
+        let sink = SmtpSink::start().expect("start the SMTP sink");
+        let relay = sink.port();
+        let env = Env::start_with(profile, |o| o.submission(relay)).await;
+        sink.deliver_to(&env.dovecot);
+        let e = SendEnv { env, sink };
+        e.configure(extra);
+        e
+    }
+
+    /// The account's SMTP settings: implicit TLS on `full`, STARTTLS on `exchange`.
+    pub fn smtp_lines(&self) -> String {
+        let d = &self.env.dovecot;
+        match self.env.profile {
+            Profile::Exchange => format!(
+                "smtp_host = \"localhost\"\nsmtp_port = {}\nsmtp_tls = \"starttls\"\n",
+                d.submission_port().expect("submission on")
+            ),
+            _ => format!(
+                "smtp_host = \"localhost\"\nsmtp_port = {}\nsmtp_tls = \"implicit\"\n",
+                d.submissions_port().expect("submission on")
+            ),
+        }
+    }
+
+    pub fn configure(&self, extra: &str) {
+        let text = self
+            .env
+            .config_text(&format!("{}{extra}", self.smtp_lines()));
+        std::fs::write(self.env.config_path(), text).unwrap();
+    }
+
+    /// `mailsync ARGS` with `message` on standard input.
+    pub async fn send(&self, args: &[&str], message: &[u8]) -> Run {
+        let mut c = self.env.command(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let message = message.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut child = c.spawn().expect("run mailsync");
+            let mut stdin = child.stdin.take().unwrap();
+            // A sender that exits early closes its end: that is its answer.
+            let _ = stdin.write_all(&message);
+            drop(stdin);
+            Run::from(child.wait_with_output().unwrap())
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The server's copies in a folder of messages whose bytes hold `needle`.
+    pub async fn copies(&self, folder: &str, needle: &str) -> usize {
+        self.env
+            .dovecot
+            .messages(USER, folder)
+            .await
+            .expect("server messages")
+            .iter()
+            .filter(|m| String::from_utf8_lossy(&m.body).contains(needle))
+            .count()
+    }
+}
+
+/// A message as neomutt writes it (LF line ends), with a Bcc, an 8-bit body, a line
+/// starting with a dot, and a unique `tag` in the subject.
+pub fn message(tag: &str) -> Vec<u8> {
+    format!(
+        "From: Jane <{USER}>\n\
+         To: {USER}\n\
+         Cc: Carol <carol@example.org>\n\
+         Bcc: hidden@example.org\n\
+         Subject: {tag}\n\
+         MIME-Version: 1.0\n\
+         Content-Type: text/plain; charset=utf-8\n\
+         Content-Transfer-Encoding: 8bit\n\
+         \n\
+         Grüße aus Köln.\n\
+         .a line that starts with a dot\n\
+         .\n\
+         The end.\n"
+    )
+    .into_bytes()
+}
+
+/// What a sent message looks like once it went through: CRLF, no Bcc, the body whole.
+fn assert_sent_whole(data: &[u8], tag: &str) {
+    let text = String::from_utf8_lossy(data);
+    assert!(text.contains(&format!("Subject: {tag}\r\n")), "{text}");
+    assert!(!text.contains("hidden@example.org"), "the Bcc was sent: {text}");
+    assert!(
+        text.contains(
+            "\r\n\r\nGrüße aus Köln.\r\n.a line that starts with a dot\r\n.\r\nThe end.\r\n"
+        ),
+        "the body changed on the way: {text:?}"
+    );
+    assert!(text.contains("Message-ID: <"), "no Message-ID was added: {text}");
+}
+
+on_both_profiles!(a_message_goes_out_once_and_comes_back_by_sync);
+/// The transport of each provider's shape; `-t` with the Bcc removed; the message
+/// arrives whole, is synced back into the Maildir, and its copy is filed in Sent once.
+async fn a_message_goes_out_once_and_comes_back_by_sync(profile: Profile) {
+    let e = SendEnv::start(profile).await;
+    let run = e
+        .send(&["send", "-oi", "-oem", "-t", "-f", USER], &message("hello"))
+        .await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.stderr, "", "a sendmail says nothing when it sent: {run}");
+    let got = e.sink.messages();
+    assert_eq!(got.len(), 1, "sent once: {got:?}");
+    assert_eq!(got[0].mail_from, USER);
+    let mut to = got[0].rcpt_to.clone();
+    to.sort();
+    assert_eq!(to, ["carol@example.org", "hidden@example.org", USER]);
+    assert_sent_whole(&got[0].data, "hello");
+
+    // Back by sync: the Inbox holds what was sent.
+    e.env.sync().await;
+    let inbox = crate::support::local_messages(&e.env.maildir("Inbox"));
+    assert_eq!(inbox.len(), 1, "the message did not come back");
+    assert_sent_whole(&inbox[0].0, "hello");
+    e.env.assert_in_sync().await;
+
+    // A custom server files no copy itself: mailsync filed one in Sent, once.
+    assert_eq!(e.copies("Sent Items", "Subject: hello").await, 1);
+    let flush = e.env.run(&["send", "--flush"]).await;
+    assert_eq!(flush.code, 0, "{flush}");
+    assert!(flush.stdout.contains("work: sent 0, waiting 0, failed 0"), "{flush}");
+    assert_eq!(e.copies("Sent Items", "Subject: hello").await, 1);
+    assert_eq!(e.sink.count(), 1, "the flush sent it again");
+
+    // Recipients on the command line, without -t; the account named first.
+    let run = e
+        .send(&["send", "work", "--", "dave@example.org"], &message("args"))
+        .await;
+    assert_eq!(run.code, 0, "{run}");
+    let got = e.sink.messages();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].rcpt_to, ["dave@example.org"]);
+    assert_sent_whole(&got[1].data, "args");
+}
+
+on_both_profiles!(what_cannot_go_now_waits_and_goes_once);
+/// The relay down, the SMTP server down, the token endpoint down: each time `send`
+/// says it queued the message and exits 0; once the part is back, a flush sends each
+/// message exactly once.
+async fn what_cannot_go_now_waits_and_goes_once(profile: Profile) {
+    let mut e = SendEnv::start(profile).await;
+
+    e.sink.stop();
+    let run = e.send(&["send", "-t"], &message("relay-down")).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("not sent yet"), "{run}");
+    assert!(run.stderr.contains("--flush"), "{run}");
+    let status = e.env.run(&["status"]).await;
+    assert!(status.stdout.contains("1 waiting in the outbox"), "{status}");
+    e.sink.start_again().unwrap();
+
+    e.env.dovecot.stop().await;
+    let run = e.send(&["send", "-t"], &message("server-down")).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("cannot connect"), "{run}");
+    e.env.dovecot.start_again().await.unwrap();
+
+    // No token kept (a new process must ask), and the identity provider down.
+    std::fs::remove_file(e.env.state_dir().join("state.sqlite-wal")).ok();
+    e.env.idp.revoke_access_tokens();
+    e.env
+        .idp
+        .fail_next_token_calls(50, mailsync_testenv::TokenFailure::Unavailable(503));
+    let run = e.send(&["send", "-t"], &message("idp-down")).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("not sent yet"), "{run}");
+    e.env.idp.clear_token_failures();
+    assert_eq!(e.sink.count(), 0);
+
+    let flush = e.env.run(&["send", "--flush"]).await;
+    assert_eq!(flush.code, 0, "{flush}");
+    assert!(flush.stdout.contains("sent 3, waiting 0, failed 0"), "{flush}");
+    let got = e.sink.messages();
+    let subjects: Vec<String> = got
+        .iter()
+        .map(|m| {
+            let t = String::from_utf8_lossy(&m.data);
+            t.lines().find(|l| l.starts_with("Subject:")).unwrap_or("").to_owned()
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        ["Subject: relay-down", "Subject: server-down", "Subject: idp-down"],
+        "each exactly once, in order"
+    );
+    let again = e.env.run(&["send", "--flush"]).await;
+    assert!(again.stdout.contains("sent 0, waiting 0"), "{again}");
+    assert_eq!(e.sink.count(), 3);
+}
+
+on_both_profiles!(a_refusal_is_reported_and_the_message_kept);
+/// A recipient refused for good: reported with the server's reason, the message kept
+/// as a file; the others still get it.
+async fn a_refusal_is_reported_and_the_message_kept(profile: Profile) {
+    let e = SendEnv::start(profile).await;
+    e.sink
+        .refuse_rcpt("nobody@example.org", "550 5.1.1 <nobody@example.org> User unknown");
+    let run = e
+        .send(&["send", "nobody@example.org"], &message("refused"))
+        .await;
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("5.1.1"), "{run}");
+    assert!(run.stderr.contains("does not exist"), "the cause is named: {run}");
+    let kept = run
+        .stderr
+        .split("kept in ")
+        .nth(1)
+        .map(|s| s.trim().to_owned())
+        .expect("the file is named");
+    let bytes = std::fs::read(&kept).expect("the message is kept");
+    assert_sent_whole(&bytes, "refused");
+    assert_eq!(e.sink.count(), 0);
+
+    let run = e
+        .send(&["send", "nobody@example.org", USER], &message("partly"))
+        .await;
+    assert_eq!(run.code, 1, "sent to one, refused for the other: {run}");
+    assert_eq!(e.sink.messages()[0].rcpt_to, [USER]);
+    let status = e.env.run(&["status"]).await;
+    assert!(status.stdout.contains("2 failed"), "{status}");
+    assert!(status.stdout.contains("User unknown"), "{status}");
+
+    // A transient refusal at the end of DATA: queued, not failed.
+    e.sink.fail_next(1, "451 4.3.0 Try again later");
+    let run = e.send(&["send", USER], &message("later")).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("451 4.3.0"), "{run}");
+    let flush = e.env.run(&["send", "--flush"]).await;
+    assert!(flush.stdout.contains("sent 1, waiting 0, failed 0"), "{flush}");
+}
+
+on_both_profiles!(an_expired_token_is_replaced_and_the_message_sent);
+/// The token kept from the last run was revoked: the server refuses it, a new one is
+/// asked for once, and the message goes.
+async fn an_expired_token_is_replaced_and_the_message_sent(profile: Profile) {
+    let e = SendEnv::start(profile).await;
+    let run = e.send(&["send", USER], &message("first")).await;
+    assert_eq!(run.code, 0, "{run}");
+    let calls = e.env.idp.token_calls();
+    e.env.idp.revoke_access_tokens();
+    let run = e.send(&["send", USER], &message("second")).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(e.sink.count(), 2);
+    assert_eq!(
+        e.env.idp.token_calls(),
+        calls + 1,
+        "the refused token was replaced once"
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
