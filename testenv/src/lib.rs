@@ -1,7 +1,8 @@
 //! Test environment for mailsync: a real Dovecot IMAP server on loopback ports (with SMTP
 //! submission if asked), an in-process OAuth identity provider shaped like Microsoft
-//! identity platform v2.0, an SMTP sink for sending tests (what Dovecot relays to), a
-//! deterministic mail corpus, and a writer for mailsync's TOML config.
+//! identity platform v2.0, SMTP servers for sending tests (a sink Dovecot relays to, a
+//! scripted server answering like Microsoft 365), a deterministic mail corpus, and a
+//! writer for mailsync's TOML config.
 //!
 //! Typical use in an integration test:
 //!
@@ -24,6 +25,7 @@ pub mod idp;
 mod loopback;
 pub mod mailsync_config;
 pub mod random;
+pub mod smtp_script;
 pub mod smtp_sink;
 mod smtp_wire;
 pub mod utf7;
@@ -40,6 +42,7 @@ pub use exchange_proxy::{ExchangeProxy, Fault};
 pub use hostile::{HostileOptions, HostileServer};
 pub use idp::{Idp, TokenFailure};
 pub use mailsync_config::{MailsyncConfig, write_mailsync_config};
+pub use smtp_script::{ScriptedSmtp, SmtpTls};
 pub use smtp_sink::SmtpSink;
 pub use smtp_wire::Received;
 pub use xoauth2::XOAuth2;

@@ -1,6 +1,6 @@
-//! What the test SMTP servers ([`crate::SmtpSink`] and the like) share: bounded line
-//! reading, the DATA phase with dot-unstuffing, paths in MAIL/RCPT, and the record of
-//! a message.
+//! What the test SMTP servers ([`crate::SmtpSink`], [`crate::ScriptedSmtp`]) share:
+//! bounded line reading, the DATA phase with dot-unstuffing, paths in MAIL/RCPT, and
+//! the record of a message.
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -159,4 +159,9 @@ pub(crate) async fn send<W: AsyncWrite + Unpin>(w: &mut W, reply: &str) -> std::
     w.write_all(reply.as_bytes()).await?;
     w.write_all(b"\r\n").await?;
     w.flush().await
+}
+
+/// Whether a reply line is a success (2xx).
+pub(crate) fn positive(reply: &str) -> bool {
+    reply.starts_with('2')
 }

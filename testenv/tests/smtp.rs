@@ -1,11 +1,14 @@
 //! The SMTP parts of the test environment, driven by a minimal hand-written client:
-//! Dovecot's submission service relaying to the sink and on into a mailbox, and what a
-//! client sees when the relay refuses or is down.
+//! Dovecot's submission service relaying to the sink and on into a mailbox, what a
+//! client sees when the relay refuses or is down, and the scripted Microsoft server.
 
 use std::time::Duration;
 
 use base64::Engine as _;
-use mailsync_testenv::{Dovecot, DovecotOptions, Idp, Profile, Received, SmtpSink, XOAuth2};
+use mailsync_testenv::smtp_script::microsoft;
+use mailsync_testenv::{
+    Dovecot, DovecotOptions, Idp, Profile, Received, ScriptedSmtp, SmtpSink, SmtpTls, XOAuth2,
+};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -333,4 +336,110 @@ async fn submission_ports_survive_stop_and_start_again() {
     assert!(!plain.cmd("EHLO client.example").await.contains("AUTH"));
     assert_sends(&idp, &dovecot).await;
     assert_eq!(sink.count(), 1);
+}
+
+/// Connects to `server`, trusting its CA, and returns the greeting too.
+async fn connect_scripted(server: &ScriptedSmtp, implicit_tls: bool) -> (Client, String) {
+    let ca = std::fs::read(server.ca_file()).unwrap();
+    Client::connect(server.port(), &ca, implicit_tls).await
+}
+
+#[tokio::test]
+async fn scripted_auth_failure_with_implicit_tls() {
+    let server = ScriptedSmtp::start(SmtpTls::Implicit).unwrap();
+    server.reply_to_auth(microsoft::SMTP_AUTH_DISABLED);
+    let (mut client, greeting) = connect_scripted(&server, true).await;
+    assert!(
+        greeting.contains(" Microsoft ESMTP MAIL Service ready at "),
+        "{greeting}"
+    );
+    let ehlo = client.cmd("EHLO client.example").await;
+    assert!(ehlo.contains("250-SIZE 157286400\n"), "{ehlo}");
+    assert!(ehlo.contains("250-AUTH LOGIN XOAUTH2\n"), "{ehlo}");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    let auth = client
+        .cmd(&format!("AUTH XOAUTH2 {}", xoauth2(JANE, "secret-token")))
+        .await;
+    assert_eq!(auth, microsoft::SMTP_AUTH_DISABLED);
+    assert_eq!(
+        client.cmd("MAIL FROM:<jane@example.com>").await,
+        "530 5.7.57 Client not authenticated to send mail."
+    );
+    assert_eq!(
+        server.commands(),
+        [
+            "EHLO client.example",
+            "AUTH XOAUTH2 <auth>",
+            "MAIL FROM:<jane@example.com>"
+        ]
+    );
+    assert_eq!(server.auth_users(), [JANE]);
+    assert!(!format!("{:?}", server.commands()).contains("secret-token"));
+}
+
+#[tokio::test]
+async fn scripted_auth_failure_after_starttls_then_a_refused_message() {
+    let server = ScriptedSmtp::start(SmtpTls::StartTls).unwrap();
+    server.reply_to_auth(microsoft::XOAUTH2_USER_MISMATCH);
+    let (mut client, _) = connect_scripted(&server, false).await;
+    let ehlo = client.cmd("EHLO client.example").await;
+    assert!(
+        ehlo.contains("250-STARTTLS\n") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        client.cmd("AUTH XOAUTH2").await,
+        "504 5.7.4 Unrecognized authentication type"
+    );
+    client.starttls().await;
+    let ehlo = client.cmd("EHLO client.example").await;
+    assert!(ehlo.contains("250-AUTH LOGIN XOAUTH2\n"), "{ehlo}");
+    // Without an initial response: the payload follows the empty challenge (`334 `,
+    // which the client's reply reader trims).
+    assert_eq!(client.cmd("AUTH XOAUTH2").await, "334");
+    assert_eq!(
+        client.cmd(&xoauth2(JANE, "secret-token")).await,
+        microsoft::XOAUTH2_USER_MISMATCH
+    );
+
+    // Logged in, the message is refused at its end; the client resets.
+    server.clear_script();
+    server.reply_to_data_end(microsoft::SEND_AS_DENIED);
+    assert_eq!(client.cmd("AUTH XOAUTH2").await, "334");
+    assert!(client.cmd(&xoauth2(JANE, "t")).await.starts_with("235 "));
+    assert_eq!(client.send_to_bob().await, microsoft::SEND_AS_DENIED);
+    assert_eq!(client.cmd("RSET").await, "250 2.0.0 Resetting");
+    let commands = server.commands();
+    assert_eq!(
+        commands,
+        [
+            "EHLO client.example",
+            "AUTH XOAUTH2",
+            "STARTTLS",
+            "EHLO client.example",
+            "AUTH XOAUTH2",
+            "<auth>",
+            "AUTH XOAUTH2",
+            "<auth>",
+            "MAIL FROM:<jane@example.com>",
+            "RCPT TO:<bob@example.com>",
+            "DATA",
+            "RSET"
+        ]
+    );
+    assert_eq!(server.messages()[0].data, MESSAGE);
+
+    // Nothing scripted: Microsoft's happy path.
+    server.clear_script();
+    let sent = client.send_to_bob().await;
+    assert!(sent.starts_with("250 2.0.0 OK <2@"), "{sent}");
+    assert_eq!(
+        client.cmd("QUIT").await,
+        "221 2.0.0 Service closing transmission channel"
+    );
+    let messages = server.messages();
+    assert_eq!(
+        (messages.len(), messages[1].rcpt_to.as_slice()),
+        (2, &[BOB.to_string()][..])
+    );
 }
