@@ -16,6 +16,7 @@ mod hostile_idp;
 mod layout;
 mod pull;
 mod secrets;
+mod send;
 mod session;
 mod stop;
 mod token_cache;

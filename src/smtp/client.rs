@@ -271,6 +271,11 @@ impl Connection {
             }
             self.write(batch.as_bytes(), &Step::MailFrom).await?;
             let reply = self.read_reply(&Step::MailFrom).await?;
+            if reply.code == 421 {
+                // The server is closing (Dovecot does so when its relay is down): the
+                // recipients' replies will not come.
+                return Err(self.refused(Step::MailFrom, reply));
+            }
             let mail_ok = reply.code == 250;
             let mail_err = (!mail_ok).then(|| self.refused(Step::MailFrom, reply));
             // Every reply is read, so the connection stays in step for RSET.
