@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::process::Stdio;
+use std::time::Duration;
 
 use mailsync_testenv::SmtpSink;
 use mailsync_testenv::dovecot::Profile;
@@ -319,4 +320,250 @@ async fn an_expired_token_is_replaced_and_the_message_sent(profile: Profile) {
         calls + 1,
         "the refused token was replaced once"
     );
+}
+
+/// One of Microsoft 365's refusals, from a scripted server (no real server refuses so
+/// on purpose): what `send` exits with, and the words its error must hold.
+struct Case {
+    at: &'static str,
+    reply: String,
+    exit: i32,
+    says: &'static str,
+}
+
+/// Each refusal of README's "Sending" table gets its cause and fix; a refusal of the
+/// account stops before MAIL, one of the message before (or after) DATA, throttling
+/// queues. A refused sign-in is tried once more with a new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microsoft_refusals_name_the_cause_and_the_fix() {
+    use mailsync_testenv::smtp_script::microsoft;
+    use mailsync_testenv::{ScriptedSmtp, SmtpTls};
+    let env = Env::start(Profile::Exchange).await;
+    let server =
+        ScriptedSmtp::start_with_certificate(SmtpTls::StartTls, env.dovecot.dir()).unwrap();
+    let text = env.config_text(&format!(
+        "smtp_host = \"localhost\"\nsmtp_port = {}\nsmtp_tls = \"starttls\"\nsave_sent = false\n",
+        server.port()
+    ));
+    std::fs::write(env.config_path(), text).unwrap();
+    let e = SendEnv {
+        env,
+        sink: SmtpSink::start().unwrap(),
+    };
+    let cases = [
+        Case {
+            at: "auth",
+            reply: microsoft::SMTP_AUTH_DISABLED.into(),
+            exit: 2,
+            says: "Set-TransportConfig -SmtpClientAuthenticationDisabled $false",
+        },
+        Case {
+            at: "auth",
+            reply: microsoft::AUTH_UNSUCCESSFUL.into(),
+            exit: 2,
+            says: "Set-CASMailbox -Identity <address> -SmtpClientAuthenticationDisabled $false",
+        },
+        Case {
+            at: "auth",
+            reply: microsoft::XOAUTH2_USER_MISMATCH.into(),
+            exit: 2,
+            says: "set login_user",
+        },
+        Case {
+            at: "mail",
+            reply: microsoft::NO_SEND_AS_PERMISSION.into(),
+            exit: 2,
+            says: "Add-RecipientPermission",
+        },
+        Case {
+            at: "data",
+            reply: microsoft::SEND_AS_DENIED.into(),
+            exit: 2,
+            says: "grant Send As",
+        },
+        Case {
+            at: "data",
+            reply: microsoft::send_as_denied(USER, "boss@example.org"),
+            exit: 2,
+            says: "grant Send As",
+        },
+        Case {
+            at: "data",
+            reply: microsoft::SENDER_THREAD_LIMIT.into(),
+            exit: 0,
+            says: "30 messages a minute",
+        },
+        Case {
+            at: "data",
+            reply: microsoft::DAILY_QUOTA_EXCEEDED.into(),
+            exit: 0,
+            says: "10,000 recipients a day",
+        },
+    ];
+    for case in &cases {
+        server.clear_script();
+        match case.at {
+            "auth" => server.reply_to_auth(&case.reply),
+            "mail" => server.reply_to_mail_from(&case.reply),
+            _ => server.reply_to_data_end(&case.reply),
+        }
+        let before = server.commands().len();
+        let run = e.send(&["send", USER], &message("scripted")).await;
+        let said = &case.reply[..9];
+        assert_eq!(run.code, case.exit, "{said}: {run}");
+        assert!(
+            run.stderr.contains(said),
+            "{said}: the server's words: {run}"
+        );
+        assert!(run.stderr.contains(case.says), "{said}: {run}");
+        assert_eq!(run.stderr.lines().count(), 1, "{said}: one line: {run}");
+        let commands = server.commands()[before..].to_vec();
+        assert!(commands.iter().any(|c| c == "STARTTLS"), "{commands:?}");
+        let auths = commands.iter().filter(|c| c.starts_with("AUTH")).count();
+        let mails = commands.iter().filter(|c| c.starts_with("MAIL")).count();
+        let datas = commands.iter().filter(|c| *c == "DATA").count();
+        match case.at {
+            "auth" => {
+                assert_eq!(auths, 2, "{said}: a new token is tried once: {commands:?}");
+                assert_eq!(mails, 0, "{said}: {commands:?}");
+            }
+            "mail" => {
+                assert_eq!(datas, 0, "{said}: DATA after a refused MAIL: {commands:?}");
+                assert!(commands.iter().any(|c| c == "RSET"), "{said}: {commands:?}");
+            }
+            _ => assert_eq!(datas, 1, "{said}: {commands:?}"),
+        }
+        assert!(
+            !commands
+                .iter()
+                .any(|c| c.contains("eyJ") || c.contains("Bearer")),
+            "a token was recorded: {commands:?}"
+        );
+    }
+    let status = e.env.run(&["status"]).await;
+    assert!(
+        status.stdout.contains("2 waiting in the outbox"),
+        "{status}"
+    );
+    assert!(status.stdout.contains("6 failed"), "{status}");
+
+    // `mailsync test` reports the same refusal as a step, and sends nothing.
+    server.clear_script();
+    server.reply_to_auth(microsoft::SMTP_AUTH_DISABLED);
+    let before = server.commands().len();
+    let run = e.env.run(&["test", "work"]).await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stdout
+            .contains("✓ SMTP EHLO     AUTH LOGIN XOAUTH2; messages up to 157.3 MB; PIPELINING"),
+        "{run}"
+    );
+    assert!(run.stdout.contains("✗ SMTP AUTH"), "{run}");
+    assert!(run.stdout.contains("Set-TransportConfig"), "{run}");
+    let commands = server.commands()[before..].to_vec();
+    assert!(
+        !commands
+            .iter()
+            .any(|c| c.starts_with("MAIL") || c == "DATA"),
+        "{commands:?}"
+    );
+}
+
+on_both_profiles!(test_checks_sending_and_sends_nothing);
+/// `mailsync test` goes through SMTP up to an accepted MAIL FROM, then RSET.
+async fn test_checks_sending_and_sends_nothing(profile: Profile) {
+    let e = SendEnv::start(profile).await;
+    let run = e.env.run(&["test", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    for step in [
+        "✓ SMTP DNS",
+        "✓ SMTP TCP",
+        "✓ SMTP TLS",
+        "✓ SMTP EHLO",
+        "✓ SMTP AUTH",
+        "✓ SMTP MAIL",
+    ] {
+        assert!(run.stdout.contains(step), "{step}: {run}");
+    }
+    assert!(
+        run.stdout.contains("CN=localhost"),
+        "the certificate is shown: {run}"
+    );
+    if profile == Profile::Exchange {
+        assert!(run.stdout.contains("STARTTLS, certificate"), "{run}");
+    }
+    assert!(run.stdout.contains("nothing sent (RSET)"), "{run}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(e.sink.count(), 0, "test sent a message");
+}
+
+/// A Microsoft 365 account signed in before mailsync could send: its grant has no
+/// SMTP.Send. It goes on syncing (its refreshes ask for what it was granted: asking
+/// more is AADSTS65001, which would stop syncing too), `send` and `status` say to
+/// connect again, and after that it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_connected_before_sending_is_told_to_connect_again() {
+    use crate::connect::{approve_as, connect_args_for, run_connect_with};
+    let e = SendEnv::start(Profile::Full).await;
+    let env = &e.env;
+    env.idp.set_device_code_interval(Duration::from_millis(200));
+    std::fs::remove_file(env.config_path()).unwrap();
+    let mut args = connect_args_for(env, "device", "microsoft");
+    for s in [
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+        "offline_access",
+    ] {
+        args.push("--scope".into());
+        args.push(s.into());
+    }
+    let idp = env.idp.clone();
+    let (code, out, err) =
+        run_connect_with(env, args, move |line| approve_as(&idp, line, USER)).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The upgrade: the account's scopes are the defaults again, which now hold
+    // SMTP.Send; the submission server is this test's.
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let scopes = text
+        .lines()
+        .find(|l| l.starts_with("scopes = "))
+        .expect("connect wrote the scopes")
+        .to_owned();
+    let text = text.replace(&format!("{scopes}\n"), "").replacen(
+        "[accounts.work]\n",
+        &format!("[accounts.work]\n{}", e.smtp_lines()),
+        1,
+    );
+    std::fs::write(env.config_path(), text).unwrap();
+    env.idp.expire_access_tokens();
+
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(sync.code, 0, "the old grant stopped syncing: {sync}");
+    let run = e.send(&["send", USER], &message("old grant")).await;
+    assert_eq!(run.code, 2, "{run}");
+    assert!(
+        run.stderr.contains("connected before mailsync could send")
+            && run.stderr.contains("run `mailsync connect work` again"),
+        "{run}"
+    );
+    assert_eq!(e.sink.count(), 0);
+    let status = env.run(&["status"]).await;
+    assert!(
+        status
+            .stdout
+            .contains("sending: no: it was connected before"),
+        "{status}"
+    );
+
+    let idp = env.idp.clone();
+    let (code, out, err) =
+        run_connect_with(env, vec!["connect".into(), "work".into()], move |line| {
+            approve_as(&idp, line, USER)
+        })
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let run = e.send(&["send", USER], &message("new grant")).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(e.sink.count(), 1);
+    let status = env.run(&["status"]).await;
+    assert!(status.stdout.contains("sending: allowed"), "{status}");
 }

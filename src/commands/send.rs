@@ -95,6 +95,9 @@ pub async fn run(config: &Config, args: &SendArgs) -> Result<Exit, CommandError>
     }
     let header_from = message::from_address(&raw);
     let account = choose(config, named, args.from.as_deref(), header_from.as_deref())?;
+    if account.smtp.is_none() {
+        return Err(CommandError::Usage(crate::send::no_smtp(account)));
+    }
     let granted = State::open(&config.daemon.state_dir)
         .and_then(|s| s.grant_summary(&account.name))
         .ok()

@@ -1,6 +1,8 @@
 //! `mailsync test`: checks an account step by step — config, DNS, TCP, TLS, token,
-//! capabilities, AUTHENTICATE, LIST, each mapped folder — printing a ✓ or ✗ line per
-//! step, and for each ✗ its cause and the fix. Exits 0 only if every step passed.
+//! capabilities, AUTHENTICATE, LIST, each mapped folder, then sending: the scope, and
+//! SMTP's DNS, TCP, TLS, EHLO, AUTH and MAIL FROM (then RSET: nothing is sent) —
+//! printing a ✓ or ✗ line per step, and for each ✗ its cause and the fix. Exits 0 only
+//! if every step passed.
 
 use std::io::Write;
 use std::path::Path;
@@ -9,9 +11,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::{CommandError, Exit};
-use crate::auth::{AuthError, TokenSource};
+use crate::auth::{AuthError, Sending, TokenSource};
 use crate::config::{self, Account, Config, Tls};
 use crate::imap::{self, ImapError};
+use crate::smtp::SmtpError;
 use crate::sync::login::context;
 use crate::tls::TlsError;
 
@@ -106,6 +109,7 @@ pub async fn run(path: &Path, args: &TestArgs) -> Result<Exit, CommandError> {
             let _ = writeln!(report.out);
         }
         check_account(&config, account, &mut report).await;
+        check_smtp(&config, account, &mut report).await;
     }
     Ok(if report.failed == 0 {
         Exit::Ok
@@ -130,81 +134,19 @@ async fn check_account(config: &Config, account: &Account, r: &mut Report<'_>) {
     let host = &account.imap.host;
     let port = account.imap.port;
 
-    // DNS
-    let addrs: Vec<std::net::SocketAddr> =
-        match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port))).await {
-            Ok(Ok(a)) => a.collect(),
-            Ok(Err(e)) => {
-                r.step(Step::fail(
-                    "DNS",
-                    host.clone(),
-                    format!("cannot resolve {host}: {e}"),
-                    "check imap_host for typos, and this machine's DNS and network",
-                ));
-                return skip_rest(r, "no address");
-            }
-            Err(_) => {
-                r.step(Step::fail(
-                    "DNS",
-                    host.clone(),
-                    format!("no DNS answer within {}s", timeout.as_secs()),
-                    "check this machine's DNS resolver",
-                ));
-                return skip_rest(r, "no address");
-            }
-        };
-    if addrs.is_empty() {
-        r.step(Step::fail(
-            "DNS",
-            host.clone(),
-            format!("{host} has no address"),
-            "check imap_host",
-        ));
+    let Some(addrs) = dns_step(r, "DNS", host, port, timeout, "imap_host").await else {
         return skip_rest(r, "no address");
-    }
-    r.step(Step::pass(
-        "DNS",
-        format!(
-            "{host} → {}",
-            addrs
-                .iter()
-                .map(|a| a.ip().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    ));
-
-    // TCP
-    let started = Instant::now();
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addrs[0])).await {
-        Ok(Ok(_)) => {
-            r.step(Step::pass(
-                "TCP",
-                format!(
-                    "connected to {} in {} ms",
-                    addrs[0],
-                    started.elapsed().as_millis()
-                ),
-            ));
-        }
-        Ok(Err(e)) => {
-            r.step(Step::fail(
-                "TCP",
-                addrs[0].to_string(),
-                format!("cannot connect: {e}"),
-                "check imap_port (993 for tls = \"implicit\", 143 for \"starttls\") and any firewall or proxy on the way",
-            ));
-            return skip_rest(r, "no connection");
-        }
-        Err(_) => {
-            r.step(Step::fail(
-                "TCP",
-                addrs[0].to_string(),
-                format!("no answer within {}s", timeout.as_secs()),
-                "a firewall may drop the traffic; check outbound access to the port",
-            ));
-            return skip_rest(r, "no connection");
-        }
+    };
+    if !tcp_step(
+        r,
+        "TCP",
+        addrs[0],
+        timeout,
+        "check imap_port (993 for tls = \"implicit\", 143 for \"starttls\") and any firewall or proxy on the way",
+    )
+    .await
+    {
+        return skip_rest(r, "no connection");
     }
 
     // TLS and the greeting
@@ -230,18 +172,7 @@ async fn check_account(config: &Config, account: &Account, r: &mut Report<'_>) {
     };
     match (client.tls_info(), account.imap.tls) {
         (Some(info), _) => {
-            let warn = if info.days_left < 14 {
-                " — expires soon"
-            } else {
-                ""
-            };
-            r.step(Step::pass(
-                "TLS",
-                format!(
-                    "certificate {} (issuer {}), valid until {} ({} days){warn}",
-                    info.subject, info.issuer, info.not_after, info.days_left
-                ),
-            ));
+            r.step(Step::pass("TLS", tls_detail(info)));
         }
         (None, Tls::Plain) => {
             r.step(Step::pass(
@@ -397,6 +328,247 @@ async fn check_account(config: &Config, account: &Account, r: &mut Report<'_>) {
         }
     }
     session.logout().await;
+}
+
+/// Resolves `host`; the addresses, or `None` after a failed step.
+async fn dns_step(
+    r: &mut Report<'_>,
+    name: &str,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    key: &str,
+) -> Option<Vec<std::net::SocketAddr>> {
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                r.step(Step::fail(
+                    name,
+                    host,
+                    format!("cannot resolve {host}: {e}"),
+                    format!("check {key} for typos, and this machine's DNS and network"),
+                ));
+                return None;
+            }
+            Err(_) => {
+                r.step(Step::fail(
+                    name,
+                    host,
+                    format!("no DNS answer within {}s", timeout.as_secs()),
+                    "check this machine's DNS resolver",
+                ));
+                return None;
+            }
+        };
+    if addrs.is_empty() {
+        r.step(Step::fail(
+            name,
+            host,
+            format!("{host} has no address"),
+            format!("check {key}"),
+        ));
+        return None;
+    }
+    r.step(Step::pass(
+        name,
+        format!(
+            "{host} → {}",
+            addrs
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ));
+    Some(addrs)
+}
+
+/// Connects to `addr`; whether it worked.
+async fn tcp_step(
+    r: &mut Report<'_>,
+    name: &str,
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+    fix: &str,
+) -> bool {
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => r.step(Step::pass(
+            name,
+            format!(
+                "connected to {addr} in {} ms",
+                started.elapsed().as_millis()
+            ),
+        )),
+        Ok(Err(e)) => r.step(Step::fail(
+            name,
+            addr.to_string(),
+            format!("cannot connect: {e}"),
+            fix,
+        )),
+        Err(_) => r.step(Step::fail(
+            name,
+            addr.to_string(),
+            format!("no answer within {}s", timeout.as_secs()),
+            "a firewall may drop the traffic; check outbound access to the port",
+        )),
+    }
+}
+
+fn tls_detail(info: &crate::tls::TlsInfo) -> String {
+    let warn = if info.days_left < 14 {
+        " — expires soon"
+    } else {
+        ""
+    };
+    format!(
+        "certificate {} (issuer {}), valid until {} ({} days){warn}",
+        info.subject, info.issuer, info.not_after, info.days_left
+    )
+}
+
+/// The sending steps: whether the sign-in allows SMTP, then DNS, TCP, TLS (or
+/// STARTTLS), EHLO, AUTH and a MAIL FROM the server accepts, then RSET: nothing is sent.
+async fn check_smtp(config: &Config, account: &Account, r: &mut Report<'_>) {
+    let Some(smtp) = &account.smtp else {
+        r.skip(
+            "SMTP",
+            "no smtp_host: this account does not send (set smtp_host to send with it)",
+        );
+        return;
+    };
+    let granted = crate::state::State::open(&config.daemon.state_dir)
+        .and_then(|s| s.grant_summary(&account.name))
+        .ok()
+        .flatten()
+        .map(|g| g.scopes)
+        .unwrap_or_default();
+    match crate::auth::sending(account, &granted) {
+        Sending::NotGranted(why) => {
+            r.step(Step::fail(
+                "SMTP scope",
+                "",
+                format!("the sign-in does not allow sending: {why}"),
+                "",
+            ));
+        }
+        Sending::Allowed => {
+            r.step(Step::pass("SMTP scope", "the sign-in allows sending"));
+        }
+        Sending::AppOnly => {
+            r.step(Step::pass(
+                "SMTP scope",
+                "app-only: needs SMTP.SendAsApp granted to the app (AUTH below tells)",
+            ));
+        }
+        Sending::Unknown => {}
+    }
+    let timeout = config.daemon.command_timeout;
+    let Some(addrs) = dns_step(r, "SMTP DNS", &smtp.host, smtp.port, timeout, "smtp_host").await
+    else {
+        return skip_rest(r, "no address");
+    };
+    if !tcp_step(
+        r,
+        "SMTP TCP",
+        addrs[0],
+        timeout,
+        "check smtp_port (587 for smtp_tls = \"starttls\", 465 for \"implicit\") and any firewall on the way (many networks block outgoing SMTP ports)",
+    )
+    .await
+    {
+        return skip_rest(r, "no connection");
+    }
+    let mut conn = match crate::smtp::connect(smtp, timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            let (cause, fix) = match &e {
+                SmtpError::Tls(TlsError::Handshake { detail, hint, .. }) => {
+                    (detail.clone(), hint.trim_start_matches("; ").to_owned())
+                }
+                SmtpError::NoStartTls { .. } => (
+                    e.to_string(),
+                    "use smtp_tls = \"implicit\" with smtp_port = 465".into(),
+                ),
+                other => (other.to_string(), String::new()),
+            };
+            r.step(Step::fail(
+                "SMTP TLS",
+                format!("{}:{}", smtp.host, smtp.port),
+                cause,
+                fix,
+            ));
+            return skip_rest(r, "no TLS session");
+        }
+    };
+    let how = match smtp.tls {
+        Tls::Starttls => "STARTTLS, ",
+        _ => "",
+    };
+    match conn.tls_info() {
+        Some(info) => r.step(Step::pass("SMTP TLS", format!("{how}{}", tls_detail(info)))),
+        None => r.step(Step::pass(
+            "SMTP TLS",
+            "plain text (allowed towards loopback only)",
+        )),
+    };
+    let ext = conn.extensions().clone();
+    let size = ext
+        .size
+        .map(|n| format!("; messages up to {}", super::human_bytes(n)))
+        .unwrap_or_default();
+    r.step(Step::pass(
+        "SMTP EHLO",
+        format!(
+            "AUTH {}{size}{}",
+            if ext.auth.is_empty() {
+                "(none)".to_owned()
+            } else {
+                ext.auth.join(" ")
+            },
+            if ext.pipelining { "; PIPELINING" } else { "" }
+        ),
+    ));
+    let token = match TokenSource::new(account, &config.daemon.state_dir) {
+        Ok(mut t) => t.access_token().await,
+        Err(e) => Err(e),
+    };
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            r.skip("SMTP AUTH", &format!("no token: {e}"));
+            conn.quit().await;
+            return;
+        }
+    };
+    match conn.authenticate(&account.login_user, &token).await {
+        Ok(m) => r.step(Step::pass(
+            "SMTP AUTH",
+            format!("{m} as {}", account.login_user),
+        )),
+        Err(e) => {
+            r.step(Step::fail("SMTP AUTH", "", e.to_string(), ""));
+            conn.quit().await;
+            return skip_rest(r, "not signed in");
+        }
+    };
+    match conn.envelope(&account.email, &[], 0, false).await {
+        Ok(_) => {
+            r.step(Step::pass(
+                "SMTP MAIL",
+                format!(
+                    "MAIL FROM:<{}> accepted; nothing sent (RSET)",
+                    account.email
+                ),
+            ));
+        }
+        Err(e) => {
+            r.step(Step::fail("SMTP MAIL", "", e.to_string(), ""));
+        }
+    }
+    let _ = conn.rset().await;
+    conn.quit().await;
 }
 
 fn token_failure(r: &mut Report<'_>, account: &Account, e: &AuthError) {

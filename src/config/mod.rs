@@ -80,8 +80,9 @@ pub struct Account {
     /// How much one pass may delete or move away from a server folder (two-way only).
     pub mass_delete: MassDelete,
     pub imap: ImapEndpoint,
-    /// Where `mailsync send` submits mail.
-    pub smtp: SmtpEndpoint,
+    /// Where `mailsync send` submits mail; `None` for a custom server without
+    /// `smtp_host` (it does not send).
+    pub smtp: Option<SmtpEndpoint>,
     /// The remote folder a copy of sent mail is appended to; `None` where the server
     /// files submitted mail itself (Microsoft 365, Gmail).
     pub save_sent: Option<RemoteSpec>,
@@ -711,19 +712,41 @@ fn account(
 }
 
 /// Microsoft: smtp.office365.com:587 with STARTTLS; Google: smtp.gmail.com:465; a
-/// custom server: the IMAP host, port 587 with STARTTLS unless set.
+/// custom server: none unless `smtp_host` is set, then port 587 with STARTTLS unless
+/// set otherwise.
 fn smtp_endpoint(
     check: &mut Checker<'_>,
     name: &str,
     kind: Kind,
     raw: &RawAccount,
     imap: &ImapEndpoint,
-) -> SmtpEndpoint {
+) -> Option<SmtpEndpoint> {
     let key = |k: &'static str| -> [&str; 3] { ["accounts", name, k] };
     let (default_host, default_tls) = match kind {
-        Kind::Microsoft => ("smtp.office365.com".to_owned(), Tls::Starttls),
-        Kind::Google => ("smtp.gmail.com".to_owned(), Tls::Implicit),
-        Kind::Custom => (imap.host.clone(), Tls::Starttls),
+        Kind::Microsoft => ("smtp.office365.com", Tls::Starttls),
+        Kind::Google => ("smtp.gmail.com", Tls::Implicit),
+        Kind::Custom if raw.smtp_host.is_none() => {
+            for (k, set) in [
+                ("smtp_port", raw.smtp_port.is_some()),
+                ("smtp_tls", raw.smtp_tls.is_some()),
+                (
+                    "save_sent",
+                    matches!(
+                        raw.save_sent,
+                        Some(raw::RawSaveSent::Folder(_)) | Some(raw::RawSaveSent::Flag(true))
+                    ),
+                ),
+            ] {
+                if set {
+                    check.error(
+                        &key(k),
+                        "needs smtp_host (the server to send through) for provider = \"custom\"",
+                    );
+                }
+            }
+            return None;
+        }
+        Kind::Custom => ("", Tls::Starttls),
     };
     let host = match raw.smtp_host.as_deref().map(str::trim) {
         Some(h) => {
@@ -735,7 +758,7 @@ fn smtp_endpoint(
             }
             h.to_owned()
         }
-        None => default_host,
+        None => default_host.to_owned(),
     };
     let tls = raw.smtp_tls.unwrap_or(default_tls);
     if tls == Tls::Plain && !is_loopback(&host) {
@@ -760,16 +783,16 @@ fn smtp_endpoint(
         None if tls == Tls::Implicit => 465,
         None => 587,
     };
-    SmtpEndpoint {
+    Some(SmtpEndpoint {
         host,
         port,
         tls,
         ca_file: imap.ca_file.clone(),
-    }
+    })
 }
 
 /// Off for Microsoft 365 and Gmail, which file submitted mail in Sent themselves;
-/// `"@sent"` for other servers.
+/// `"@sent"` for other servers that send.
 fn save_sent(
     check: &mut Checker<'_>,
     name: &str,
@@ -778,7 +801,9 @@ fn save_sent(
 ) -> Option<RemoteSpec> {
     let key = ["accounts", name, "save_sent"];
     match &raw.save_sent {
-        None if kind == Kind::Custom => Some(RemoteSpec::Role(Role::Sent)),
+        None if kind == Kind::Custom && raw.smtp_host.is_some() => {
+            Some(RemoteSpec::Role(Role::Sent))
+        }
         None | Some(raw::RawSaveSent::Flag(false)) => None,
         Some(raw::RawSaveSent::Flag(true)) => Some(RemoteSpec::Role(Role::Sent)),
         Some(raw::RawSaveSent::Folder(f)) => {

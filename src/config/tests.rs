@@ -124,12 +124,12 @@ fn defaults_for_a_minimal_microsoft_account() {
     );
     assert_eq!(
         a.smtp,
-        SmtpEndpoint {
+        Some(SmtpEndpoint {
             host: "smtp.office365.com".into(),
             port: 587,
             tls: Tls::Starttls,
             ca_file: None
-        }
+        })
     );
     assert_eq!(a.save_sent, None, "Microsoft 365 files sent mail itself");
     assert!(a.folders.is_empty());
@@ -183,8 +183,9 @@ flow = "browser"
         Some("https://accounts.google.com/o/oauth2/v2/auth")
     );
     assert_eq!(a.oauth.scopes, ["https://mail.google.com/"]);
+    let smtp = a.smtp.as_ref().unwrap();
     assert_eq!(
-        (a.smtp.host.as_str(), a.smtp.port, a.smtp.tls),
+        (smtp.host.as_str(), smtp.port, smtp.tls),
         ("smtp.gmail.com", 465, Tls::Implicit)
     );
     assert_eq!(a.save_sent, None, "Gmail files sent mail itself");
@@ -231,12 +232,8 @@ Junk = "@junk"
     let a = &c.accounts["t"];
     assert_eq!(a.imap.tls, Tls::Plain);
     assert_eq!(a.imap.port, 14300);
-    assert_eq!(
-        (a.smtp.host.as_str(), a.smtp.port, a.smtp.tls),
-        ("127.0.0.1", 587, Tls::Starttls),
-        "a custom server's SMTP defaults to its IMAP host"
-    );
-    assert_eq!(a.save_sent, Some(RemoteSpec::Role(Role::Sent)));
+    assert_eq!(a.smtp, None, "a custom server sends only when told where");
+    assert_eq!(a.save_sent, None);
     assert_eq!(a.oauth.scopes, Vec::<String>::new());
     assert_eq!(a.login_user, "user");
     assert_eq!(
@@ -271,13 +268,11 @@ fn smtp_settings_are_read_and_checked() {
         "smtp_host = \"mail.contoso.com\"\nsmtp_tls = \"implicit\"\nsave_sent = \"Sent Items\"",
     ));
     let a = &a.accounts["work"];
-    assert_eq!(
-        (a.smtp.host.as_str(), a.smtp.port),
-        ("mail.contoso.com", 465)
-    );
+    let smtp = a.smtp.as_ref().unwrap();
+    assert_eq!((smtp.host.as_str(), smtp.port), ("mail.contoso.com", 465));
     assert_eq!(a.save_sent, Some(RemoteSpec::Name("Sent Items".into())));
     let a = parse_ok(&work("smtp_port = 2525\nsave_sent = true"));
-    assert_eq!(a.accounts["work"].smtp.port, 2525);
+    assert_eq!(a.accounts["work"].smtp.as_ref().unwrap().port, 2525);
     assert_eq!(
         a.accounts["work"].save_sent,
         Some(RemoteSpec::Role(Role::Sent))
@@ -297,6 +292,24 @@ fn smtp_settings_are_read_and_checked() {
         let e = parse_err(&work(extra));
         assert!(e.contains(want), "{extra}: {e}");
     }
+    // A custom server sends once smtp_host is set, with a Sent copy by default.
+    let custom = |extra: &str| {
+        format!(
+            "[accounts.c]\nprovider = \"custom\"\nemail = \"a@b.c\"\nclient_id = \"x\"\nimap_host = \"mail.b.c\"\nimap_port = 993\ntls = \"implicit\"\ntoken_url = \"https://b.c/token\"\nflow = \"browser\"\nauthorize_url = \"https://b.c/auth\"\n{extra}\n"
+        )
+    };
+    let c = parse_ok(&custom("smtp_host = \"smtp.b.c\""));
+    let smtp = c.accounts["c"].smtp.as_ref().unwrap();
+    assert_eq!(
+        (smtp.host.as_str(), smtp.port, smtp.tls),
+        ("smtp.b.c", 587, Tls::Starttls)
+    );
+    assert_eq!(
+        c.accounts["c"].save_sent,
+        Some(RemoteSpec::Role(Role::Sent))
+    );
+    let e = parse_err(&custom("smtp_port = 465"));
+    assert!(e.contains("accounts.c.smtp_port: needs smtp_host"), "{e}");
 }
 
 /// Two-way sync is not written yet: "both" used to load and then only pull, so local

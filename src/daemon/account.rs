@@ -225,7 +225,14 @@ async fn send_outbox(config: Arc<Config>, account: Account, stop: Stop) {
                             "outbox"
                         );
                     }
-                    if r.copy_error.is_some() {
+                    for (id, why, path) in &r.failed {
+                        tracing::warn!(id, "not sent: {why}; kept in {}", path.display());
+                    }
+                    if let Some(why) = &r.stopped {
+                        tracing::warn!("sending waits: {why}");
+                    }
+                    if let Some(e) = &r.copy_error {
+                        tracing::warn!("the Sent copies wait: {e}");
                         floor = OUTBOX_POLL;
                     }
                 }

@@ -81,6 +81,14 @@ pub enum SendError {
     },
 }
 
+/// Why an account without `smtp_host` cannot send.
+pub fn no_smtp(account: &Account) -> String {
+    format!(
+        "account {} has no smtp_host: a custom server sends only through the SMTP server set in its table (smtp_host, smtp_port, smtp_tls)",
+        account.name
+    )
+}
+
 /// Where a failed message is kept as a file: `<state_dir>/failed/<account>/<id>.eml`.
 pub fn failed_path(state_dir: &Path, account: &str, id: i64) -> PathBuf {
     state_dir
@@ -148,7 +156,7 @@ pub async fn flush(
                 }
                 Err(Failure::Message(e)) => {
                     let why = e.to_string();
-                    tracing::warn!(account = %account.name, id = row.id, "not sent, kept as failed: {why}");
+                    tracing::debug!(account = %account.name, id = row.id, "not sent, kept as failed: {why}");
                     fail(
                         &mut state,
                         state_dir,
@@ -160,7 +168,8 @@ pub async fn flush(
                     )?;
                 }
                 Err(Failure::Account { why, retry }) => {
-                    tracing::warn!(account = %account.name, "sending stopped: {why}");
+                    // Reported by the caller (the command's last line, the daemon's log).
+                    tracing::debug!(account = %account.name, "sending stopped: {why}");
                     let permanent = !retry.is_transient() && retry != Retry::NewToken;
                     for row in std::iter::once(row).chain(rows.by_ref()) {
                         if permanent && on_account_error == OnAccountError::Fail {
@@ -196,7 +205,7 @@ pub async fn flush(
         match sent_copy::file(account, daemon, &mut state).await {
             Ok(n) => report.copied = n,
             Err(e) => {
-                tracing::warn!(account = %account.name, "the Sent copy waits: {e}");
+                tracing::debug!(account = %account.name, "the Sent copy waits: {e}");
                 report.copy_error = Some(e);
             }
         }
@@ -345,7 +354,13 @@ impl<'a> Sender<'a> {
             let mut fresh = false;
             let connection = loop {
                 let token = self.token(fresh).await?;
-                let mut c = smtp::connect(&self.account.smtp, self.daemon.command_timeout)
+                let Some(endpoint) = &self.account.smtp else {
+                    return Err(Failure::Account {
+                        why: no_smtp(self.account),
+                        retry: Retry::Never,
+                    });
+                };
+                let mut c = smtp::connect(endpoint, self.daemon.command_timeout)
                     .await
                     .map_err(account)?;
                 match c.authenticate(&self.account.login_user, &token).await {

@@ -242,18 +242,34 @@ fn refresh_token(
         RefreshState::Revoked => return Err(OAuthError::aadsts(50173, &ctx(p, tenant))),
         RefreshState::Expired => return Err(OAuthError::aadsts(700082, &ctx(p, tenant))),
     }
+    // Like Microsoft: a refresh token may be redeemed for any scope the user
+    // consented to, never one more (AADSTS65001: the sign-in must ask for it).
+    let requested = p.get("scope").filter(|s| !s.is_empty()).cloned();
+    if let Some(requested) = &requested {
+        const ALWAYS: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+        let granted: Vec<&str> = rt.scope.split_whitespace().collect();
+        if requested
+            .split_whitespace()
+            .any(|s| !ALWAYS.contains(&s) && !granted.contains(&s))
+        {
+            return Err(OAuthError::aadsts(65001, &ctx(p, tenant)));
+        }
+    }
     if store.rotation == Rotation::SpendOnUse {
         rt.state = RefreshState::Rotated;
     }
     let email = rt.email.clone();
-    let scope = p
-        .get("scope")
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .unwrap_or_else(|| rt.scope.clone());
-    Ok(user_tokens(
-        store, base_url, tenant, &client_id, &email, &scope,
-    ))
+    let consented = rt.scope.clone();
+    let scope = requested.unwrap_or_else(|| consented.clone());
+    let reply = user_tokens(store, base_url, tenant, &client_id, &email, &scope);
+    // The consent stays with the new refresh token, whatever this refresh asked for.
+    if let Some(rt) = reply["refresh_token"]
+        .as_str()
+        .and_then(|new| store.refresh.get_mut(new))
+    {
+        rt.scope = consented;
+    }
+    Ok(reply)
 }
 
 /// The PKCE S256 challenge of a verifier.
