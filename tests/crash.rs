@@ -1269,3 +1269,114 @@ async fn killed_relocations_recover_from_the_journal(profile: Profile) {
     );
 }
 on_both_profiles!(killed_relocations_recover_from_the_journal);
+
+/// `mailsync send --flush` SIGKILLed at random instants while it sends the outbox and
+/// files the Sent copies, then run to completion: every queued message reached the
+/// relay (nothing lost), a message went twice only if a kill fell between the
+/// server's reply and the outbox's record of it (at most one per kill; the figure is
+/// printed), and the Sent folder holds exactly one copy of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_sends_lose_nothing() {
+    use crate::send::{SendEnv, message};
+    const ROUNDS: usize = 20;
+    const PER_ROUND: usize = 6;
+    let started = Instant::now();
+    let e = SendEnv::start(Profile::Full).await;
+    let mut rng = Rng::new("killed_sends_lose_nothing", Profile::Full, 29);
+    let mut tags = Vec::new();
+    // Queues PER_ROUND messages: the relay answers their first try with a 451.
+    let queue = |tags: &mut Vec<String>, round: usize| {
+        let new: Vec<String> = (0..PER_ROUND)
+            .map(|i| format!("crash-{round}-{i}"))
+            .collect();
+        tags.extend(new.iter().cloned());
+        new
+    };
+    let send_queued = async |e: &SendEnv, new: &[String]| {
+        e.sink.fail_next(new.len(), "451 4.3.0 Try again later");
+        for tag in new {
+            let run = e.send(&["send", "-t"], &message(tag)).await;
+            assert_eq!(run.code, 0, "{run}");
+            assert!(run.stderr.contains("not sent yet"), "{run}");
+        }
+    };
+    // How long an unkilled flush of one round's messages takes here and now.
+    let new = queue(&mut tags, 0);
+    send_queued(&e, &new).await;
+    let timer = Instant::now();
+    let flush = e.env.run(&["send", "--flush"]).await;
+    assert!(
+        flush
+            .stdout
+            .contains(&format!("sent {PER_ROUND}, waiting 0")),
+        "{flush}"
+    );
+    let mut whole = timer.elapsed();
+
+    let mut kills = 0;
+    let mut finished_first = 0;
+    let mut round = 1;
+    while kills < ROUNDS {
+        assert!(
+            round < 3 * ROUNDS,
+            "too many flushes ended before their kill ({finished_first}); a flush takes {whole:?}"
+        );
+        let new = queue(&mut tags, round);
+        send_queued(&e, &new).await;
+        let at = Duration::from_micros(rng.below(whole.as_micros() as u64 + 1));
+        let begun = Instant::now();
+        let mut cmd = e.env.command(&["send", "--flush"]);
+        cmd.stderr(std::process::Stdio::null());
+        if killed_when(cmd, Duration::ZERO, move || begun.elapsed() >= at).await {
+            kills += 1;
+        } else {
+            finished_first += 1;
+            whole = begun.elapsed();
+        }
+        round += 1;
+    }
+    let flush = e.env.run(&["send", "--flush"]).await;
+    assert_eq!(flush.code, 0, "{flush}");
+    assert!(flush.stdout.contains("waiting 0, failed 0"), "{flush}");
+
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    for m in e.sink.messages() {
+        let text = String::from_utf8_lossy(&m.data).into_owned();
+        let tag = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or_default()
+            .to_owned();
+        *delivered.entry(tag).or_default() += 1;
+    }
+    let lost: Vec<&String> = tags
+        .iter()
+        .filter(|t| !delivered.contains_key(*t))
+        .collect();
+    assert!(lost.is_empty(), "lost (seed {}): {lost:?}", rng.seed);
+    let duplicates: usize = delivered.values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= kills,
+        "{duplicates} duplicates from {kills} kills (seed {})",
+        rng.seed
+    );
+    let sent_copies = e
+        .env
+        .dovecot
+        .messages(USER, "Sent Items")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| String::from_utf8_lossy(&m.body).contains("Subject: crash-"))
+        .count();
+    assert_eq!(sent_copies, tags.len(), "Sent copies (seed {})", rng.seed);
+    let status = e.env.run(&["status"]).await;
+    assert!(!status.stdout.contains("waiting in the outbox"), "{status}");
+    eprintln!(
+        "killed_sends_lose_nothing: {kills} kills ({finished_first} flushes ended first) over {} messages: 0 lost, {duplicates} sent twice ({:.1}% of kills), {} Sent copies, one each; {:.1}s",
+        tags.len(),
+        100.0 * duplicates as f64 / kills as f64,
+        sent_copies,
+        started.elapsed().as_secs_f64()
+    );
+}
