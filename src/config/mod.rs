@@ -83,9 +83,8 @@ pub struct Account {
     /// Where `mailsync send` submits mail; `None` for a custom server without
     /// `smtp_host` (it does not send).
     pub smtp: Option<SmtpEndpoint>,
-    /// The remote folder a copy of sent mail is appended to; `None` where the server
-    /// files submitted mail itself (Microsoft 365, Gmail).
-    pub save_sent: Option<RemoteSpec>,
+    /// The copy of sent mail in the Sent folder (`save_sent`).
+    pub save_sent: SentCopy,
     pub oauth: OAuthEndpoints,
     /// In the order of the file.
     pub folders: Vec<Mapping>,
@@ -145,6 +144,19 @@ impl ImapEndpoint {
     pub fn is_local(&self) -> bool {
         is_loopback(&self.host)
     }
+}
+
+/// The copy of a sent message in the Sent folder (`save_sent`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SentCopy {
+    /// None is made, nor looked for (`false`).
+    Off,
+    /// The server files one itself, as Microsoft 365 and Gmail do (`"server"`): mailsync
+    /// makes none, and looks in the `\Sent` folder, by Message-ID, for a message a crash
+    /// left in doubt before sending it again.
+    ByServer,
+    /// mailsync appends one to this folder (`"@sent"`, a folder name, or `true`).
+    Append(RemoteSpec),
 }
 
 /// The SMTP submission server (`smtp_host`, `smtp_port`, `smtp_tls`; `ca_file` is
@@ -791,44 +803,39 @@ fn smtp_endpoint(
     })
 }
 
-/// Off for Microsoft 365 and Gmail, which file submitted mail in Sent themselves;
-/// `"@sent"` for other servers that send.
-fn save_sent(
-    check: &mut Checker<'_>,
-    name: &str,
-    kind: Kind,
-    raw: &RawAccount,
-) -> Option<RemoteSpec> {
+/// `"server"` for Microsoft 365 and Gmail, which file submitted mail in Sent
+/// themselves; `"@sent"` for other servers that send.
+fn save_sent(check: &mut Checker<'_>, name: &str, kind: Kind, raw: &RawAccount) -> SentCopy {
     let key = ["accounts", name, "save_sent"];
+    let values = "use \"server\", \"@sent\", a folder name, or false";
     match &raw.save_sent {
         None if kind == Kind::Custom && raw.smtp_host.is_some() => {
-            Some(RemoteSpec::Role(Role::Sent))
+            SentCopy::Append(RemoteSpec::Role(Role::Sent))
         }
-        None | Some(raw::RawSaveSent::Flag(false)) => None,
-        Some(raw::RawSaveSent::Flag(true)) => Some(RemoteSpec::Role(Role::Sent)),
+        None if kind == Kind::Custom => SentCopy::Off,
+        None => SentCopy::ByServer,
+        Some(raw::RawSaveSent::Flag(false)) => SentCopy::Off,
+        Some(raw::RawSaveSent::Flag(true)) => SentCopy::Append(RemoteSpec::Role(Role::Sent)),
         Some(raw::RawSaveSent::Folder(f)) => {
             let f = f.trim();
-            if f.starts_with('@') {
+            if f == "server" {
+                SentCopy::ByServer
+            } else if f.starts_with('@') {
                 match f.parse::<Role>() {
-                    Ok(role) => Some(RemoteSpec::Role(role)),
+                    Ok(role) => SentCopy::Append(RemoteSpec::Role(role)),
                     Err(()) => {
-                        check.error(
-                            &key,
-                            format!("unknown role {f:?} (use \"@sent\", a folder name, or false)"),
-                        );
-                        None
+                        check.error(&key, format!("unknown role {f:?} ({values})"));
+                        SentCopy::Off
                     }
                 }
             } else if f.is_empty() || f.contains(['\r', '\n', '\0']) {
                 check.error(
                     &key,
-                    format!(
-                        "{f:?} is not a remote folder name (use \"@sent\", a folder name, or false)"
-                    ),
+                    format!("{f:?} is not a remote folder name ({values})"),
                 );
-                None
+                SentCopy::Off
             } else {
-                Some(RemoteSpec::Name(f.to_owned()))
+                SentCopy::Append(RemoteSpec::Name(f.to_owned()))
             }
         }
     }

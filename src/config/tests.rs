@@ -131,7 +131,11 @@ fn defaults_for_a_minimal_microsoft_account() {
             ca_file: None
         })
     );
-    assert_eq!(a.save_sent, None, "Microsoft 365 files sent mail itself");
+    assert_eq!(
+        a.save_sent,
+        SentCopy::ByServer,
+        "Microsoft 365 files sent mail itself"
+    );
     assert!(a.folders.is_empty());
 }
 
@@ -188,7 +192,11 @@ flow = "browser"
         (smtp.host.as_str(), smtp.port, smtp.tls),
         ("smtp.gmail.com", 465, Tls::Implicit)
     );
-    assert_eq!(a.save_sent, None, "Gmail files sent mail itself");
+    assert_eq!(
+        a.save_sent,
+        SentCopy::ByServer,
+        "Gmail files sent mail itself"
+    );
     assert_eq!(
         a.client_secret_file,
         Some(PathBuf::from("/home/jane/.config/mailsync/me.secret"))
@@ -233,7 +241,7 @@ Junk = "@junk"
     assert_eq!(a.imap.tls, Tls::Plain);
     assert_eq!(a.imap.port, 14300);
     assert_eq!(a.smtp, None, "a custom server sends only when told where");
-    assert_eq!(a.save_sent, None);
+    assert_eq!(a.save_sent, SentCopy::Off);
     assert_eq!(a.oauth.scopes, Vec::<String>::new());
     assert_eq!(a.login_user, "user");
     assert_eq!(
@@ -270,13 +278,18 @@ fn smtp_settings_are_read_and_checked() {
     let a = &a.accounts["work"];
     let smtp = a.smtp.as_ref().unwrap();
     assert_eq!((smtp.host.as_str(), smtp.port), ("mail.contoso.com", 465));
-    assert_eq!(a.save_sent, Some(RemoteSpec::Name("Sent Items".into())));
+    assert_eq!(
+        a.save_sent,
+        SentCopy::Append(RemoteSpec::Name("Sent Items".into()))
+    );
     let a = parse_ok(&work("smtp_port = 2525\nsave_sent = true"));
     assert_eq!(a.accounts["work"].smtp.as_ref().unwrap().port, 2525);
     assert_eq!(
         a.accounts["work"].save_sent,
-        Some(RemoteSpec::Role(Role::Sent))
+        SentCopy::Append(RemoteSpec::Role(Role::Sent))
     );
+    let a = parse_ok(&work("save_sent = false"));
+    assert_eq!(a.accounts["work"].save_sent, SentCopy::Off);
     for (extra, want) in [
         (
             "smtp_tls = \"plain\"",
@@ -306,8 +319,10 @@ fn smtp_settings_are_read_and_checked() {
     );
     assert_eq!(
         c.accounts["c"].save_sent,
-        Some(RemoteSpec::Role(Role::Sent))
+        SentCopy::Append(RemoteSpec::Role(Role::Sent))
     );
+    let c = parse_ok(&custom("smtp_host = \"smtp.b.c\"\nsave_sent = \"server\""));
+    assert_eq!(c.accounts["c"].save_sent, SentCopy::ByServer);
     let e = parse_err(&custom("smtp_port = 465"));
     assert!(e.contains("accounts.c.smtp_port: needs smtp_host"), "{e}");
 }

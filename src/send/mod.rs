@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::{AuthError, TokenSource};
-use crate::config::{Account, Daemon};
+use crate::config::{Account, Daemon, SentCopy};
 use crate::retry::Retry;
 use crate::secret::Secret;
-use crate::smtp::{self, Connection, SmtpError};
+use crate::smtp::{self, Connection, SmtpError, Step};
 use crate::state::{
     LockError, OutboxEntry, OutboxLock, OutboxState, Settled, State, StateError, unix_now,
 };
@@ -124,6 +124,7 @@ pub async fn flush(
             .collect(),
     };
     let mut report = Report::default();
+    let rows = settle_doubts(account, daemon, &mut state, rows, &mut report).await?;
     if !rows.is_empty() {
         let mut sender = Sender::new(account, daemon);
         let mut rows = rows.into_iter();
@@ -131,9 +132,13 @@ pub async fn flush(
             let Some(message) = state.outbox_message(row.id)? else {
                 continue;
             };
+            // From here until its answer is recorded, the message may reach the
+            // server without this process knowing.
+            state.outbox_in_doubt(row.id, unix_now())?;
             match sender.send(&row, &message).await {
                 Ok(Outcome::Taken { accepted, refused }) => {
-                    let copy = account.save_sent.is_some() && !accepted.is_empty();
+                    let copy =
+                        matches!(account.save_sent, SentCopy::Append(_)) && !accepted.is_empty();
                     let settled = settle(&row, refused, copy);
                     state.outbox_sent(row.id, &settled)?;
                     if !accepted.is_empty() {
@@ -167,11 +172,13 @@ pub async fn flush(
                         &mut report,
                     )?;
                 }
-                Err(Failure::Account { why, retry }) => {
+                Err(Failure::Account { why, retry, doubt }) => {
                     // Reported by the caller (the command's last line, the daemon's log).
                     tracing::debug!(account = %account.name, "sending stopped: {why}");
                     let permanent = !retry.is_transient() && retry != Retry::NewToken;
+                    let first = row.id;
                     for row in std::iter::once(row).chain(rows.by_ref()) {
+                        let answered = !(doubt && row.id == first);
                         if permanent && on_account_error == OnAccountError::Fail {
                             let message = state.outbox_message(row.id)?.unwrap_or_default();
                             fail(
@@ -190,7 +197,12 @@ pub async fn flush(
                             } else {
                                 backoff(row.attempts, retry)
                             };
-                            state.outbox_defer(row.id, unix_now() + wait.as_secs() as i64, &why)?;
+                            state.outbox_defer(
+                                row.id,
+                                unix_now() + wait.as_secs() as i64,
+                                &why,
+                                answered,
+                            )?;
                             report.deferred.push((row.id, why.clone()));
                         }
                     }
@@ -201,7 +213,7 @@ pub async fn flush(
         }
         sender.quit().await;
     }
-    if account.save_sent.is_some() {
+    if matches!(account.save_sent, SentCopy::Append(_)) {
         match sent_copy::file(account, daemon, &mut state).await {
             Ok(n) => report.copied = n,
             Err(e) => {
@@ -211,6 +223,76 @@ pub async fn flush(
         }
     }
     Ok(report)
+}
+
+/// How long after a message was left in doubt its Sent folder is looked at: the
+/// server may still be filing it when the sender comes back at once.
+pub const DOUBT_GRACE: Duration = Duration::from_secs(15);
+
+/// Takes the messages a killed or cut-off sender left in doubt out of `rows`: where
+/// the server files what it accepted in Sent (`save_sent = "server"`), one found
+/// there was sent and is done, one not found goes again, and one left in doubt less
+/// than [`DOUBT_GRACE`] ago waits until then. Elsewhere nothing can tell: it goes
+/// again, and may reach its recipients twice (said in the log). The rows to send.
+async fn settle_doubts(
+    account: &Account,
+    daemon: &Daemon,
+    state: &mut State,
+    rows: Vec<OutboxEntry>,
+    report: &mut Report,
+) -> Result<Vec<OutboxEntry>, SendError> {
+    let (doubtful, mut rows): (Vec<OutboxEntry>, Vec<OutboxEntry>) =
+        rows.into_iter().partition(|r| r.in_doubt.is_some());
+    if doubtful.is_empty() {
+        return Ok(rows);
+    }
+    if account.save_sent != SentCopy::ByServer {
+        for row in &doubtful {
+            tracing::warn!(account = %account.name, id = row.id, message_id = %row.message_id, "sending again a message whose sending was cut off: if the server had taken it, its recipients get it twice (save_sent = \"server\" looks in Sent first, for servers that file sent mail there)");
+        }
+        rows.extend(doubtful);
+        rows.sort_by_key(|r| r.id);
+        return Ok(rows);
+    }
+    let now = unix_now();
+    let grace = DOUBT_GRACE.as_secs() as i64;
+    let (ripe, young): (Vec<OutboxEntry>, Vec<OutboxEntry>) = doubtful
+        .into_iter()
+        .partition(|r| r.in_doubt.is_some_and(|t| now - t >= grace));
+    for row in young {
+        let at = row.in_doubt.unwrap_or(now) + grace;
+        let why = "its sending was cut off; the Sent folder is looked at before it goes again";
+        state.outbox_defer(row.id, at, why, false)?;
+        report.deferred.push((row.id, why.to_owned()));
+    }
+    if !ripe.is_empty() {
+        let ids: Vec<String> = ripe.iter().map(|r| r.message_id.clone()).collect();
+        match sent_copy::holds(account, daemon, &ids).await {
+            Ok(found) => {
+                for (row, there) in ripe.into_iter().zip(found) {
+                    if there {
+                        tracing::info!(account = %account.name, id = row.id, message_id = %row.message_id, "found in Sent: it was sent before the sender stopped");
+                        state.outbox_done(row.id)?;
+                        report.sent.push((row.id, row.recipients.clone()));
+                    } else {
+                        rows.push(row);
+                    }
+                }
+            }
+            Err(e) => {
+                let why =
+                    format!("cannot look in Sent for a message whose sending was cut off: {e}");
+                for row in ripe {
+                    let at =
+                        unix_now() + backoff(row.attempts, Retry::Later(None)).as_secs() as i64;
+                    state.outbox_defer(row.id, at, &why, false)?;
+                    report.deferred.push((row.id, why.clone()));
+                }
+            }
+        }
+        rows.sort_by_key(|r| r.id);
+    }
+    Ok(rows)
 }
 
 /// Sorts a sent message's refused recipients: for now (a new queued row), for good (a
@@ -303,8 +385,13 @@ enum Outcome {
 enum Failure {
     /// This message was refused for good; others may go.
     Message(SmtpError),
-    /// The account, the token or the server failed: no message goes now.
-    Account { why: String, retry: Retry },
+    /// The account, the token or the server failed: no message goes now. `doubt`:
+    /// the message had gone out when the connection failed, without an answer.
+    Account {
+        why: String,
+        retry: Retry,
+        doubt: bool,
+    },
 }
 
 impl From<AuthError> for Failure {
@@ -312,6 +399,7 @@ impl From<AuthError> for Failure {
         Failure::Account {
             retry: e.retry(),
             why: e.to_string(),
+            doubt: false,
         }
     }
 }
@@ -358,6 +446,7 @@ impl<'a> Sender<'a> {
                     return Err(Failure::Account {
                         why: no_smtp(self.account),
                         retry: Retry::Never,
+                        doubt: false,
                     });
                 };
                 let mut c = smtp::connect(endpoint, self.daemon.command_timeout)
@@ -379,6 +468,7 @@ impl<'a> Sender<'a> {
                                 Retry::NewToken => Retry::Never,
                                 r => r,
                             },
+                            doubt: false,
                         });
                     }
                 }
@@ -444,9 +534,20 @@ impl<'a> Sender<'a> {
 
 impl Failure {
     fn account(e: SmtpError) -> Failure {
+        let doubt = matches!(
+            &e,
+            SmtpError::Timeout {
+                step: Step::EndOfData,
+                ..
+            } | SmtpError::ConnectionLost {
+                step: Step::EndOfData,
+                ..
+            }
+        );
         Failure::Account {
             retry: e.retry(),
             why: e.to_string(),
+            doubt,
         }
     }
 

@@ -62,6 +62,10 @@ pub struct OutboxEntry {
     pub next_try: i64,
     pub last_error: Option<String>,
     pub size: i64,
+    /// When a transaction that may have reached the server began, if its answer was
+    /// never recorded (the sender was killed, or the connection lost, after the
+    /// message went out).
+    pub in_doubt: Option<i64>,
 }
 
 /// What became of a sent message's recipients.
@@ -90,7 +94,7 @@ pub struct OutboxSummary {
     pub last_failure: Option<String>,
 }
 
-const COLUMNS: &str = "id, account, created, sender, recipients, message_id, state, attempts, next_try, last_error, length(message)";
+const COLUMNS: &str = "id, account, created, sender, recipients, message_id, state, attempts, next_try, last_error, length(message), in_doubt";
 
 fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
     let recipients: String = r.get(4)?;
@@ -107,6 +111,7 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
         next_try: r.get(8)?,
         last_error: r.get(9)?,
         size: r.get(10)?,
+        in_doubt: r.get(11)?,
     })
 }
 
@@ -193,7 +198,7 @@ impl State {
             }
             if s.copy {
                 tx.execute(
-                    "UPDATE outbox SET state = 'copy', attempts = attempts + 1 WHERE id = ?1",
+                    "UPDATE outbox SET state = 'copy', attempts = attempts + 1, in_doubt = NULL WHERE id = ?1",
                     params![id],
                 )?;
             } else {
@@ -203,12 +208,32 @@ impl State {
         })
     }
 
-    /// Not sent now; tried again at `next_try`.
-    pub fn outbox_defer(&mut self, id: i64, next_try: i64, error: &str) -> Result<(), StateError> {
+    /// A transaction for the message begins: until its answer is recorded, the
+    /// message may or may not have reached the server.
+    pub fn outbox_in_doubt(&mut self, id: i64, since: i64) -> Result<(), StateError> {
         self.write(|tx| {
             tx.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_try = ?2, last_error = ?3 WHERE id = ?1",
-                params![id, next_try, error],
+                "UPDATE outbox SET in_doubt = ?2 WHERE id = ?1",
+                params![id, since],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Not sent now; tried again at `next_try`. `settled`: the server answered (so
+    /// the message is no longer in doubt); else the doubt stays.
+    pub fn outbox_defer(
+        &mut self,
+        id: i64,
+        next_try: i64,
+        error: &str,
+        settled: bool,
+    ) -> Result<(), StateError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_try = ?2, last_error = ?3,
+                 in_doubt = CASE WHEN ?4 THEN NULL ELSE in_doubt END WHERE id = ?1",
+                params![id, next_try, error, settled],
             )
             .map(|_| ())
         })
@@ -218,7 +243,7 @@ impl State {
     pub fn outbox_fail(&mut self, id: i64, reason: &str) -> Result<(), StateError> {
         self.write(|tx| {
             tx.execute(
-                "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+                "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?2, in_doubt = NULL WHERE id = ?1",
                 params![id, reason],
             )
             .map(|_| ())
@@ -280,7 +305,7 @@ impl State {
     pub fn outbox_all(&self, account: &str) -> Result<Vec<(OutboxEntry, Vec<u8>)>, StateError> {
         let sql = format!("SELECT {COLUMNS}, message FROM outbox WHERE account = ?1 ORDER BY id");
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        stmt.query_map(params![account], |r| Ok((entry(r)?, r.get(11)?)))
+        stmt.query_map(params![account], |r| Ok((entry(r)?, r.get(12)?)))
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))
     }
@@ -324,9 +349,20 @@ mod tests {
         assert_eq!(due[0].recipients, ["a@x", "b@x", "c@x"]);
         assert_eq!(due[0].size, 20);
 
+        state.outbox_in_doubt(id, 5).unwrap();
+        assert_eq!(state.outbox_entry(id).unwrap().unwrap().in_doubt, Some(5));
         state
-            .outbox_defer(id, unix_now() + 60, "451 later")
+            .outbox_defer(id, unix_now() + 60, "lost", false)
             .unwrap();
+        assert_eq!(
+            state.outbox_entry(id).unwrap().unwrap().in_doubt,
+            Some(5),
+            "no answer: still in doubt"
+        );
+        state
+            .outbox_defer(id, unix_now() + 60, "451 later", true)
+            .unwrap();
+        assert_eq!(state.outbox_entry(id).unwrap().unwrap().in_doubt, None);
         assert!(
             state
                 .outbox("work", OutboxState::Queued, Some(unix_now()))
@@ -360,7 +396,7 @@ mod tests {
         assert_eq!(copy.len(), 1);
         let retry = state.outbox("work", OutboxState::Queued, None).unwrap();
         assert_eq!(retry[0].recipients, ["b@x"]);
-        assert_eq!(retry[0].attempts, 2);
+        assert_eq!(retry[0].attempts, 3);
         let failed = state.outbox("work", OutboxState::Failed, None).unwrap();
         assert_eq!(failed[0].recipients, ["c@x"]);
         assert_eq!(

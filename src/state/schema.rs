@@ -131,6 +131,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 8: the outbox of `mailsync send` (see state/outbox.rs): a message is a row from
     // the moment `send` took it until the server took it (and, where a Sent copy is
     // made, until the copy is filed), or kept as failed once refused for good.
+    // `in_doubt`: when its transaction began, until the server's answer is recorded.
     "CREATE TABLE outbox (
         id INTEGER PRIMARY KEY,
         account TEXT NOT NULL,
@@ -142,7 +143,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'copy', 'failed')),
         attempts INTEGER NOT NULL DEFAULT 0,
         next_try INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
+        last_error TEXT,
+        in_doubt INTEGER
     );
     CREATE INDEX outbox_due ON outbox (account, state, next_try);",
 ];

@@ -68,6 +68,8 @@ struct State {
     failures: (usize, String),
     /// The `dovecot.conf` of the Dovecot that delivery stores into.
     deliver: Option<PathBuf>,
+    /// The sender's folder each accepted message is filed in too, if any.
+    file_sent: Option<String>,
 }
 
 struct Shared {
@@ -124,6 +126,13 @@ impl SmtpSink {
     /// recorded (recipients before the failing one have it).
     pub fn deliver_to(&self, dovecot: &Dovecot) {
         self.shared.lock().deliver = Some(dovecot.config_path());
+    }
+
+    /// From now on, with delivery on, also files each accepted message in the
+    /// sender's `folder` before answering 250, as Microsoft 365 and Gmail file
+    /// submitted mail in Sent.
+    pub fn file_sent_in(&self, folder: &str) {
+        self.shared.lock().file_sent = Some(folder.to_owned());
     }
 
     /// The messages accepted so far, in order.
@@ -281,7 +290,7 @@ async fn converse(tcp: TcpStream, shared: Arc<Shared>) {
 
 /// The end of DATA: a scripted failure, else delivery (if on), then the record.
 async fn accept(shared: &Shared, envelope: Envelope, data: Vec<u8>) -> String {
-    let (failure, deliver) = {
+    let (failure, deliver, file_sent) = {
         let mut state = shared.lock();
         let failure = match &mut state.failures {
             (0, _) => None,
@@ -290,18 +299,23 @@ async fn accept(shared: &Shared, envelope: Envelope, data: Vec<u8>) -> String {
                 Some(reply.clone())
             }
         };
-        (failure, state.deliver.clone())
+        (failure, state.deliver.clone(), state.file_sent.clone())
     };
     if let Some(reply) = failure {
         return reply;
     }
     if let Some(config) = deliver {
         for rcpt in &envelope.rcpt_to {
-            if let Err(e) = save(&config, rcpt, &data).await {
+            if let Err(e) = save(&config, rcpt, "INBOX", &data).await {
                 return smtp_wire::one_line(&format!(
                     "451 4.3.0 Delivery to <{rcpt}> failed: {e:#}"
                 ));
             }
+        }
+        if let (Some(folder), Some(from)) = (file_sent, &envelope.mail_from)
+            && let Err(e) = save(&config, from, &folder, &data).await
+        {
+            return smtp_wire::one_line(&format!("451 4.3.0 Filing in {folder} failed: {e:#}"));
         }
     }
     let received = Received {
@@ -318,12 +332,12 @@ async fn accept(shared: &Shared, envelope: Envelope, data: Vec<u8>) -> String {
     format!("250 2.0.0 Ok: queued as {n}")
 }
 
-/// `doveadm -c CONFIG save -u RCPT -m INBOX` with the message on stdin.
-async fn save(config: &std::path::Path, rcpt: &str, data: &[u8]) -> Result<()> {
+/// `doveadm -c CONFIG save -u USER -m FOLDER` with the message on stdin.
+async fn save(config: &std::path::Path, user: &str, folder: &str, data: &[u8]) -> Result<()> {
     let mut child = tokio::process::Command::new("doveadm")
         .arg("-c")
         .arg(config)
-        .args(["save", "-u", rcpt, "-m", "INBOX"])
+        .args(["save", "-u", user, "-m", folder])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
