@@ -567,3 +567,103 @@ async fn an_account_connected_before_sending_is_told_to_connect_again() {
     let status = env.run(&["status"]).await;
     assert!(status.stdout.contains("sending: allowed"), "{status}");
 }
+
+/// A real mail program: neomutt (Debian's) with `set sendmail="mailsync send"` sends
+/// a message in a non-interactive run, with the flags it passes (-f, -B8BITMIME, -N,
+/// -R, --); it arrives with its body intact and the Bcc hidden, and is synced back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neomutt_sends_through_mailsync() {
+    let e = SendEnv::start(Profile::Exchange).await;
+    let d = e.env.dir.path();
+    let log = d.join("sendmail-args");
+    // A wrapper that records the arguments neomutt passes, then is mailsync.
+    let wrapper = d.join("sendmail");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {log}\nexec {bin} --config {config} send \"$@\"\n",
+            log = log.display(),
+            bin = env!("CARGO_BIN_EXE_mailsync"),
+            config = e.env.config_path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let muttrc = d.join("muttrc");
+    std::fs::write(
+        &muttrc,
+        format!(
+            "set sendmail=\"{}\"\nset from=\"Jane <{USER}>\"\nset use_envelope_from=yes\nset use_8bit_mime=yes\nset dsn_notify=\"failure,delay\"\nset dsn_return=hdrs\nset record=\"\"\nset copy=no\nset send_charset=\"utf-8\"\nset charset=\"utf-8\"\n",
+            wrapper.display()
+        ),
+    )
+    .unwrap();
+    let body = "Grüße aus Köln, sent by neomutt.\n.a line that starts with a dot\nThe end.\n";
+    let mut c = std::process::Command::new("neomutt");
+    c.args(["-n", "-F"])
+        .arg(&muttrc)
+        .args([
+            "-s",
+            "From neomutt",
+            "-c",
+            "carol@example.org",
+            "-b",
+            "hidden@example.org",
+            "--",
+            USER,
+        ])
+        .env("HOME", d)
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "dumb")
+        .env_remove("MAILSYNC_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = tokio::task::spawn_blocking(move || {
+        let mut child = c
+            .spawn()
+            .expect("run neomutt (is it installed? scripts/deps)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        Run::from(child.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "neomutt: {run}");
+    let args = std::fs::read_to_string(&log).expect("neomutt ran mailsync");
+    let got = e.sink.messages();
+    assert_eq!(got.len(), 1, "args {args:?}: {run}");
+    let mut to = got[0].rcpt_to.clone();
+    to.sort();
+    assert_eq!(
+        to,
+        ["carol@example.org", "hidden@example.org", USER],
+        "args {args:?}"
+    );
+    assert_eq!(got[0].mail_from, USER);
+    let text = String::from_utf8_lossy(&got[0].data).into_owned();
+    assert!(
+        !text.contains("hidden@example.org"),
+        "the Bcc was sent: {text}"
+    );
+    assert!(text.contains("Subject: From neomutt"), "{text}");
+    for line in body.lines() {
+        assert!(
+            text.contains(&format!("{line}\r\n")),
+            "{line:?} missing: {text:?}"
+        );
+    }
+    e.env.sync().await;
+    let inbox = crate::support::local_messages(&e.env.maildir("Inbox"));
+    assert_eq!(inbox.len(), 1);
+    assert!(String::from_utf8_lossy(&inbox[0].0).contains("Grüße aus Köln, sent by neomutt."));
+    eprintln!("neomutt ran: sendmail {}", args.replace('\n', " "));
+}
