@@ -667,3 +667,64 @@ async fn neomutt_sends_through_mailsync() {
     assert!(String::from_utf8_lossy(&inbox[0].0).contains("Grüße aus Köln, sent by neomutt."));
     eprintln!("neomutt ran: sendmail {}", args.replace('\n', " "));
 }
+
+/// The daemon sends what waits in the outbox: at once when it starts, and after the
+/// backoff when a message could not go while it runs; each message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_sends_what_waits() {
+    use crate::support::daemon::{Daemon, until};
+    let e = SendEnv::start(Profile::Exchange).await;
+    e.sink.stop();
+    let run = e.send(&["send", USER], &message("before the daemon")).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("not sent yet"), "{run}");
+    e.sink.start_again().unwrap();
+
+    let daemon = Daemon::start(&e.env, &[]);
+    until(
+        Duration::from_secs(20),
+        "the daemon sends the waiting message",
+        &daemon,
+        || e.sink.count() == 1,
+    )
+    .await;
+
+    // While it runs: the relay down for `send`'s own try, back before the retry.
+    e.sink.stop();
+    let run = e.send(&["send", USER], &message("while it runs")).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("not sent yet"), "{run}");
+    e.sink.start_again().unwrap();
+    let waited = until(
+        Duration::from_secs(60),
+        "the daemon retries after its backoff",
+        &daemon,
+        || e.sink.count() == 2,
+    )
+    .await;
+    assert!(
+        waited >= Duration::from_secs(20),
+        "retried after {waited:?}, before the 30 s backoff"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, code) = daemon.terminate().await;
+    assert_eq!(code, Some(0));
+    let subjects: Vec<String> = e
+        .sink
+        .messages()
+        .iter()
+        .map(|m| {
+            let t = String::from_utf8_lossy(&m.data).into_owned();
+            t.lines()
+                .find(|l| l.starts_with("Subject:"))
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        ["Subject: before the daemon", "Subject: while it runs"]
+    );
+    let status = e.env.run(&["status"]).await;
+    assert!(!status.stdout.contains("waiting in the outbox"), "{status}");
+}

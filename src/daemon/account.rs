@@ -194,6 +194,9 @@ const OUTBOX_POLL: Duration = Duration::from_secs(30);
 /// progress does not hold it up: sending has its own lock.
 async fn send_outbox(config: Arc<Config>, account: Account, stop: Stop) {
     let mut state = None;
+    // A daemon that starts (the machine or the network came back) tries what waits
+    // at once, whatever its backoff said.
+    let mut which = crate::send::Which::All;
     loop {
         if state.is_none() {
             state = State::open(&config.daemon.state_dir).ok();
@@ -203,19 +206,20 @@ async fn send_outbox(config: Arc<Config>, account: Account, stop: Stop) {
             .as_ref()
             .and_then(|s| s.outbox_summary(&account.name).ok())
             .and_then(|o| o.next_try)
-            .is_some_and(|t| t <= now);
+            .is_some_and(|t| t <= now || which == crate::send::Which::All);
+        let this = std::mem::replace(&mut which, crate::send::Which::Due);
         let mut wait = OUTBOX_POLL;
         // A Sent copy that could not be filed is due at once again: not every second.
         let mut floor = Duration::from_secs(1);
         if due {
-            match crate::send::flush(
+            let flushed = crate::send::flush(
                 &account,
                 &config.daemon,
-                crate::send::Which::Due,
+                this,
                 crate::send::OnAccountError::Defer,
             )
-            .await
-            {
+            .await;
+            match flushed {
                 Ok(r) => {
                     if !r.sent.is_empty() || !r.failed.is_empty() || !r.deferred.is_empty() {
                         tracing::info!(

@@ -97,11 +97,11 @@ pub fn failed_path(state_dir: &Path, account: &str, id: i64) -> PathBuf {
         .join(format!("{id}.eml"))
 }
 
-/// The delay before the `attempts`-th retry: a minute, doubling, at most an hour; at
-/// least what the server asked for.
+/// The delay after the `attempts`-th failed try (0 for the first): 30 seconds,
+/// doubling, at most an hour; at least what the server asked for.
 pub fn backoff(attempts: i64, retry: Retry) -> Duration {
-    let exp = attempts.clamp(0, 6) as u32;
-    retry.delay(Duration::from_secs(60 * 2u64.pow(exp)).min(Duration::from_secs(3600)))
+    let exp = attempts.clamp(0, 7) as u32;
+    retry.delay(Duration::from_secs(30 * 2u64.pow(exp)).min(Duration::from_secs(3600)))
 }
 
 /// Sends the account's queued messages (see [`Which`]), then files the Sent copies.
@@ -557,5 +557,24 @@ impl Failure {
         } else {
             Failure::account(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_an_hour_and_heed_the_server() {
+        let secs = |n| backoff(n, Retry::Later(None)).as_secs();
+        assert_eq!(
+            [secs(0), secs(1), secs(2), secs(6), secs(7), secs(50)],
+            [30, 60, 120, 1920, 3600, 3600]
+        );
+        assert_eq!(
+            backoff(0, Retry::Later(Some(Duration::from_secs(300)))).as_secs(),
+            300
+        );
+        assert_eq!(backoff(-1, Retry::Later(None)).as_secs(), 30);
     }
 }
