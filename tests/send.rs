@@ -301,6 +301,34 @@ async fn a_refusal_is_reported_and_the_message_kept(profile: Profile) {
         flush.stdout.contains("sent 1, waiting 0, failed 0"),
         "{flush}"
     );
+
+    // `stop` keeps what was never sent as files, and the outbox goes with the account.
+    let stop = e.env.run(&["stop", "work"]).await;
+    assert_eq!(stop.code, 0, "{stop}");
+    let unsent = e.env.state_dir().join("unsent/work");
+    assert!(
+        stop.stdout.contains(&format!(
+            "outbox: 2 messages never sent, saved in {}",
+            unsent.display()
+        )),
+        "{stop}"
+    );
+    let mut kept: Vec<String> = std::fs::read_dir(&unsent)
+        .unwrap()
+        .map(|f| String::from_utf8(std::fs::read(f.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    kept.sort();
+    assert!(
+        kept.len() == 2
+            && kept.iter().any(|k| k.contains("Subject: partly"))
+            && kept.iter().any(|k| k.contains("Subject: refused")),
+        "{kept:?}"
+    );
+    let db = std::fs::read(e.env.state_dir().join("state.sqlite")).unwrap();
+    assert!(
+        !crate::support::tokens::contains(&db, b"Subject: refused"),
+        "the outbox stayed in the database"
+    );
 }
 
 on_both_profiles!(an_expired_token_is_replaced_and_the_message_sent);

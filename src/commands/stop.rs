@@ -42,6 +42,10 @@ enum StopError {
     State(#[from] StateError),
     #[error(transparent)]
     Edit(#[from] EditError),
+    #[error(
+        "cannot save the messages of the outbox, so they and the sync state were kept: {0}; fix that and run `mailsync stop` again"
+    )]
+    Outbox(String),
 }
 
 /// What is known of the account being removed, from the config (or, when the config
@@ -386,7 +390,30 @@ async fn disconnect(
         writeln_out(out, format_args!("  tokens: none stored"));
     }
 
-    // (c) The sync state.
+    // (c) The outbox: what was never sent is kept as files, not dropped with the rows.
+    if let Some(s) = &mut state {
+        let rows = s.outbox_all(name)?;
+        if !rows.is_empty() {
+            let dir = config.daemon.state_dir.join("unsent").join(name);
+            for (row, message) in &rows {
+                let file = dir.join(format!("{}.eml", row.id));
+                crate::send::keep_file(&file, message)
+                    .map_err(|e| StopError::Outbox(e.to_string()))?;
+            }
+            s.outbox_forget(name)?;
+            writeln_out(
+                out,
+                format_args!(
+                    "  outbox: {} message{} never sent, saved in {} (once connected again, send each with `mailsync send {name} -t < FILE`)",
+                    rows.len(),
+                    plural(rows.len()),
+                    dir.display()
+                ),
+            );
+        }
+    }
+
+    // (d) The sync state.
     let report = match &mut state {
         Some(s) => s.forget_account(name)?,
         None => ForgetReport::default(),
@@ -410,7 +437,7 @@ async fn disconnect(
     );
     drop(state);
 
-    // (d) The config: removed above when the account was in it.
+    // (e) The config: removed above when the account was in it.
     if !target.in_config && !config_removed {
         writeln_out(
             out,

@@ -360,8 +360,8 @@ fn fail(
 }
 
 /// The message as a file a person can open or send again (`mailsync send < FILE`),
-/// written before the row says it failed.
-fn keep_file(path: &Path, message: &[u8]) -> Result<(), SendError> {
+/// written before the row says it failed (or is deleted).
+pub fn keep_file(path: &Path, message: &[u8]) -> Result<(), SendError> {
     let err = |source| SendError::Keep {
         path: path.to_owned(),
         source,
