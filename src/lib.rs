@@ -6,6 +6,10 @@
 //! - [`auth`]: OAuth token acquisition and refresh, the XOAUTH2 string, secrets.
 //! - [`imap`]: the only module that speaks IMAP (session, capabilities, fetch, the
 //!   modified UTF-7 codec).
+//! - [`smtp`]: the only module that speaks SMTP (submission, replies, refusals
+//!   explained); [`send`]: the outbox that `mailsync send` and the daemon send.
+//! - [`tls`], [`sasl`], [`server_text`]: what IMAP and SMTP share: verified TLS, the
+//!   OAuth SASL strings, and server text made safe to show.
 //! - [`maildir`]: atomic delivery, flag ↔ file-name mapping.
 //! - [`flags`], [`headers`]: leaf types every layer uses: the system flags, and the
 //!   few header fields kept (Message-ID, From, Subject, Date) with their parser.

@@ -93,6 +93,16 @@ pub(crate) fn connect_args_for(env: &Env, flow: &str, provider: &str) -> Vec<Str
         args.push(k.into());
         args.push(v);
     }
+    if let Some(port) = env.dovecot.submissions_port() {
+        for (k, v) in [
+            ("--smtp-host", "localhost".to_owned()),
+            ("--smtp-port", port.to_string()),
+            ("--smtp-tls", "implicit".to_owned()),
+        ] {
+            args.push(k.into());
+            args.push(v);
+        }
+    }
     if flow == "client-credentials" {
         args.push("--client-secret-file".into());
         args.push(d.join("work.secret").display().to_string());
@@ -112,7 +122,7 @@ pub(crate) fn connect_args_for(env: &Env, flow: &str, provider: &str) -> Vec<Str
 
 /// Starts an environment whose config has no `work` account yet, and seeds mail.
 pub(crate) async fn fresh(profile: Profile) -> (Env, String) {
-    let env = Env::start(profile).await;
+    let env = Env::start_sending(profile, |o| o).await;
     env.idp.set_device_code_interval(Duration::from_secs(1));
     let text = hand_written(&env);
     std::fs::write(env.config_path(), &text).unwrap();
@@ -416,7 +426,9 @@ async fn default_scopes_name_who_signed_in() {
         .map(|(_, v)| v.as_str());
     assert_eq!(
         scope,
-        Some("https://outlook.office.com/IMAP.AccessAsUser.All offline_access")
+        Some(
+            "https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send offline_access"
+        )
     );
     env.assert_in_sync().await;
 }
@@ -933,10 +945,13 @@ async fn imap_authenticate_failed_is_diagnosed() {
     let env = Env::start(Profile::Exchange).await;
     // A Microsoft account (endpoints pointed at the test environment), so the
     // diagnosis speaks of Exchange's service principals.
-    let text = env.config_text("").replace(
-        "provider = \"custom\"",
-        "provider = \"microsoft\"\ntenant = \"contoso.onmicrosoft.com\"",
-    );
+    // Sending goes nowhere: a closed port on this machine, not smtp.office365.com.
+    let text = env
+        .config_text("smtp_host = \"localhost\"\nsmtp_port = 9\n")
+        .replace(
+            "provider = \"custom\"",
+            "provider = \"microsoft\"\ntenant = \"contoso.onmicrosoft.com\"",
+        );
     std::fs::write(env.config_path(), text).unwrap();
     // The app is granted another mailbox: its token is refused for this one.
     env.idp.add_app(

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use mailsync_testenv::SmtpSink;
-use mailsync_testenv::dovecot::Profile;
+use mailsync_testenv::dovecot::{DovecotOptions, Profile};
 
 use crate::on_both_profiles;
 use crate::support::{Env, Run, USER};
@@ -26,10 +26,17 @@ impl SendEnv {
 
     /// With `extra` lines in the account table.
     pub async fn start_with(profile: Profile, extra: &str) -> SendEnv {
-        let sink = SmtpSink::start().expect("start the SMTP sink");
-        let relay = sink.port();
-        let env = Env::start_with(profile, |o| o.submission(relay)).await;
-        sink.deliver_to(&env.dovecot);
+        SendEnv::start_tuned(profile, extra, |o| o).await
+    }
+
+    /// [`SendEnv::start_with`] on a Dovecot with its options adjusted by `tune`.
+    pub async fn start_tuned(
+        profile: Profile,
+        extra: &str,
+        tune: impl FnOnce(DovecotOptions) -> DovecotOptions,
+    ) -> SendEnv {
+        let mut env = Env::start_sending(profile, tune).await;
+        let sink = env.sink.take().expect("a relay");
         let e = SendEnv { env, sink };
         e.configure(extra);
         e
@@ -535,7 +542,15 @@ async fn an_account_connected_before_sending_is_told_to_connect_again() {
     let e = SendEnv::start(Profile::Full).await;
     let env = &e.env;
     env.idp.set_device_code_interval(Duration::from_millis(200));
-    std::fs::remove_file(env.config_path()).unwrap();
+    // A config with no account yet, its state kept in the test's directory.
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "[daemon]\nstate_dir = {}\ncommand_timeout = \"20s\"\n",
+            crate::support::toml_string(&env.state_dir().display().to_string())
+        ),
+    )
+    .unwrap();
     let mut args = connect_args_for(env, "device", "microsoft");
     for s in [
         "https://outlook.office.com/IMAP.AccessAsUser.All",
@@ -556,11 +571,7 @@ async fn an_account_connected_before_sending_is_told_to_connect_again() {
         .find(|l| l.starts_with("scopes = "))
         .expect("connect wrote the scopes")
         .to_owned();
-    let text = text.replace(&format!("{scopes}\n"), "").replacen(
-        "[accounts.work]\n",
-        &format!("[accounts.work]\n{}", e.smtp_lines()),
-        1,
-    );
+    let text = text.replace(&format!("{scopes}\n"), "");
     std::fs::write(env.config_path(), text).unwrap();
     env.idp.expire_access_tokens();
 
@@ -755,4 +766,38 @@ async fn the_daemon_sends_what_waits() {
     );
     let status = e.env.run(&["status"]).await;
     assert!(!status.stdout.contains("waiting in the outbox"), "{status}");
+}
+
+/// A server that offers OAUTHBEARER and not XOAUTH2 (RFC 7628) is signed in to with
+/// it, on both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_where_xoauth2_is_not_offered() {
+    for profile in [Profile::Full, Profile::Exchange] {
+        let e = SendEnv::start_tuned(profile, "", |mut o| {
+            o.extra_config
+                .push_str("auth_mechanisms = plain oauthbearer\n");
+            o
+        })
+        .await;
+        let mark = e.env.log_lines();
+        let run = e.send(&["send", USER], &message("bearer")).await;
+        assert_eq!(run.code, 0, "{}: {run}", profile.name());
+        assert_eq!(e.sink.count(), 1);
+        let log = e.env.dovecot.log();
+        let logins: Vec<&str> = log
+            .lines()
+            .skip(mark)
+            .filter(|l| l.contains("submission-login") && l.contains("Login:"))
+            .collect();
+        assert!(
+            !logins.is_empty() && logins.iter().all(|l| l.contains("method=OAUTHBEARER")),
+            "{}: {logins:?} in\n{}",
+            profile.name(),
+            log.lines()
+                .skip(mark)
+                .filter(|l| l.contains("submission"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }

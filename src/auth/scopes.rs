@@ -3,10 +3,8 @@
 
 use oauth2::Scope;
 
+pub use crate::config::SMTP_SEND;
 use crate::config::{Account, Flow, Provider};
-
-/// The delegated scope Microsoft 365 wants for SMTP AUTH.
-pub const SMTP_SEND: &str = "https://outlook.office.com/SMTP.Send";
 
 /// Whether `scope` is Microsoft's SMTP.Send, with or without its resource.
 pub fn is_smtp_send(scope: &str) -> bool {

@@ -60,9 +60,27 @@ pub struct ConnectArgs {
     /// OAuth scope (repeat for several)
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
+    /// The SMTP server `mailsync send` submits to (a custom provider sends only once
+    /// it is set)
+    #[arg(long)]
+    pub smtp_host: Option<String>,
+    #[arg(long)]
+    pub smtp_port: Option<u16>,
+    #[arg(long, value_enum)]
+    pub smtp_tls: Option<TlsArg>,
     /// Browser flow: print the URL only, do not launch a browser
     #[arg(long)]
     pub no_browser: bool,
+}
+
+impl TlsArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            TlsArg::Implicit => "implicit",
+            TlsArg::Starttls => "starttls",
+            TlsArg::Plain => "plain",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -318,19 +336,15 @@ fn settings(name: &str, a: &ConnectArgs, known: Option<&Account>) -> AccountSett
         maildir: path(&a.maildir),
         imap_host: a.imap_host.clone(),
         imap_port: a.imap_port,
-        tls: a.tls.map(|t| {
-            match t {
-                TlsArg::Implicit => "implicit",
-                TlsArg::Starttls => "starttls",
-                TlsArg::Plain => "plain",
-            }
-            .to_owned()
-        }),
+        tls: a.tls.map(|t| t.as_str().to_owned()),
         ca_file: path(&a.ca_file),
         token_url: a.token_url.clone(),
         device_url: a.device_url.clone(),
         authorize_url: a.authorize_url.clone(),
         scopes: (!a.scopes.is_empty()).then(|| a.scopes.clone()),
+        smtp_host: a.smtp_host.clone(),
+        smtp_port: a.smtp_port,
+        smtp_tls: a.smtp_tls.map(|t| t.as_str().to_owned()),
     }
 }
 

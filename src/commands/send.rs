@@ -20,7 +20,7 @@ const MAX_MESSAGE: u64 = 160 * 1024 * 1024;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "As neomutt's or mutt's sendmail: set sendmail=\"mailsync send\"; aerc: outgoing = /usr/bin/mailsync send; git send-email: sendemail.sendmailCmd = mailsync send.\nFlags of sendmail that mailsync does not use (-B, -b, -F, -G, -L, -N, -O, -o…, -R, -U, -V, -X) are accepted and ignored, as msmtp does."
+    after_help = "As neomutt's or mutt's sendmail: set sendmail=\"mailsync send\"; aerc: outgoing = /usr/bin/mailsync send; git send-email: sendemail.sendmailCmd = mailsync send.\nFlags of sendmail that mailsync does not use (-i, -B, -b, -F, -G, -L, -N, -O, -o…, -R, -U, -V, -X) are accepted and ignored, as msmtp does."
 )]
 pub struct SendArgs {
     /// The account (when the first argument names one), then the recipients. Without an

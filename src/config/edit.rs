@@ -37,6 +37,9 @@ pub struct AccountSettings {
     pub device_url: Option<String>,
     pub authorize_url: Option<String>,
     pub scopes: Option<Vec<String>>,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<u16>,
+    pub smtp_tls: Option<String>,
 }
 
 /// What [`upsert_account`] did.
@@ -392,6 +395,10 @@ fn settings_values(s: &AccountSettings) -> Vec<(&'static str, Value)> {
             let array: toml_edit::Array = scopes.iter().map(String::as_str).collect();
             ("scopes", Value::Array(array))
         }),
+        opt("smtp_host", &s.smtp_host),
+        s.smtp_port
+            .map(|p| ("smtp_port", Value::from(i64::from(p)))),
+        opt("smtp_tls", &s.smtp_tls),
     ]
     .into_iter()
     .flatten()

@@ -24,6 +24,9 @@ use crate::imap::utf7;
 use raw::{RawAccount, RawConfig, RawDaemon, RawDuration};
 use source::{Source, dotted, explain};
 
+/// The delegated scope Microsoft 365 wants for SMTP AUTH, in the default scopes.
+pub const SMTP_SEND: &str = "https://outlook.office.com/SMTP.Send";
+
 /// A loaded and validated config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -948,7 +951,7 @@ fn oauth_endpoints(
                 // resource (outlook.office.com).
                 vec![
                     "https://outlook.office.com/IMAP.AccessAsUser.All".into(),
-                    crate::auth::SMTP_SEND.into(),
+                    SMTP_SEND.into(),
                     "offline_access".into(),
                 ]
             },

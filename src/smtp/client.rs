@@ -476,3 +476,118 @@ enum LineError {
     Closed,
     TooLong,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::Retry;
+    use tokio::io::AsyncReadExt;
+
+    fn endpoint() -> SmtpEndpoint {
+        SmtpEndpoint {
+            host: "smtp.example.com".into(),
+            port: 587,
+            tls: Tls::Starttls,
+            ca_file: None,
+        }
+    }
+
+    /// A connection whose server side is `script`: the replies it sends, in order,
+    /// whatever it is sent; what it was sent comes back when the client is dropped.
+    async fn scripted(
+        extensions: &str,
+        script: &'static str,
+    ) -> (Connection, tokio::task::JoinHandle<String>) {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut c = Connection::new(Box::new(client), &endpoint(), Duration::from_secs(5));
+        c.extensions = Extensions::from_ehlo(&Reply {
+            code: 250,
+            lines: std::iter::once("hi")
+                .chain(extensions.split(',').filter(|e| !e.is_empty()))
+                .map(str::to_owned)
+                .collect(),
+        });
+        let seen = tokio::spawn(async move {
+            server.write_all(script.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            let _ = server.read_to_end(&mut got).await;
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        (c, seen)
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_announced_size_is_refused_before_mail_from() {
+        let (mut c, seen) = scripted("SIZE 1000", "").await;
+        let e = c
+            .envelope("a@b.c", &["d@e.f".into()], 1001, false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SmtpError::TooBig {
+                    size: 1001,
+                    limit: 1000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.is_about_message());
+        drop(c);
+        assert_eq!(seen.await.unwrap(), "", "something was sent");
+    }
+
+    #[tokio::test]
+    async fn lines_starting_with_a_dot_are_doubled_and_the_end_marked() {
+        let (mut c, seen) = scripted(
+            "PIPELINING,8BITMIME,SIZE 5000",
+            "250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n",
+        )
+        .await;
+        let env = c
+            .envelope("a@b.c", &["d@e.f".into()], 20, true)
+            .await
+            .unwrap();
+        assert_eq!(env.accepted, ["d@e.f"]);
+        c.data(b"Subject: x\r\n\r\n.hidden\r\n.\r\nend")
+            .await
+            .unwrap();
+        drop(c);
+        assert_eq!(
+            seen.await.unwrap(),
+            "MAIL FROM:<a@b.c> SIZE=20 BODY=8BITMIME\r\nRCPT TO:<d@e.f>\r\nDATA\r\nSubject: x\r\n\r\n..hidden\r\n..\r\nend\r\n.\r\n"
+        );
+    }
+
+    /// XOAUTH2's error challenge is answered with an empty line; the refusal keeps the
+    /// server's words and never the token, even when the server echoes it.
+    #[tokio::test]
+    async fn a_refused_token_is_answered_and_never_shown() {
+        let token = Secret::new("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret-part");
+        let (mut c, seen) = scripted(
+            "AUTH XOAUTH2",
+            "334 eyJzdGF0dXMiOiI0MDEifQ==\r\n535 5.7.3 Authentication unsuccessful eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret-part\r\n",
+        )
+        .await;
+        let e = c
+            .authenticate("jane@contoso.com", &token)
+            .await
+            .unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("535 5.7.3 Authentication unsuccessful [REDACTED]"),
+            "{shown}"
+        );
+        assert!(!shown.contains("secret-part"), "{shown}");
+        assert_eq!(e.retry(), Retry::NewToken);
+        drop(c);
+        let sent = seen.await.unwrap();
+        assert!(sent.starts_with("AUTH XOAUTH2 dXNlcj1qYW5l"), "{sent}");
+        assert!(
+            sent.ends_with("\r\n\r\n"),
+            "the challenge was not answered: {sent:?}"
+        );
+    }
+}

@@ -31,6 +31,9 @@ pub const MAPPINGS: &[(&str, &str)] = &[
 pub struct Env {
     pub idp: std::sync::Arc<Idp>,
     pub dovecot: Dovecot,
+    /// The relay Dovecot's SMTP submission hands messages to, when it has one
+    /// ([`Env::start_sending`]): it stores them back into this Dovecot.
+    pub sink: Option<mailsync_testenv::SmtpSink>,
     pub dir: tempfile::TempDir,
     pub profile: Profile,
     pub mappings: Vec<(String, String)>,
@@ -39,6 +42,20 @@ pub struct Env {
 impl Env {
     pub async fn start(profile: Profile) -> Env {
         Env::start_with(profile, |o| o).await
+    }
+
+    /// Starts with SMTP submission on, relaying to a sink that stores each message
+    /// back into this Dovecot (see `tests/send.rs`).
+    pub async fn start_sending(
+        profile: Profile,
+        tune: impl FnOnce(DovecotOptions) -> DovecotOptions,
+    ) -> Env {
+        let sink = mailsync_testenv::SmtpSink::start().expect("start the SMTP sink");
+        let relay = sink.port();
+        let mut env = Env::start_with(profile, |o| tune(o.submission(relay))).await;
+        sink.deliver_to(&env.dovecot);
+        env.sink = Some(sink);
+        env
     }
 
     /// Starts with the Dovecot options adjusted by `tune` (e.g. a localized trash).
@@ -56,6 +73,7 @@ impl Env {
         let env = Env {
             idp: std::sync::Arc::new(idp),
             dovecot,
+            sink: None,
             dir,
             profile,
             mappings: MAPPINGS
