@@ -322,7 +322,9 @@ async fn a_refusal_is_reported_and_the_message_kept(profile: Profile) {
     );
     let mut kept: Vec<String> = std::fs::read_dir(&unsent)
         .unwrap()
-        .map(|f| String::from_utf8(std::fs::read(f.unwrap().path()).unwrap()).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .map(|p| String::from_utf8(std::fs::read(p).unwrap()).unwrap())
         .collect();
     kept.sort();
     assert!(
@@ -330,6 +332,19 @@ async fn a_refusal_is_reported_and_the_message_kept(profile: Profile) {
             && kept.iter().any(|k| k.contains("Subject: partly"))
             && kept.iter().any(|k| k.contains("Subject: refused")),
         "{kept:?}"
+    );
+    let envelopes: Vec<String> = std::fs::read_dir(&unsent)
+        .unwrap()
+        .filter_map(|f| {
+            let p = f.unwrap().path();
+            (p.extension()? == "envelope").then(|| std::fs::read_to_string(p).unwrap())
+        })
+        .collect();
+    assert!(
+        envelopes
+            .iter()
+            .any(|e| e.starts_with(&format!("mailsync send -f {USER} -- nobody@example.org < "))),
+        "the envelope is kept beside the message: {envelopes:?}"
     );
     let db = std::fs::read(e.env.state_dir().join("state.sqlite")).unwrap();
     assert!(

@@ -11,8 +11,8 @@ use super::{CommandError, Exit, select_accounts};
 use crate::auth::{Sending, sending};
 use crate::config::{Account, Config};
 use crate::send::message::{self, Request};
-use crate::send::{OnAccountError, Report, Which, flush};
-use crate::state::{NewMessage, State, unix_now};
+use crate::send::{OnAccountError, Report, SendError, Which, flush};
+use crate::state::{LockError, NewMessage, OutboxState, State, unix_now};
 
 /// The largest message taken from standard input (Microsoft 365 takes 150 MB at
 /// most, and only when an admin raised the default 35 MB).
@@ -145,15 +145,65 @@ pub async fn run(config: &Config, args: &SendArgs) -> Result<Exit, CommandError>
     drop(state);
     tracing::debug!(account = %account.name, id, message_id = %prepared.message_id, recipients = prepared.recipients.len(), "queued");
 
-    let report = flush(
+    let report = match flush(
         account,
         &config.daemon,
         Which::One(id),
         OnAccountError::Fail,
     )
     .await
-    .map_err(|e| CommandError::Usage(format!("the message is queued, but: {e}")))?;
+    {
+        Ok(r) => r,
+        // Queued is promised: another sender (the daemon) is at work and takes it.
+        Err(SendError::Lock(e @ LockError::OutboxBusy { .. })) => {
+            eprintln!(
+                "mailsync: not sent yet ({e}); it waits in account {}'s outbox: the daemon sends it, or run `mailsync send --flush`",
+                account.name
+            );
+            return Ok(Exit::Ok);
+        }
+        Err(e) => {
+            return Err(CommandError::Usage(format!(
+                "the message is queued, but: {e}"
+            )));
+        }
+    };
+    if report.sent.iter().all(|(i, _)| *i != id)
+        && report.failed.is_empty()
+        && report.deferred.is_empty()
+    {
+        // Not this process's to send after all: another sender took it while this one
+        // waited for the outbox. Say what became of it.
+        return Ok(taken_by_another(config, account, id));
+    }
     Ok(tell(account, id, &report))
+}
+
+/// What another sender made of message `id`.
+fn taken_by_another(config: &Config, account: &Account, id: i64) -> Exit {
+    let entry = State::open(&config.daemon.state_dir).and_then(|s| s.outbox_entry(id));
+    match entry {
+        Ok(Some(e)) if e.state == OutboxState::Failed => {
+            eprintln!(
+                "mailsync: not sent: {}; the message is kept in {}",
+                e.last_error.unwrap_or_default(),
+                crate::send::failed_path(&config.daemon.state_dir, &account.name, id).display()
+            );
+            Exit::Fatal
+        }
+        Ok(Some(e)) if e.state == OutboxState::Queued => {
+            eprintln!(
+                "mailsync: not sent yet ({}); it waits in account {}'s outbox: the daemon sends it, or run `mailsync send --flush`",
+                e.last_error.unwrap_or_default(),
+                account.name
+            );
+            Exit::Ok
+        }
+        _ => {
+            tracing::info!(account = %account.name, id, "sent by another mailsync process");
+            Exit::Ok
+        }
+    }
 }
 
 /// What `send` says about its own message, and the exit code.
@@ -174,14 +224,10 @@ fn tell(account: &Account, id: i64, report: &Report) -> Exit {
     if let Some(e) = &report.copy_error {
         eprintln!("mailsync: sent, but the copy for the Sent folder waits: {e}");
     }
-    if !report.failed.is_empty() {
-        if sent { Exit::Partial } else { Exit::Fatal }
-    } else {
-        if !sent && report.deferred.is_empty() {
-            // Another sender (the daemon) took it while this one waited for the lock.
-            tracing::info!(account = %account.name, id, "sent by another mailsync process");
-        }
-        Exit::Ok
+    match (report.failed.is_empty(), sent) {
+        (true, _) => Exit::Ok,
+        (false, true) => Exit::Partial,
+        (false, false) => Exit::Fatal,
     }
 }
 

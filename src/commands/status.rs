@@ -229,6 +229,10 @@ fn account_line(
     let sending = account.map(|a| {
         let granted = grant.as_ref().map(|g| g.scopes.clone()).unwrap_or_default();
         let (allowed, detail) = match crate::auth::sending(a, &granted) {
+            _ if a.smtp.is_none() => (
+                "no",
+                Some("no smtp_host: this account does not send".to_owned()),
+            ),
             Sending::Allowed => ("yes", None),
             Sending::AppOnly => (
                 "app-only",

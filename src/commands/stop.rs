@@ -392,19 +392,35 @@ async fn disconnect(
 
     // (c) The outbox: what was never sent is kept as files, not dropped with the rows.
     if let Some(s) = &mut state {
-        let rows = s.outbox_all(name)?;
-        if !rows.is_empty() {
+        // No sender may be at work on them meanwhile (a daemon that has not yet let
+        // the account go).
+        let _outbox = crate::state::OutboxLock::acquire(
+            &config.daemon.state_dir,
+            name,
+            crate::send::LOCK_WAIT,
+        )
+        .await
+        .map_err(|e| StopError::Outbox(e.to_string()))?;
+        // `copy` rows were sent: only their Sent copy waited.
+        let rows: Vec<_> = s
+            .outbox_all(name)?
+            .into_iter()
+            .filter(|(row, _)| row.state != crate::state::OutboxState::Copy)
+            .collect();
+        if rows.is_empty() {
+            s.outbox_forget(name)?;
+        } else {
             let dir = config.daemon.state_dir.join("unsent").join(name);
             for (row, message) in &rows {
                 let file = dir.join(format!("{}.eml", row.id));
-                crate::send::keep_file(&file, message)
+                crate::send::keep_file(&file, message, &row.sender, &row.recipients)
                     .map_err(|e| StopError::Outbox(e.to_string()))?;
             }
             s.outbox_forget(name)?;
             writeln_out(
                 out,
                 format_args!(
-                    "  outbox: {} message{} never sent, saved in {} (once connected again, send each with `mailsync send {name} -t < FILE`)",
+                    "  outbox: {} message{} never sent, saved in {} (each ID.eml with an ID.envelope: the command that sends it again, once connected)",
                     rows.len(),
                     plural(rows.len()),
                     dir.display()

@@ -240,7 +240,10 @@ async fn send_outbox(config: Arc<Config>, account: Account, stop: Stop) {
                         floor = OUTBOX_POLL;
                     }
                 }
-                Err(e) => tracing::warn!("outbox: {e}"),
+                Err(e) => {
+                    tracing::warn!("outbox: {e}");
+                    floor = OUTBOX_POLL;
+                }
             }
         }
         // Woken early for a retry that comes due sooner.

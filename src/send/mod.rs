@@ -139,7 +139,7 @@ pub async fn flush(
                 Ok(Outcome::Taken { accepted, refused }) => {
                     let copy =
                         matches!(account.save_sent, SentCopy::Append(_)) && !accepted.is_empty();
-                    let settled = settle(&row, refused, copy);
+                    let settled = settle(&row, refused, copy, !accepted.is_empty());
                     state.outbox_sent(row.id, &settled)?;
                     if !accepted.is_empty() {
                         tracing::info!(account = %account.name, id = row.id, message_id = %row.message_id, recipients = accepted.len(), "sent");
@@ -178,8 +178,19 @@ pub async fn flush(
                     let permanent = !retry.is_transient() && retry != Retry::NewToken;
                     let first = row.id;
                     for row in std::iter::once(row).chain(rows.by_ref()) {
-                        let answered = !(doubt && row.id == first);
-                        if permanent && on_account_error == OnAccountError::Fail {
+                        // The row tried is settled unless the server's answer never
+                        // came; the rows not tried keep whatever doubt they had.
+                        let answered = row.id == first && !doubt;
+                        let expired = unix_now() - row.created > MAX_AGE.as_secs() as i64;
+                        if expired || (permanent && on_account_error == OnAccountError::Fail) {
+                            let why = if expired {
+                                format!(
+                                    "not sent within {} days: {why}",
+                                    MAX_AGE.as_secs() / 86_400
+                                )
+                            } else {
+                                why.clone()
+                            };
                             let message = state.outbox_message(row.id)?.unwrap_or_default();
                             fail(
                                 &mut state,
@@ -213,7 +224,12 @@ pub async fn flush(
         }
         sender.quit().await;
     }
-    if matches!(account.save_sent, SentCopy::Append(_)) {
+    if !matches!(account.save_sent, SentCopy::Append(_)) {
+        // Sent, and waiting for a copy no longer wanted (save_sent changed).
+        for row in state.outbox(&account.name, OutboxState::Copy, None)? {
+            state.outbox_done(row.id)?;
+        }
+    } else {
         match sent_copy::file(account, daemon, &mut state).await {
             Ok(n) => report.copied = n,
             Err(e) => {
@@ -224,6 +240,10 @@ pub async fn flush(
     }
     Ok(report)
 }
+
+/// A message not sent within this long fails (as a file), like an MTA's bounce after
+/// its queue lifetime: a queue must not hold mail nobody hears about for ever.
+pub const MAX_AGE: Duration = Duration::from_secs(5 * 24 * 60 * 60);
 
 /// How long after a message was left in doubt its Sent folder is looked at: the
 /// server may still be filing it when the sender comes back at once.
@@ -246,12 +266,17 @@ async fn settle_doubts(
     if doubtful.is_empty() {
         return Ok(rows);
     }
-    if account.save_sent != SentCopy::ByServer {
-        for row in &doubtful {
-            tracing::warn!(account = %account.name, id = row.id, message_id = %row.message_id, "sending again a message whose sending was cut off: if the server had taken it, its recipients get it twice (save_sent = \"server\" looks in Sent first, for servers that file sent mail there)");
-        }
-        rows.extend(doubtful);
-        rows.sort_by_key(|r| r.id);
+    // A partial row's Message-ID is in Sent from the first recipients' send: finding it
+    // there tells nothing about this row's recipients.
+    let (unknowable, doubtful): (Vec<OutboxEntry>, Vec<OutboxEntry>) = doubtful
+        .into_iter()
+        .partition(|r| r.partial || account.save_sent != SentCopy::ByServer);
+    for row in &unknowable {
+        tracing::warn!(account = %account.name, id = row.id, message_id = %row.message_id, "sending again a message whose sending was cut off: if the server had taken it, its recipients get it twice (save_sent = \"server\" looks in Sent first, for servers that file sent mail there)");
+    }
+    rows.extend(unknowable);
+    rows.sort_by_key(|r| r.id);
+    if doubtful.is_empty() {
         return Ok(rows);
     }
     let now = unix_now();
@@ -297,9 +322,15 @@ async fn settle_doubts(
 
 /// Sorts a sent message's refused recipients: for now (a new queued row), for good (a
 /// failed row).
-fn settle(row: &OutboxEntry, refused: Vec<(String, SmtpError)>, copy: bool) -> Settled {
+fn settle(
+    row: &OutboxEntry,
+    refused: Vec<(String, SmtpError)>,
+    copy: bool,
+    partial: bool,
+) -> Settled {
     let mut s = Settled {
         copy,
+        partial,
         ..Settled::default()
     };
     let mut reasons = Vec::new();
@@ -334,7 +365,7 @@ fn keep_failed_split(
         let path = failed_path(state_dir, account, row.id);
         if row.id > id && !path.exists() {
             let message = state.outbox_message(row.id)?.unwrap_or_default();
-            keep_file(&path, &message)?;
+            keep_file(&path, &message, &row.sender, &row.recipients)?;
             report
                 .failed
                 .push((row.id, row.last_error.clone().unwrap_or_default(), path));
@@ -353,23 +384,44 @@ fn fail(
     report: &mut Report,
 ) -> Result<(), SendError> {
     let path = failed_path(state_dir, account, row.id);
-    keep_file(&path, message)?;
+    // Recorded even if the file cannot be written: the bytes stay in the row, and a
+    // row still queued would be sent, and refused, again and again.
+    let kept = keep_file(&path, message, &row.sender, &row.recipients);
     state.outbox_fail(row.id, why)?;
+    kept?;
     report.failed.push((row.id, why.to_owned(), path));
     Ok(())
 }
 
-/// The message as a file a person can open or send again (`mailsync send < FILE`),
-/// written before the row says it failed (or is deleted).
-pub fn keep_file(path: &Path, message: &[u8]) -> Result<(), SendError> {
+/// The message as a file a person can open or send again, and beside it
+/// (`ID.envelope`) its envelope: the sender and the recipients this row was for (the
+/// Bcc ones are in no header), as the command that sends it again:
+/// `mailsync send -f SENDER -- RECIPIENT… < ID.eml`.
+pub fn keep_file(
+    path: &Path,
+    message: &[u8],
+    sender: &str,
+    recipients: &[String],
+) -> Result<(), SendError> {
+    let envelope = format!(
+        "mailsync send -f {sender} -- {} < {}\n",
+        recipients.join(" "),
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+    );
+    write_atomically(&path.with_extension("envelope"), envelope.as_bytes())?;
+    write_atomically(path, message)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SendError> {
     let err = |source| SendError::Keep {
         path: path.to_owned(),
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("eml.tmp");
-    std::fs::write(&tmp, message).map_err(err)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
@@ -521,7 +573,14 @@ impl<'a> Sender<'a> {
                 accepted: envelope.accepted,
                 refused: envelope.refused,
             }),
-            Err(e) => Err(Failure::of(e)),
+            Err(e) => {
+                // A refused DATA leaves the transaction open (a refused message ends
+                // it; RSET then does no harm): the next message starts clean.
+                if e.is_about_message() {
+                    let _ = c.rset().await;
+                }
+                Err(Failure::of(e))
+            }
         }
     }
 

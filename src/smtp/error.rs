@@ -111,6 +111,13 @@ impl SmtpError {
                     Retry::Never
                 }
             }
+            // A handshake cut off or timed out is the network's; a certificate or a
+            // CA file that fails is the configuration's.
+            SmtpError::Tls(TlsError::Handshake { detail, .. })
+                if !detail.contains("certificate") && !detail.contains("cannot set up") =>
+            {
+                Retry::Later(None)
+            }
             SmtpError::Tls(_)
             | SmtpError::PlainNotLoopback { .. }
             | SmtpError::NoStartTls { .. }
@@ -142,7 +149,7 @@ impl SmtpError {
 fn throttled(reply: &Reply) -> Option<Option<Duration>> {
     let text = reply.text().to_ascii_lowercase();
     let e = reply.enhanced().map(|e| (e.class, e.subject, e.detail));
-    if text.contains("quota exceeded") || e == Some((5, 4, 5)) {
+    if text.contains("sending quota exceeded") || e == Some((5, 4, 5)) {
         return Some(Some(Duration::from_secs(60 * 60)));
     }
     if text.contains("thread limit")
@@ -306,5 +313,33 @@ mod tests {
             refused(Step::MailFrom, "451 4.3.0 later").retry(),
             Retry::Later(None)
         );
+    }
+
+    /// A handshake the network cut off waits and is tried again; a certificate that
+    /// does not verify is for someone to fix.
+    #[test]
+    fn tls_failures_are_retried_only_when_the_network_failed() {
+        let tls = |detail: &str| {
+            SmtpError::Tls(TlsError::Handshake {
+                host: "h".into(),
+                port: 587,
+                detail: detail.into(),
+                hint: String::new(),
+            })
+        };
+        assert_eq!(
+            tls("no TLS handshake within 20s").retry(),
+            Retry::Later(None)
+        );
+        assert_eq!(tls("unexpected EOF").retry(), Retry::Later(None));
+        assert_eq!(
+            tls("certificate verify failed: self-signed certificate").retry(),
+            Retry::Never
+        );
+        let ca = SmtpError::Tls(TlsError::CaFile {
+            path: "/x".into(),
+            detail: "missing".into(),
+        });
+        assert_eq!(ca.retry(), Retry::Never);
     }
 }

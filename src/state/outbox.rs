@@ -66,6 +66,8 @@ pub struct OutboxEntry {
     /// never recorded (the sender was killed, or the connection lost, after the
     /// message went out).
     pub in_doubt: Option<i64>,
+    /// For some of a message's recipients, split off after the others got it.
+    pub partial: bool,
 }
 
 /// What became of a sent message's recipients.
@@ -79,6 +81,9 @@ pub struct Settled {
     pub reason: String,
     /// A copy goes to the Sent folder: the row stays as `copy` until it is filed.
     pub copy: bool,
+    /// Some recipients got it: the new rows are `partial` (their Message-ID is in Sent
+    /// already, so it tells nothing about them).
+    pub partial: bool,
 }
 
 /// For `mailsync status`.
@@ -94,7 +99,7 @@ pub struct OutboxSummary {
     pub last_failure: Option<String>,
 }
 
-const COLUMNS: &str = "id, account, created, sender, recipients, message_id, state, attempts, next_try, last_error, length(message), in_doubt";
+const COLUMNS: &str = "id, account, created, sender, recipients, message_id, state, attempts, next_try, last_error, length(message), in_doubt, partial";
 
 fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
     let recipients: String = r.get(4)?;
@@ -112,6 +117,7 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
         last_error: r.get(9)?,
         size: r.get(10)?,
         in_doubt: r.get(11)?,
+        partial: r.get(12)?,
     })
 }
 
@@ -184,10 +190,10 @@ impl State {
         self.write(|tx| {
             let split = |recipients: &[String], state: &str, next_try: i64, error: &str| {
                 tx.execute(
-                    "INSERT INTO outbox (account, created, sender, recipients, message_id, message, state, attempts, next_try, last_error)
-                     SELECT account, created, sender, ?2, message_id, message, ?3, attempts + 1, ?4, ?5
+                    "INSERT INTO outbox (account, created, sender, recipients, message_id, message, state, attempts, next_try, last_error, partial)
+                     SELECT account, created, sender, ?2, message_id, message, ?3, attempts + 1, ?4, ?5, ?6 OR partial
                      FROM outbox WHERE id = ?1",
-                    params![id, recipients.join("\n"), state, next_try, error],
+                    params![id, recipients.join("\n"), state, next_try, error, s.partial],
                 )
             };
             if !s.retry.is_empty() {
@@ -305,7 +311,7 @@ impl State {
     pub fn outbox_all(&self, account: &str) -> Result<Vec<(OutboxEntry, Vec<u8>)>, StateError> {
         let sql = format!("SELECT {COLUMNS}, message FROM outbox WHERE account = ?1 ORDER BY id");
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        stmt.query_map(params![account], |r| Ok((entry(r)?, r.get(12)?)))
+        stmt.query_map(params![account], |r| Ok((entry(r)?, r.get(13)?)))
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))
     }
@@ -389,6 +395,7 @@ mod tests {
                     failed: vec!["c@x".into()],
                     reason: "550 5.1.1 unknown".into(),
                     copy: true,
+                    partial: true,
                 },
             )
             .unwrap();
@@ -397,6 +404,7 @@ mod tests {
         let retry = state.outbox("work", OutboxState::Queued, None).unwrap();
         assert_eq!(retry[0].recipients, ["b@x"]);
         assert_eq!(retry[0].attempts, 3);
+        assert!(retry[0].partial && !copy[0].partial);
         let failed = state.outbox("work", OutboxState::Failed, None).unwrap();
         assert_eq!(failed[0].recipients, ["c@x"]);
         assert_eq!(

@@ -132,8 +132,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // the moment `send` took it until the server took it (and, where a Sent copy is
     // made, until the copy is filed), or kept as failed once refused for good.
     // `in_doubt`: when its transaction began, until the server's answer is recorded.
+    // `partial`: a row for some of a message's recipients, split off once the others
+    // got it (its Message-ID is in Sent already). Ids are never reused (AUTOINCREMENT):
+    // they name the files kept of failed and unsent messages.
     "CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         account TEXT NOT NULL,
         created INTEGER NOT NULL,
         sender TEXT NOT NULL,
@@ -144,7 +147,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         attempts INTEGER NOT NULL DEFAULT 0,
         next_try INTEGER NOT NULL DEFAULT 0,
         last_error TEXT,
-        in_doubt INTEGER
+        in_doubt INTEGER,
+        partial INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX outbox_due ON outbox (account, state, next_try);",
 ];
