@@ -55,9 +55,29 @@ pub enum Command {
     /// Send mail as an account: a drop-in sendmail (message on standard input) over SMTP
     /// with the account's OAuth token; what cannot go now waits in the outbox
     Send(Box<crate::commands::send::SendArgs>),
+    /// Print shell completions: `mailsync completions bash >
+    /// /etc/bash_completion.d/mailsync` (zsh: a `_mailsync` file in $fpath; fish:
+    /// ~/.config/fish/completions/mailsync.fish)
+    Completions(CompletionsArgs),
+    /// Print a man page (roff) made from the same definitions as --help: mailsync(1), or
+    /// mailsync-COMMAND(1) (`mailsync man send | man -l -`)
+    Man(ManArgs),
     /// Disconnect an account: delete its tokens (revoking them at Google), its sync
     /// state and its tables in the config; the local mail stays unless --purge
     Stop(crate::commands::stop::StopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A subcommand, for its own page
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Args)]

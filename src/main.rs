@@ -14,6 +14,12 @@ use mailsync::config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Made from the clap definitions alone: no config, no runtime.
+    match &cli.command {
+        Command::Completions(args) => return finish(commands::completions::print(args)),
+        Command::Man(args) => return finish(commands::completions::man(args)),
+        _ => {}
+    }
     init_logging(&cli);
     let path = cli.config.clone().unwrap_or_else(config::default_path);
     // One-shot commands run on one thread: fewer wake-ups between threads, less CPU.
@@ -61,7 +67,12 @@ fn main() -> ExitCode {
             Command::ConsentUrl(args) => commands::consent_url::run(&config, args).await,
             Command::Status(args) => commands::status::run(&config, args).await,
             Command::Send(args) => commands::send::run(&config, args).await,
-            Command::Test(_) | Command::Connect(_) | Command::Stop(_) | Command::Run => {
+            Command::Test(_)
+            | Command::Connect(_)
+            | Command::Stop(_)
+            | Command::Run
+            | Command::Completions(_)
+            | Command::Man(_) => {
                 unreachable!("handled above")
             }
         }

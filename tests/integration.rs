@@ -7,6 +7,7 @@
 mod support;
 
 mod bad_input;
+mod completions;
 mod connect;
 mod crash;
 mod daemon;

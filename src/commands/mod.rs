@@ -1,6 +1,7 @@
 //! One file per subcommand. Each returns an [`Exit`] status or a [`CommandError`];
 //! `main.rs` maps them to the process exit code (0 ok, 1 partial failure, 2 fatal).
 
+pub mod completions;
 pub mod connect;
 pub mod consent_url;
 pub mod folders;
