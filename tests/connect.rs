@@ -1050,3 +1050,52 @@ async fn device_flow_declined_or_expired() {
     assert!(err.contains("expired"), "{err}");
     assert_eq!(std::fs::read_to_string(env.config_path()).unwrap(), before);
 }
+
+/// An account written by hand with no `[accounts.NAME.folders]` (a custom provider's
+/// endpoints can only be set in the file): `sync` and `status` say that nothing is
+/// mapped and how to map; `connect` adds the default mappings, as for a new account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_maps_the_defaults_for_an_account_written_without_mappings() {
+    let env = Env::start(Profile::Exchange).await;
+    let d = env.dir.path();
+    let text = format!(
+        "[daemon]\nstate_dir = {}\ncommand_timeout = \"20s\"\n\n{}",
+        crate::support::toml_string(&d.join("state").display().to_string()),
+        env.app_only_account("work", USER, CLIENT_ID, &env.mail_root())
+    );
+    std::fs::write(env.config_path(), &text).unwrap();
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(
+        sync.code, 1,
+        "exit 0 with nothing synced looks like success: {sync}"
+    );
+    assert!(
+        sync.stderr.contains("account work maps no folders")
+            && sync.stderr.contains("mailsync folders work"),
+        "{sync}"
+    );
+    let status = env.run(&["status", "work"]).await;
+    assert!(
+        status
+            .stdout
+            .contains("no folders mapped: `mailsync folders work`"),
+        "{status}"
+    );
+
+    let run = env.run(&["connect", "work"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("with the mappings:"), "{run}");
+    assert!(!run.stdout.contains("Kept the folder mappings"), "{run}");
+    let after = std::fs::read_to_string(env.config_path()).unwrap();
+    assert!(
+        after.starts_with(&text),
+        "the rest of the file changed:\n{after}"
+    );
+    assert!(
+        after.contains("[accounts.work.folders]\nInbox = \"INBOX\""),
+        "{after}"
+    );
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(sync.code, 0, "{sync}");
+    env.assert_in_sync().await;
+}

@@ -205,7 +205,8 @@ async fn connect(
 
     // Store the grant, then write the config.
     store(&config, &account, &grant)?;
-    let defaults: Vec<(String, String)> = if known.is_some() {
+    // A new account, or one written by hand without mappings, gets the defaults.
+    let defaults: Vec<(String, String)> = if known.is_some_and(|k| !k.folders.is_empty()) {
         Vec::new()
     } else {
         DEFAULT_MAPPINGS
@@ -214,7 +215,11 @@ async fn connect(
             .map(|(l, r)| ((*l).to_owned(), (*r).to_owned()))
             .collect()
     };
-    edit::upsert_account(path, &settings, &defaults)?;
+    let outcome = edit::upsert_account(path, &settings, &defaults)?;
+    let mappings_written = match outcome {
+        edit::UpsertOutcome::Updated { folders_added, .. } => folders_added,
+        _ => true,
+    };
 
     let _ = writeln!(
         out,
@@ -229,7 +234,14 @@ async fn connect(
         }
     );
     let _ = writeln!(out, "The server lists {} folders.", folders.len());
-    if known.is_some() {
+    if !mappings_written && known.is_some_and(|k| k.folders.is_empty()) {
+        let _ = writeln!(
+            out,
+            "[accounts.{0}] in {1} maps no folders, and the server has none of the default ones (Inbox, Archive, Deleted Items): `mailsync folders {0}` lists the server's folders; map them under [accounts.{0}.folders].",
+            account.name,
+            path.display()
+        );
+    } else if !mappings_written {
         let _ = writeln!(
             out,
             "Kept the folder mappings of [accounts.{}] in {}.",

@@ -546,7 +546,11 @@ fn write_table(out: &mut impl Write, lines: &[AccountLine], now: i64) -> std::io
             writeln!(out, "  sending: {line}")?;
         }
         if a.folders.is_empty() {
-            writeln!(out, "  no folders")?;
+            writeln!(
+                out,
+                "  no folders mapped: `mailsync folders {0}` lists the server's; map them under [accounts.{0}.folders]",
+                a.account
+            )?;
             continue;
         }
         let header = [

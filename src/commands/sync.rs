@@ -17,6 +17,16 @@ pub async fn run(config: &Config, args: &SyncArgs, quiet: bool) -> Result<Exit, 
     let mut out = std::io::stdout().lock();
     let (mut ok, mut partial, mut fatal) = (0, 0, 0);
     for account in accounts {
+        // Exit 0 having synced nothing would look like success.
+        if account.folders.is_empty() {
+            eprintln!(
+                "mailsync: account {0} maps no folders, so there is nothing to sync: `mailsync folders {0}` lists the server's folders; map them under [accounts.{0}.folders] in {1}",
+                account.name,
+                config.path.display()
+            );
+            partial += 1;
+            continue;
+        }
         let progress: Arc<dyn Progress> = if quiet {
             Arc::new(Quiet)
         } else if std::io::stderr().is_terminal() {
