@@ -10,6 +10,7 @@ use openssl::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslVerifyMode, SslVer
 use openssl::x509::verify::X509CheckFlags;
 use openssl::x509::{X509, X509VerifyResult};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// What the server's certificate says, for `mailsync test`.
@@ -33,6 +34,39 @@ pub enum TlsError {
     },
     #[error("cannot read ca_file {path}: {detail}")]
     CaFile { path: PathBuf, detail: String },
+}
+
+/// Why a TCP connection was not opened.
+#[derive(Debug)]
+pub enum OpenError {
+    Timeout,
+    Connect(std::io::Error),
+    /// Plain text was asked for towards an address that is not this machine.
+    PlainNotLoopback(std::net::IpAddr),
+}
+
+/// Opens a TCP connection to `host:port` within `within`, without Nagle's delay.
+/// `plain`: nothing will encrypt it, so it must reach a loopback address: the config
+/// checks the name, but a name (say `mail.localhost`) may resolve anywhere, and what
+/// counts is the address connected to.
+pub async fn open(
+    host: &str,
+    port: u16,
+    plain: bool,
+    within: Duration,
+) -> Result<TcpStream, OpenError> {
+    let tcp = timeout(within, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| OpenError::Timeout)?
+        .map_err(OpenError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    if plain
+        && let Ok(peer) = tcp.peer_addr()
+        && !peer.ip().is_loopback()
+    {
+        return Err(OpenError::PlainNotLoopback(peer.ip()));
+    }
+    Ok(tcp)
 }
 
 /// Who a handshake is with, and what to suggest when the port speaks no TLS.

@@ -117,6 +117,19 @@ pub fn message(tag: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The Subject line of each message the relay took, in order.
+pub fn subjects(got: &[mailsync_testenv::Received]) -> Vec<String> {
+    got.iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(&m.data);
+            text.lines()
+                .find(|l| l.starts_with("Subject:"))
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect()
+}
+
 /// What a sent message looks like once it went through: CRLF, no Bcc, the body whole.
 fn assert_sent_whole(data: &[u8], tag: &str) {
     let text = String::from_utf8_lossy(data);
@@ -237,16 +250,7 @@ async fn what_cannot_go_now_waits_and_goes_once(profile: Profile) {
         "{flush}"
     );
     let got = e.sink.messages();
-    let subjects: Vec<String> = got
-        .iter()
-        .map(|m| {
-            let t = String::from_utf8_lossy(&m.data);
-            t.lines()
-                .find(|l| l.starts_with("Subject:"))
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect();
+    let subjects = subjects(&got);
     assert_eq!(
         subjects,
         [
@@ -763,18 +767,7 @@ async fn the_daemon_sends_what_waits() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, code) = daemon.terminate().await;
     assert_eq!(code, Some(0));
-    let subjects: Vec<String> = e
-        .sink
-        .messages()
-        .iter()
-        .map(|m| {
-            let t = String::from_utf8_lossy(&m.data).into_owned();
-            t.lines()
-                .find(|l| l.starts_with("Subject:"))
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect();
+    let subjects = subjects(&e.sink.messages());
     assert_eq!(
         subjects,
         ["Subject: before the daemon", "Subject: while it runs"]

@@ -156,10 +156,7 @@ pub async fn run(config: &Config, args: &SendArgs) -> Result<Exit, CommandError>
         Ok(r) => r,
         // Queued is promised: another sender (the daemon) is at work and takes it.
         Err(SendError::Lock(e @ LockError::OutboxBusy { .. })) => {
-            eprintln!(
-                "mailsync: not sent yet ({e}); it waits in account {}'s outbox: the daemon sends it, or run `mailsync send --flush`",
-                account.name
-            );
+            say_waits(account, &e.to_string());
             return Ok(Exit::Ok);
         }
         Err(e) => {
@@ -184,19 +181,14 @@ fn taken_by_another(config: &Config, account: &Account, id: i64) -> Exit {
     let entry = State::open(&config.daemon.state_dir).and_then(|s| s.outbox_entry(id));
     match entry {
         Ok(Some(e)) if e.state == OutboxState::Failed => {
-            eprintln!(
-                "mailsync: not sent: {}; the message is kept in {}",
-                e.last_error.unwrap_or_default(),
-                crate::send::failed_path(&config.daemon.state_dir, &account.name, id).display()
+            say_kept(
+                &e.last_error.unwrap_or_default(),
+                &crate::send::failed_path(&config.daemon.state_dir, &account.name, id),
             );
             Exit::Fatal
         }
         Ok(Some(e)) if e.state == OutboxState::Queued => {
-            eprintln!(
-                "mailsync: not sent yet ({}); it waits in account {}'s outbox: the daemon sends it, or run `mailsync send --flush`",
-                e.last_error.unwrap_or_default(),
-                account.name
-            );
+            say_waits(account, &e.last_error.unwrap_or_default());
             Exit::Ok
         }
         _ => {
@@ -206,20 +198,30 @@ fn taken_by_another(config: &Config, account: &Account, id: i64) -> Exit {
     }
 }
 
+/// The line for a message that waits in the outbox.
+fn say_waits(account: &Account, why: &str) {
+    eprintln!(
+        "mailsync: not sent yet ({why}); it waits in account {}'s outbox: the daemon sends it, or run `mailsync send --flush`",
+        account.name
+    );
+}
+
+/// The line for a message refused for good.
+fn say_kept(why: &str, path: &std::path::Path) {
+    eprintln!(
+        "mailsync: not sent: {why}; the message is kept in {}",
+        path.display()
+    );
+}
+
 /// What `send` says about its own message, and the exit code.
 fn tell(account: &Account, id: i64, report: &Report) -> Exit {
     let sent = report.sent.iter().any(|(i, _)| *i == id);
     for (_, why, path) in &report.failed {
-        eprintln!(
-            "mailsync: not sent: {why}; the message is kept in {}",
-            path.display()
-        );
+        say_kept(why, path);
     }
     for (_, why) in &report.deferred {
-        eprintln!(
-            "mailsync: not sent yet ({why}); it waits in account {}'s outbox: the daemon sends it, or run `mailsync send --flush`",
-            account.name
-        );
+        say_waits(account, why);
     }
     if let Some(e) = &report.copy_error {
         eprintln!("mailsync: sent, but the copy for the Sent folder waits: {e}");

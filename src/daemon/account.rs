@@ -201,12 +201,15 @@ async fn send_outbox(config: Arc<Config>, account: Account, stop: Stop) {
         if state.is_none() {
             state = State::open(&config.daemon.state_dir).ok();
         }
+        let next_try = |state: &Option<State>| {
+            state
+                .as_ref()
+                .and_then(|s| s.outbox_summary(&account.name).ok())
+                .and_then(|o| o.next_try)
+        };
+        let mut next = next_try(&state);
         let now = crate::state::unix_now();
-        let due = state
-            .as_ref()
-            .and_then(|s| s.outbox_summary(&account.name).ok())
-            .and_then(|o| o.next_try)
-            .is_some_and(|t| t <= now || which == crate::send::Which::All);
+        let due = next.is_some_and(|t| t <= now || which == crate::send::Which::All);
         let this = std::mem::replace(&mut which, crate::send::Which::Due);
         let mut wait = OUTBOX_POLL;
         // A Sent copy that could not be filed is due at once again: not every second.
@@ -245,13 +248,10 @@ async fn send_outbox(config: Arc<Config>, account: Account, stop: Stop) {
                     floor = OUTBOX_POLL;
                 }
             }
+            next = next_try(&state);
         }
         // Woken early for a retry that comes due sooner.
-        if let Some(next) = state
-            .as_ref()
-            .and_then(|s| s.outbox_summary(&account.name).ok())
-            .and_then(|o| o.next_try)
-        {
+        if let Some(next) = next {
             let until =
                 Duration::from_secs(next.saturating_sub(crate::state::unix_now()).max(1) as u64);
             wait = wait.min(until).max(floor);

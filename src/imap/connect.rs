@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::BufReader;
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 use super::error::{AuthFailure, ImapError};
 use super::session::{Capabilities, SaslEnd, Session};
@@ -16,7 +14,7 @@ use super::wire::Wire;
 use crate::config::{ImapEndpoint, Tls};
 use crate::secret::Secret;
 use crate::server_text::Scrubber;
-use crate::tls::{HandshakeError, Peer, TlsInfo, Trust, certificate_info};
+use crate::tls::{HandshakeError, OpenError, Peer, TlsInfo, Trust, certificate_info};
 
 /// A connection that has not logged in yet.
 pub struct Client {
@@ -111,30 +109,23 @@ async fn connect_trusting(
 ) -> Result<Client, Attempt> {
     let host = endpoint.host.clone();
     let port = endpoint.port;
-    let tcp = timeout(command_timeout, TcpStream::connect((host.as_str(), port)))
+    let tcp = crate::tls::open(&host, port, endpoint.tls == Tls::Plain, command_timeout)
         .await
-        .map_err(|_| ImapError::Timeout {
-            command: format!("connect to {host}:{port}"),
-            after: command_timeout,
-        })?
-        .map_err(|source| ImapError::Connect {
-            host: host.clone(),
-            port,
-            source,
+        .map_err(|e| match e {
+            OpenError::Timeout => ImapError::Timeout {
+                command: format!("connect to {host}:{port}"),
+                after: command_timeout,
+            },
+            OpenError::Connect(source) => ImapError::Connect {
+                host: host.clone(),
+                port,
+                source,
+            },
+            OpenError::PlainNotLoopback(addr) => ImapError::PlainNotLoopback {
+                host: host.clone(),
+                addr,
+            },
         })?;
-    let _ = tcp.set_nodelay(true);
-    // Plain text only towards loopback: the config checks the name, but a name (say
-    // `mail.localhost`) may resolve anywhere; what counts is the address connected to.
-    if endpoint.tls == Tls::Plain
-        && let Ok(peer) = tcp.peer_addr()
-        && !peer.ip().is_loopback()
-    {
-        return Err(ImapError::PlainNotLoopback {
-            host,
-            addr: peer.ip(),
-        }
-        .into());
-    }
     // OpenSSL reads a TLS record's 5-byte header, then its body, each with its own
     // read(); against Dovecot's small records that was ~530,000 recvfrom calls for
     // 1.1 GB. A buffer under the TLS layer turns them into one call per 64 KiB.

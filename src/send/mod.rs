@@ -62,8 +62,7 @@ pub struct Report {
     pub failed: Vec<(i64, String, PathBuf)>,
     /// Why the flush stopped early, when the account or the server failed.
     pub stopped: Option<String>,
-    /// Sent copies filed, and why one was not.
-    pub copied: usize,
+    /// Why the Sent copies wait, if they do.
     pub copy_error: Option<String>,
 }
 
@@ -136,7 +135,7 @@ pub async fn flush(
             // server without this process knowing.
             state.outbox_in_doubt(row.id, unix_now())?;
             match sender.send(&row, &message).await {
-                Ok(Outcome::Taken { accepted, refused }) => {
+                Ok(Taken { accepted, refused }) => {
                     let copy =
                         matches!(account.save_sent, SentCopy::Append(_)) && !accepted.is_empty();
                     let settled = settle(&row, refused, copy, !accepted.is_empty());
@@ -231,7 +230,7 @@ pub async fn flush(
         }
     } else {
         match sent_copy::file(account, daemon, &mut state).await {
-            Ok(n) => report.copied = n,
+            Ok(n) => tracing::debug!(account = %account.name, filed = n, "Sent copies"),
             Err(e) => {
                 tracing::debug!(account = %account.name, "the Sent copy waits: {e}");
                 report.copy_error = Some(e);
@@ -425,13 +424,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SendError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// What became of one message.
-enum Outcome {
-    /// The server took it for `accepted`; the others were refused.
-    Taken {
-        accepted: Vec<String>,
-        refused: Vec<(String, SmtpError)>,
-    },
+/// What the server said to one message's recipients: it took it for `accepted`
+/// (perhaps none), and refused it for the others.
+struct Taken {
+    accepted: Vec<String>,
+    refused: Vec<(String, SmtpError)>,
 }
 
 enum Failure {
@@ -530,7 +527,7 @@ impl<'a> Sender<'a> {
         Ok(self.connection.as_mut().expect("just set"))
     }
 
-    async fn send(&mut self, row: &OutboxEntry, message: &[u8]) -> Result<Outcome, Failure> {
+    async fn send(&mut self, row: &OutboxEntry, message: &[u8]) -> Result<Taken, Failure> {
         let result = self.try_send(row, message).await;
         if let Err(Failure::Account { .. }) = &result {
             // The connection may be out of step: a new one for the next message.
@@ -541,7 +538,7 @@ impl<'a> Sender<'a> {
         result
     }
 
-    async fn try_send(&mut self, row: &OutboxEntry, message: &[u8]) -> Result<Outcome, Failure> {
+    async fn try_send(&mut self, row: &OutboxEntry, message: &[u8]) -> Result<Taken, Failure> {
         let eight_bit = message.iter().any(|&b| b >= 0x80);
         let c = self.connection().await?;
         let envelope = match c
@@ -563,13 +560,13 @@ impl<'a> Sender<'a> {
         };
         if envelope.accepted.is_empty() {
             let _ = c.rset().await;
-            return Ok(Outcome::Taken {
+            return Ok(Taken {
                 accepted: Vec::new(),
                 refused: envelope.refused,
             });
         }
         match c.data(message).await {
-            Ok(_) => Ok(Outcome::Taken {
+            Ok(_) => Ok(Taken {
                 accepted: envelope.accepted,
                 refused: envelope.refused,
             }),

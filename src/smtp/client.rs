@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::error::{SmtpError, Step};
@@ -14,7 +13,7 @@ use super::reply::{Extensions, MAX_LINE, Reply, ReplyReader};
 use crate::config::{SmtpEndpoint, Tls};
 use crate::secret::Secret;
 use crate::server_text::Scrubber;
-use crate::tls::{Peer, TlsInfo, Trust};
+use crate::tls::{OpenError, Peer, TlsInfo, Trust};
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -65,30 +64,25 @@ fn ehlo_name() -> String {
 pub async fn connect(endpoint: &SmtpEndpoint, within: Duration) -> Result<Connection, SmtpError> {
     let host = endpoint.host.clone();
     let port = endpoint.port;
-    let tcp = timeout(within, TcpStream::connect((host.as_str(), port)))
+    let tcp = crate::tls::open(&host, port, endpoint.tls == Tls::Plain, within)
         .await
-        .map_err(|_| SmtpError::Timeout {
-            host: host.clone(),
-            step: Step::Greeting,
-            after: within,
-        })?
-        .map_err(|source| SmtpError::Connect {
-            host: host.clone(),
-            port,
-            source,
+        .map_err(|e| match e {
+            OpenError::Timeout => SmtpError::Timeout {
+                host: host.clone(),
+                step: Step::Greeting,
+                after: within,
+            },
+            OpenError::Connect(source) => SmtpError::Connect {
+                host: host.clone(),
+                port,
+                source,
+            },
+            OpenError::PlainNotLoopback(addr) => SmtpError::PlainNotLoopback {
+                host: host.clone(),
+                addr,
+            },
         })?;
-    let _ = tcp.set_nodelay(true);
-    let peer_addr = tcp.peer_addr();
     let tcp: Box<dyn Stream> = Box::new(tcp);
-    if endpoint.tls == Tls::Plain
-        && let Ok(peer) = peer_addr
-        && !peer.ip().is_loopback()
-    {
-        return Err(SmtpError::PlainNotLoopback {
-            host,
-            addr: peer.ip(),
-        });
-    }
     let peer = Peer {
         host: &endpoint.host,
         port,

@@ -7,5 +7,5 @@ mod error;
 mod reply;
 
 pub use client::{Connection, Envelope, connect};
-pub use error::{SmtpError, Step, explain};
+pub use error::{SmtpError, Step};
 pub use reply::{Enhanced, Extensions, Reply};
